@@ -32,31 +32,42 @@ StateDict = dict[str, torch.Tensor]
 SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
+def read_checkpoint(path: str | Path) -> object:
+    """Read a checkpoint file safely: safetensors, or a pickle through ``weights_only``.
+
+    Returns the stored object (usually a dict); :func:`read_state_dict` narrows it to weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.", "check the path or run `latentmuse weights download`.")
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path)
+    return _read_pickle(path)
+
+
 def read_state_dict(path: str | Path, *, unwrap: Sequence[str] = ("state_dict",)) -> StateDict:
     """Read a flat ``name -> tensor`` mapping from a safetensors file or a (safe) pickle.
 
     ``unwrap`` names container keys to descend into when the file holds a dict around the weights
     (LatentSync saves ``{"state_dict": ..., "global_step": ...}``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.", "check the path or run `latentmuse weights download`.")
-    if path.suffix in SAFETENSORS_SUFFIXES:
-        obj = _read_safetensors(path)
-    else:
-        obj = _read_pickle(path)
+    return as_state_dict(read_checkpoint(path), source=path, unwrap=unwrap)
+
+
+def as_state_dict(obj: object, *, source: str | Path, unwrap: Sequence[str] = ("state_dict",)) -> StateDict:
+    """Narrow a loaded checkpoint object to its ``name -> tensor`` weights, or say why it is not one."""
     for key in unwrap:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping):
         raise CheckpointError(
-            f"checkpoint {path} holds a {type(obj).__name__}, not a state dict.",
+            f"checkpoint {source} holds a {type(obj).__name__}, not a state dict.",
             "save the model's state_dict() (a mapping of names to tensors).",
         )
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(
-            f"checkpoint {path} has {len(bad)} entries that are not tensors (first: {bad[0]!r}).",
+            f"checkpoint {source} has {len(bad)} entries that are not tensors (first: {bad[0]!r}).",
             "save the model's state_dict() only.",
         )
     return dict(obj)
