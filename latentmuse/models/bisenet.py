@@ -68,9 +68,10 @@ def tiny_config() -> BiSeNetConfig:
 
 
 def _global_avg(x: torch.Tensor) -> torch.Tensor:
-    # The original pools with a kernel equal to the feature size; both reduce over H*W in the same
-    # order, and adaptive pooling does not bake the size into an exported graph.
-    return F.adaptive_avg_pool2d(x, 1)
+    # An average pool whose kernel is the whole feature map, as in the original: it sums in a
+    # different order from ``mean``/``adaptive_avg_pool2d`` (about 1e-7 apart), and keeping the
+    # original's order keeps our logits bit-identical to it.
+    return F.avg_pool2d(x, kernel_size=tuple(x.shape[2:]))
 
 
 class BasicBlock(nn.Module):

@@ -15,6 +15,7 @@ Models are built on the ``meta`` device and the checkpoint tensors are *assigned
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +94,11 @@ def _read_pickle(path: Path) -> object:
             # Legacy (non-zip) torch.save files cannot be memory-mapped.
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in detail:
-            # torch's message is long; its useful part is the global it refused.
-            detail = _refused_global(str(exc)) or "it references Python code"
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused is None:  # not a code-carrying pickle: just not a valid checkpoint
+            raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch checkpoint.", "download the file again.") from None
         raise CheckpointError(
-            f"refusing to load {path}: the pickle needs code to load ({detail}), which could run "
+            f"refusing to load {path}: the pickle needs code to load ({refused.group(1)}), which could run "
             "arbitrary commands.",
             "use the official file, or convert it to safetensors in an environment you trust "
             "(`latentmuse weights convert`).",
@@ -106,14 +106,6 @@ def _read_pickle(path: Path) -> object:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}.", "download the file again.") from None
-
-
-def _refused_global(message: str) -> str | None:
-    for line in message.splitlines():
-        line = line.strip()
-        if line.startswith("WeightsUnpickler error:"):
-            return line.removeprefix("WeightsUnpickler error:").strip().rstrip(".")
-    return None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class FANConfig:
 
     @classmethod
     def full(cls) -> FANConfig:
-        """2DFAN-4 as released (24,036,896 parameters)."""
+        """2DFAN-4 as released (23,820,176 parameters)."""
         return cls()
 
     @classmethod
@@ -221,10 +221,15 @@ def read_torchscript_state_dict(path: str | Path) -> StateDict:
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read TorchScript archive {path}: {first}.", "download the file again."
-        ) from None
+        first = str(exc).strip().splitlines()[0].rstrip(":. ") if str(exc).strip() else type(exc).__name__
+        if "Unknown type name" in first:
+            # The C++ unpickler met a Python global (e.g. ``posix.system``) it does not resolve: the
+            # archive was crafted or is not a TorchScript model, and it was not executed.
+            raise CheckpointError(
+                f"refusing to load {path}: the TorchScript archive needs code to load ({first}).",
+                "use the official file, or convert it to safetensors in an environment you trust.",
+            ) from None
+        raise CheckpointError(f"cannot read TorchScript archive {path}: {first}.", "download the file again.") from None
     return {k: v.detach() for k, v in scripted.state_dict().items()}
 
 
@@ -232,17 +237,29 @@ def read_fan_state_dict(path: str | Path) -> StateDict:
     """Read any released FAN format (safetensors, pickled state dict, TorchScript archive) as a state dict."""
     path = Path(path)
     if path.is_file() and path.suffix != ".safetensors" and is_torchscript_archive(path):
-        state_dict = read_torchscript_state_dict(path)
-    else:
-        state_dict = read_state_dict(path, unwrap=("state_dict",))
-    return _strip_prefix(state_dict, "module.")
+        return read_torchscript_state_dict(path)
+    return read_state_dict(path, unwrap=("state_dict",))
 
 
-def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    """Drop ``prefix`` when every key has it (a checkpoint saved from a ``DataParallel`` wrapper)."""
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix) :]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+def _align_keys(state_dict: Mapping[str, torch.Tensor], expected: Sequence[str]) -> StateDict:
+    """Remove a wrapper prefix from every key, but only when that makes the names match exactly.
+
+    A state dict saved from ``DataParallel`` has ``module.`` in front of every key, and a model traced
+    through a small wrapper (to return only the last heatmaps) would have the wrapper's attribute name
+    there. Either is removed only if the result has exactly the expected names (BatchNorm counters
+    aside, see ``_add_batch_counters``); otherwise the names are left as they are, so the strict
+    loader reports the file's real keys.
+    """
+    wanted = {k for k in expected if not k.endswith(".num_batches_tracked")}
+    candidates: list[StateDict] = [dict(state_dict)]
+    heads = {k.split(".", 1)[0] for k in state_dict}
+    if len(heads) == 1 and all("." in k for k in state_dict):
+        prefix = f"{heads.pop()}."
+        candidates.append({k[len(prefix) :]: v for k, v in state_dict.items()})
+    for candidate in candidates:
+        if {k for k in candidate if not k.endswith(".num_batches_tracked")} == wanted:
+            return candidate
+    return candidates[0]
 
 
 def _add_batch_counters(model: nn.Module, state_dict: StateDict) -> StateDict:
@@ -271,5 +288,6 @@ def load(
     """Load 2DFAN-4 from any released format (see the module docstring) strictly, in eval mode."""
     config = config or full_config()
     model = build_on_meta(lambda: FAN(config))
-    state_dict = _add_batch_counters(model, read_fan_state_dict(path))
+    state_dict = _align_keys(read_fan_state_dict(path), list(model.state_dict()))
+    state_dict = _add_batch_counters(model, state_dict)
     return load_strict(model, state_dict, name="FAN", source=path, dtype=dtype, device=device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 from ..errors import LatentmuseError
 
 SIDECAR = "latentmuse.json"
+#: Where commands look for weights unless told otherwise.
+WEIGHTS_ENV = "LATENTMUSE_WEIGHTS"
 LATENTSYNC_REPOS = {"1.5": "ByteDance/LatentSync-1.5", "1.6": "ByteDance/LatentSync-1.6"}
 LATENTSYNC_RESOLUTION = {"1.5": 256, "1.6": 512}
 
@@ -68,6 +71,11 @@ class ModelLayout:
 
 def _has_weights(folder: Path) -> bool:
     return any(p.suffix in (".safetensors", ".bin", ".pt", ".pth") for p in folder.iterdir())
+
+
+def default_weights_dir() -> Path:
+    """``$LATENTMUSE_WEIGHTS`` or ``./weights``."""
+    return Path(os.environ.get(WEIGHTS_ENV, "weights"))
 
 
 def layouts(latentsync_version: str = "1.5") -> tuple[ModelLayout, ...]:

@@ -19,10 +19,6 @@ from .motion import MotionModule
 from .resnet import ResnetBlock3D
 
 
-def _optional(modules: list[nn.Module | None], index: int) -> nn.Module | None:
-    return modules[index] if index < len(modules) else None
-
-
 class DownBlock3D(nn.Module):
     """``layers_per_block`` ResNet layers (optionally each followed by a transformer and a motion
     module), then a per-frame strided-conv downsample unless this is the deepest level."""

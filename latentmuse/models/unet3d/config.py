@@ -102,7 +102,7 @@ class MotionConfig:
 
 @dataclass(frozen=True)
 class UNet3DConfig:
-    """The validated UNet3D architecture; ``raw`` is the complete dict it was made from."""
+    """The validated UNet3D architecture (all keys of the yaml section but ``sample_size``)."""
 
     act_fn: str
     add_audio_layer: bool
@@ -127,7 +127,6 @@ class UNet3DConfig:
     motion_module_mid_block: bool
     motion_module_decoder_only: bool
     motion: MotionConfig
-    raw: Mapping[str, Any]
 
     @property
     def time_embed_dim(self) -> int:
@@ -297,7 +296,6 @@ def resolve_config(config: Mapping[str, Any] | UNet3DConfig | None = None) -> UN
         motion_module_mid_block=_bool("motion_module_mid_block", raw["motion_module_mid_block"]),
         motion_module_decoder_only=_bool("motion_module_decoder_only", raw["motion_module_decoder_only"]),
         motion=motion,
-        raw=raw,
     )
     _choice("motion_module_type", raw["motion_module_type"], ("Vanilla",))
     if cfg.use_motion_module:

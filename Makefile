@@ -1,0 +1,49 @@
+# latentmuse: the two set-up commands are `make demo` and `make test`; both create the environment.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+# Debian packages the demo and the tests use: speech synthesis and dlib's 68-point landmark model.
+APT_PACKAGES ?= espeak-ng libdlib-data
+OUT    ?= out
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow env system-deps clean
+
+env: $(STAMP)
+
+# torch first, pinned: an unpinned torch (or one pulled in by a dependency) is a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Installs what is missing when run as root with apt; otherwise says what to install and goes on.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: Debian packages missing:$$missing (sudo apt-get install$$missing)"; fi; \
+	fi
+
+# The main job on the embedded default. Until the pipeline lands: the environment report, then a
+# folder of random test-size weights in the official formats, checked strictly.
+demo: $(STAMP) system-deps
+	$(BIN)/latentmuse doctor
+	$(BIN)/latentmuse weights random $(OUT)/demo-weights --size tiny --seed 0
+	$(BIN)/latentmuse weights check $(OUT)/demo-weights
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+# Full-size numeric checks (minutes, several GB of RAM).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,54 @@
+"""The typer app and its error boundary.
+
+Commands raise :class:`latentmuse.errors.LatentmuseError`; :func:`main` turns it into one red line on
+stderr and exit code 1 (never a traceback). ``LATENTMUSE_DEBUG=1`` re-raises for developers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from ..errors import LatentmuseError
+from . import doctor, weights
+
+app = typer.Typer(
+    name="latentmuse",
+    help="Lip-sync video: MuseTalk 1.5 front end + LatentSync UNet3D, with ONNX/TensorRT engines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(weights.app, name="weights")
+app.command("doctor")(doctor.doctor)
+
+
+@app.callback()
+def _root() -> None:
+    """Lip-sync video: MuseTalk 1.5 front end + LatentSync UNet3D, with ONNX/TensorRT engines."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except LatentmuseError as exc:
+        if os.environ.get("LATENTMUSE_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except click.ClickException as exc:  # usage errors: click's own message and exit code 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

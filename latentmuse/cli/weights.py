@@ -1,0 +1,95 @@
+"""``latentmuse weights ...``: download, check, convert, and random test weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import LatentmuseError
+from ..models import folder
+from ..models.layouts import LATENTSYNC_REPOS, default_weights_dir
+
+app = typer.Typer(help="Get, check and convert model weights.", no_args_is_help=True)
+console = Console(highlight=False)
+
+DirOption = Annotated[Path, typer.Option("--dir", "-d", help="Weights folder (default: $LATENTMUSE_WEIGHTS or ./weights).")]
+ModelsOption = Annotated[
+    Optional[list[str]], typer.Option("--model", "-m", help="Only this model (repeatable): " + ", ".join(
+        ("musetalk_unet", "vae", "whisper", "unet3d", "s3fd", "fan68", "bisenet")))
+]
+
+
+@app.command()
+def download(
+    dir: DirOption = default_weights_dir(),
+    latentsync: Annotated[str, typer.Option("--latentsync", help="LatentSync UNet3D version: 1.5 (256 px) or 1.6 (512 px).")] = "1.5",
+    model: ModelsOption = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")] = None,
+    verify: Annotated[bool, typer.Option(help="Load every model strictly after downloading.")] = True,
+) -> None:
+    """Download the official weights (resumable; files already present are kept), then verify them."""
+    if latentsync not in LATENTSYNC_REPOS:
+        raise LatentmuseError(f"--latentsync {latentsync} is not a known version.", f"use one of {', '.join(LATENTSYNC_REPOS)}.")
+    fetched = folder.download(
+        dir, latentsync_version=latentsync, models=model, client=folder.HubClient(endpoint=endpoint),
+        verify=verify, report=lambda line: console.print(line),
+    )
+    table = Table(title=f"weights in {dir}")
+    for column in ("file", "from", "action", "MB"):
+        table.add_column(column)
+    for item in fetched:
+        table.add_row(str(item.local), item.source, item.action, f"{item.bytes / 1e6:.1f}")
+    console.print(table)
+
+
+@app.command()
+def check(
+    dir: Annotated[Path, typer.Argument(help="Weights folder.")] = default_weights_dir(),
+    model: ModelsOption = None,
+) -> None:
+    """Find and strictly load every model; print a table. Exits 1 if a needed model is missing or broken."""
+    rows = folder.check_folder(dir, model, report=lambda line: console.print(f"[dim]{line}[/]"))
+    table = Table(title=f"weights check: {dir}")
+    for column in ("model", "file", "found", "loads strictly", "parameters", "note"):
+        table.add_column(column, overflow="fold")
+    failed = False
+    for row in rows:
+        found = "yes" if row.path else ("no (optional)" if row.optional else "[red]no[/]")
+        loads = "[green]yes[/]" if row.loads else ("-" if row.path is None else "[red]no[/]")
+        params = f"{row.parameters:,}" if row.parameters is not None else "-"
+        path = str(row.path.relative_to(dir)) if row.path else "-"
+        table.add_row(row.title, path, found, loads, params, row.message)
+        failed |= (row.path is not None and not row.loads) or (row.path is None and not row.optional)
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    dir: Annotated[Path, typer.Argument(help="Weights folder.")] = default_weights_dir(),
+    model: ModelsOption = None,
+) -> None:
+    """Write safetensors copies of the pickled checkpoints (loaded strictly first); loaders prefer them."""
+    written = folder.convert(dir, model, report=lambda line: console.print(line))
+    console.print(f"{len(written)} file(s) written.")
+
+
+@app.command()
+def random(
+    dir: Annotated[Path, typer.Argument(help="Folder to write.")],
+    size: Annotated[str, typer.Option(help="tiny (test configurations) or full (released sizes; ~8 GB).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    model: ModelsOption = None,
+) -> None:
+    """Write seeded random weights in the official file formats (for tests and demos: outputs are noise)."""
+    from ..models.random_weights import write_random_weights
+
+    if size not in ("tiny", "full"):
+        raise LatentmuseError(f"--size {size} is not known.", "use tiny or full.")
+    write_random_weights(dir, size=size, seed=seed, models=model, report=lambda line: console.print(line))
+    console.print(f"[yellow]random weights in {dir}: outputs are meaningless, for tests and demos only[/]")

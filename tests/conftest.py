@@ -1,0 +1,39 @@
+"""Shared fixtures: reference key lists and seeded tiny models. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REFERENCE = Path(__file__).parent / "data" / "reference"
+
+# Deterministic, single-threaded numerics: tests compare values across runs and processes.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def reference(name: str) -> dict:
+    """A reference key list recorded from the original projects (see its ``description``)."""
+    return json.loads((REFERENCE / f"{name}.json").read_text())
+
+
+def reference_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(key, tuple(shape)) for key, shape, _dtype in reference(name)["state_dict"]]
+
+
+@pytest.fixture
+def marker_pickle(tmp_path: Path) -> tuple[Path, Path]:
+    """A pickle whose loading would create a marker file (through os.system), and that marker's path."""
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"conv_in.weight": torch.zeros(1), "payload": Exploit()}, path)
+    assert not marker.exists()
+    return path, marker
