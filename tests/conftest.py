@@ -11,6 +11,9 @@ import torch
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
 
+# Wide tables: rich wraps cells at the terminal width, which would split the words tests look for.
+os.environ["COLUMNS"] = "240"
+
 # Deterministic, single-threaded numerics: tests compare values across runs and processes.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

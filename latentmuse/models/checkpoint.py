@@ -103,7 +103,7 @@ def _read_pickle(path: Path) -> object:
             "use the official file, or convert it to safetensors in an environment you trust "
             "(`latentmuse weights convert`).",
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler in many ways
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}.", "download the file again.") from None
 

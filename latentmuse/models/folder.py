@@ -146,8 +146,11 @@ def download(
 
     Partial downloads live under ``root/.downloads`` and resume on the next run.
     """
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+    from huggingface_hub import errors as hub_errors
 
+    # The hub answered "no such file" (try the next name); LocalEntryNotFoundError instead means the hub
+    # could not be reached at all, which is a network error below.
+    not_found = getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     sidecar = Sidecar.read(root)
@@ -170,14 +173,13 @@ def download(
                 report(f"fetching    {hub_file.repo_id}/{name}")
                 try:
                     staged = client.fetch(hub_file.repo_id, name, staging / hub_file.repo_id)
-                except EntryNotFoundError as exc:
+                except not_found as exc:
+                    if isinstance(exc, hub_errors.LocalEntryNotFoundError):
+                        raise _unreachable(hub_file, name, exc) from None
                     last_error = exc
                     continue
-                except (HfHubHTTPError, OSError) as exc:
-                    raise LatentmuseError(
-                        f"could not fetch {hub_file.repo_id}/{name}: {str(exc).splitlines()[0]}.",
-                        "check the network (or HF_ENDPOINT / HF_TOKEN) and run the command again: finished files are kept and partial ones resume.",
-                    ) from None
+                except Exception as exc:  # noqa: BLE001 - network failures come in many types
+                    raise _unreachable(hub_file, name, exc) from None
                 target = root / _local_name(hub_file, name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(staged), target)
@@ -186,8 +188,9 @@ def download(
                 report(f"downloaded  {target} ({target.stat().st_size / 1e6:.1f} MB)")
                 break
             else:
+                detail = str(last_error).strip().splitlines()[0] if last_error else "not found"
                 raise LatentmuseError(
-                    f"{hub_file.repo_id} has none of {', '.join((hub_file.filename, *hub_file.alternatives))}: {last_error}.",
+                    f"{hub_file.repo_id} has none of {', '.join((hub_file.filename, *hub_file.alternatives))} ({detail}).",
                     "the repository layout changed; copy the file into the weights folder by hand.",
                 )
     shutil.rmtree(staging, ignore_errors=True)
@@ -196,6 +199,15 @@ def download(
             if not row.loads:
                 raise LatentmuseError(f"downloaded {row.title} does not load: {row.message}", "delete the file and download again.")
     return fetched
+
+
+def _unreachable(hub_file: HubFile, name: str, exc: Exception) -> LatentmuseError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return LatentmuseError(
+        f"could not fetch {hub_file.repo_id}/{name}: {first}.",
+        "check the network (or HF_ENDPOINT / HF_TOKEN) and run the command again: "
+        "finished files are kept and partial ones resume.",
+    )
 
 
 def _local_name(hub_file: HubFile, name: str) -> str:

@@ -1,0 +1,5 @@
+"""``python -m latentmuse`` is the ``latentmuse`` command."""
+
+from .cli import main
+
+main()
