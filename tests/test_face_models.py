@@ -8,6 +8,7 @@ out independently below.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -111,8 +112,9 @@ def test_default_config_is_the_released_one(name: str) -> None:
     tiny_keys = list(build_on_meta(lambda: mod.build(mod.tiny_config())).state_dict())
     if name != "fan":  # tiny FAN has two stacks instead of four; the rest keep every key
         assert tiny_keys == full_keys
-    with pytest.raises(AttributeError):  # frozen
-        mod.full_config().__setattr__("fc_width", 1)
+    config = mod.full_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(config, dataclasses.fields(config)[0].name, None)
 
 
 def test_fan_tiny_keys_are_a_prefix_of_the_stacks() -> None:
@@ -248,7 +250,7 @@ def test_fan_heatmaps_shape_for_a_256_crop() -> None:
 # BiSeNet numerics.
 
 
-@pytest.mark.parametrize("size", [(64, 96), (70, 50)])
+@pytest.mark.parametrize("size", [(64, 96), (57, 89)])
 def test_bisenet_logits_at_input_resolution(size: tuple[int, int]) -> None:
     model = _tiny("bisenet")
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(6))
@@ -262,11 +264,14 @@ def test_bisenet_logits_at_input_resolution(size: tuple[int, int]) -> None:
     assert labels.shape == (2, *size) and labels.dtype == torch.long
     assert int(labels.min()) >= 0 and int(labels.max()) < 19
     assert torch.equal(labels, outs[0].argmax(dim=1))
-    # Bilinear upsampling with align_corners=True: the corners are the stride-8 logits' corners.
-    low = seen["low"]
+
+    low = seen["low"]  # the main head at stride 8, before upsampling
     assert low.shape[2:] == (-(-size[0] // 8), -(-size[1] // 8))
-    for i, j in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
-        torch.testing.assert_close(outs[0][:, :, i, j], low[:, :, i, j], rtol=1e-6, atol=1e-6)
+    if size == (57, 89):
+        # Bilinear with align_corners=True maps output pixel i to input i * (h - 1) / (H - 1): here
+        # exactly i / 8, so every 8th output pixel is a stride-8 logit (align_corners=False would
+        # blend neighbours there).
+        torch.testing.assert_close(outs[0][:, :, ::8, ::8], low, rtol=1e-5, atol=1e-5)
 
 
 def test_bisenet_attention_and_fusion_match_formula() -> None:
@@ -314,11 +319,17 @@ def test_tiny_official_pickle_and_safetensors_reload(name: str, tmp_path: Path) 
     assert all(p.dtype == torch.float64 for p in as_double.parameters())
 
 
-def test_fan_torchscript_archive_reloads(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fan_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    """A tiny FAN and its TorchScript archive (tracing is the slow part: done once)."""
     model = _tiny("fan")
-    x = _tiny_input("fan")
-    path = tmp_path / "2DFAN4-cd938726ad.zip"
-    torch.jit.save(torch.jit.trace(model, x, strict=False), str(path))
+    path = tmp_path_factory.mktemp("torchscript") / "2DFAN4-cd938726ad.zip"
+    torch.jit.save(torch.jit.trace(model, _tiny_input("fan"), strict=False, check_trace=False), str(path))
+    return model, path
+
+
+def test_fan_torchscript_archive_reloads(fan_archive: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    model, path = fan_archive
     assert fan.is_torchscript_archive(path)
     assert not fan.is_torchscript_archive(tmp_path / "missing.zip")
     torch.save(model.state_dict(), tmp_path / "plain.pth")  # also a zip, but not TorchScript
@@ -326,7 +337,7 @@ def test_fan_torchscript_archive_reloads(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the loader keeps torch.jit's deprecation notice to itself
         loaded = fan.load(path, fan.tiny_config())
-    _assert_same_outputs(model, loaded, x)
+    _assert_same_outputs(model, loaded, _tiny_input("fan"))
 
 
 class _LastHeatmaps(nn.Module):
@@ -344,7 +355,7 @@ def test_fan_torchscript_wrapper_prefix_is_removed(tmp_path: Path) -> None:
     model = _tiny("fan")
     x = _tiny_input("fan")
     path = tmp_path / "2DFAN4-cd938726ad.zip"
-    torch.jit.save(torch.jit.trace(_LastHeatmaps(model).eval(), x), str(path))
+    torch.jit.save(torch.jit.trace(_LastHeatmaps(model).eval(), x, check_trace=False), str(path))
     assert all(k.startswith("fan.") for k in fan.read_fan_state_dict(path))
     _assert_same_outputs(model, fan.load(path, fan.tiny_config()), x)
 
@@ -439,17 +450,17 @@ def test_malicious_pickle_is_refused_without_running(name: str, legacy: bool, tm
 def test_plain_pickle_is_refused_without_running(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "s3fd-619a316812.pth"
-    path.write_bytes(pickle.dumps({"conv1_1.weight": _Evil(marker)}))
+    path.write_bytes(pickle.dumps({"conv1_1.weight": _Evil(marker)}, protocol=2))
     with pytest.raises(CheckpointError):
         s3fd.load(path, s3fd.tiny_config())
     assert not marker.exists()
 
 
-def test_crafted_torchscript_archive_is_refused_without_running(tmp_path: Path) -> None:
+def test_crafted_torchscript_archive_is_refused_without_running(
+    fan_archive: tuple[nn.Module, Path], tmp_path: Path
+) -> None:
     """A TorchScript archive whose data.pkl calls os.system: the C++ unpickler does not resolve it."""
-    model = _tiny("fan")
-    good = tmp_path / "good.zip"
-    torch.jit.save(torch.jit.trace(model, _tiny_input("fan"), strict=False), str(good))
+    good = fan_archive[1]
     marker = tmp_path / "pwned"
     evil = tmp_path / "2DFAN4-cd938726ad.zip"
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:

@@ -39,14 +39,14 @@ def test_check_prints_table_with_counts(tiny_folder, capsys):
     assert "MuseTalk 1.5 UNet" in out and "musetalkV15/unet.pth" in out
     expected = sum(p.numel() for p in load_model(tiny_folder, "musetalk_unet").parameters())
     assert f"{expected:,}" in out
-    assert "not the released size" in out
+    assert "test size (released: 849,947,844)" in out
 
 
 def test_check_fails_for_missing_required_model(tmp_path, capsys):
     write_random_weights(tmp_path, models=["vae"])
     code, out, _ = run_cli(capsys, "weights", "check", str(tmp_path))
     assert code == 1
-    assert "musetalkV15/unet.safetensors or musetalkV15/unet.pth" in out
+    assert "missing" in out and "musetalkV15/unet.pth (MuseTalk generator, fallback)" in out
 
 
 def test_check_reports_a_broken_file_without_traceback(tmp_path, capsys):
@@ -163,3 +163,30 @@ def test_doctor_reports_runtime_and_weights(tiny_folder, capsys):
     assert "tensorrt" in out
     assert "weights: vae" in out and "found" in out
     assert "weights: unet3d" in out and "absent" in out
+
+
+ALL = ["musetalk_unet", "vae", "whisper", "unet3d", "s3fd", "fan68", "bisenet"]
+
+
+def test_random_then_check_covers_every_network_in_official_formats(tmp_path, capsys):
+    """The issue's acceptance check: a folder of tiny official-format files gives a correct table."""
+    code, out, _ = run_cli(capsys, "weights", "random", str(tmp_path / "w"), "--seed", "3")
+    assert code == 0 and "meaningless" in out
+    root = tmp_path / "w"
+    # Official containers: LatentSync's {"state_dict": ...} wrapper, transformers' "model." prefix, ...
+    import torch
+
+    assert set(torch.load(root / "latentsync/latentsync_unet.pt", weights_only=True)) == {"state_dict", "global_step"}
+    assert next(iter(torch.load(root / "whisper/pytorch_model.bin", weights_only=True))).startswith("model.encoder.")
+    code, out, _ = run_cli(capsys, "weights", "check", str(root))
+    assert code == 0, out
+    from latentmuse.models.layouts import layout
+
+    for key in ALL:
+        entry = layout(key)
+        module = entry.load_module()
+        torch.manual_seed(0)
+        tiny = sum(p.numel() for p in module.build(module.tiny_config()).parameters())
+        row = next(line for line in out.splitlines() if line.startswith("│") and entry.title[:20] in line)
+        assert f"{tiny:,}" in row, (key, row)
+        assert "yes" in row

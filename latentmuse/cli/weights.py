@@ -54,15 +54,20 @@ def check(
     """Find and strictly load every model; print a table. Exits 1 if a needed model is missing or broken."""
     rows = folder.check_folder(dir, model, report=lambda line: console.print(f"[dim]{line}[/]"))
     table = Table(title=f"weights check: {dir}")
-    for column in ("model", "file", "found", "loads strictly", "parameters", "note"):
-        table.add_column(column, overflow="fold")
+    table.add_column("model")
+    table.add_column("file", overflow="fold")
+    table.add_column("loads strictly", no_wrap=True)
+    table.add_column("parameters", justify="right", no_wrap=True)
+    table.add_column("note", overflow="fold")
     failed = False
     for row in rows:
-        found = "yes" if row.path else ("no (optional)" if row.optional else "[red]no[/]")
-        loads = "[green]yes[/]" if row.loads else ("-" if row.path is None else "[red]no[/]")
+        if row.path is None:
+            file = "[yellow]absent (optional)[/]" if row.optional else "[red]missing[/]"
+            loads = "-"
+        else:
+            file, loads = str(row.path.relative_to(dir)), "[green]yes[/]" if row.loads else "[red]no[/]"
         params = f"{row.parameters:,}" if row.parameters is not None else "-"
-        path = str(row.path.relative_to(dir)) if row.path else "-"
-        table.add_row(row.title, path, found, loads, params, row.message)
+        table.add_row(row.title, file, loads, params, row.message)
         failed |= (row.path is not None and not row.loads) or (row.path is None and not row.optional)
     console.print(table)
     if failed:

@@ -12,10 +12,11 @@ The weights were released in two formats, and ``load`` reads both:
   ``module.`` prefix);
 * ``2DFAN4-cd938726ad.zip`` (face-alignment 1.3.0-1.4.1, 2020-2023; torch 1.5/1.6 got per-version zips
   of the same kind): a TorchScript archive. It is opened with ``torch.jit.load`` only to take its
-  ``state_dict()``; nothing in it is ever run. This is acceptable where a full pickle is not because a
-  TorchScript archive cannot run arbitrary Python: its code is TorchScript (a restricted, compiled
-  language with no access to Python modules such as ``os``), and its pickles are read by the C++
-  unpickler, which only rebuilds tensors and TorchScript types and never imports Python callables.
+  ``state_dict()``; its forward is never called. This is acceptable where a full pickle is not
+  because a TorchScript archive cannot run arbitrary Python: its code is TorchScript (a restricted,
+  compiled language with no access to Python modules such as ``os``), and its pickles are read by the
+  C++ unpickler, which only rebuilds tensors and TorchScript types and refuses any other global (a
+  crafted ``os.system`` reference fails with "Unknown type name"; see the tests).
 """
 
 from __future__ import annotations
@@ -208,13 +209,13 @@ def is_torchscript_archive(path: str | Path) -> bool:
             return False
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except OSError:
+    except (OSError, zipfile.BadZipFile):
         return False
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def read_torchscript_state_dict(path: str | Path) -> StateDict:
-    """The ``state_dict()`` of a TorchScript archive, loaded on CPU without running any of its code."""
+    """The ``state_dict()`` of a TorchScript archive, loaded on CPU; its forward is never called."""
     try:
         with warnings.catch_warnings():
             # torch >= 2.10 flags torch.jit as deprecated; reading old archives is still supported.

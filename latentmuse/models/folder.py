@@ -91,7 +91,7 @@ def check_folder(root: str | Path, models: Sequence[str] | None = None, report: 
         path = entry.locate(root)
         if path is None:
             rows.append(CheckRow(entry.key, entry.title, None, False, None, None,
-                                 f"missing: {' or '.join(entry.targets)}", entry.optional))
+                                 f"{entry.weights_file.local} ({entry.needed_for})", entry.optional))
             continue
         report(f"loading {entry.title} from {path}")
         try:
@@ -101,7 +101,7 @@ def check_folder(root: str | Path, models: Sequence[str] | None = None, report: 
             continue
         n = count_parameters(model)
         released = n == released_parameters(entry.key)
-        note = "released architecture" if released else "not the released size (test weights?)"
+        note = "released architecture" if released else f"test size (released: {released_parameters(entry.key):,})"
         rows.append(CheckRow(entry.key, entry.title, path, True, n, released, note, entry.optional))
         del model
     return rows

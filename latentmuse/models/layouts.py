@@ -57,6 +57,11 @@ class ModelLayout:
     needed_for: str
     optional: bool = False
 
+    @property
+    def weights_file(self) -> HubFile:
+        """The file holding the weights (the others are configs)."""
+        return next(f for f in self.files if not f.local.endswith(".json"))
+
     def load_module(self) -> ModuleType:
         return importlib.import_module(self.module)
 
@@ -92,7 +97,7 @@ def layouts(latentsync_version: str = "1.5") -> tuple[ModelLayout, ...]:
                 HubFile("TMElyralab/MuseTalk", "musetalkV15/musetalk.json", "musetalkV15/musetalk.json"),
                 HubFile("TMElyralab/MuseTalk", "musetalkV15/unet.pth", "musetalkV15/unet.pth"),
             ),
-            "MuseTalk generator and fallback",
+            "MuseTalk generator, fallback",
         ),
         ModelLayout(
             "vae", "VAE (sd-vae-ft-mse)", "latentmuse.models.vae",
@@ -121,7 +126,7 @@ def layouts(latentsync_version: str = "1.5") -> tuple[ModelLayout, ...]:
             "unet3d", "LatentSync UNet3D", "latentmuse.models.unet3d",
             ("latentsync/latentsync_unet.safetensors", "latentsync/latentsync_unet.pt"),
             (HubFile(LATENTSYNC_REPOS[latentsync_version], "latentsync_unet.pt", "latentsync/latentsync_unet.pt"),),
-            "LatentSync generator (optional: MuseTalk serves without it)",
+            "LatentSync generator",
             optional=True,
         ),
         ModelLayout(
@@ -133,7 +138,7 @@ def layouts(latentsync_version: str = "1.5") -> tuple[ModelLayout, ...]:
                     sha256="619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543",
                 ),
             ),
-            "s3fd face front end (dlib serves without it)",
+            "s3fd face front end",
             optional=True,
         ),
         ModelLayout(
@@ -146,7 +151,7 @@ def layouts(latentsync_version: str = "1.5") -> tuple[ModelLayout, ...]:
                     sha256="cd938726adb1f15f361263cce2db9cb820c42585fa8796ec72ce19107f369a46",
                 ),
             ),
-            "s3fd face front end (dlib serves without it)",
+            "s3fd face front end",
             optional=True,
         ),
         ModelLayout(

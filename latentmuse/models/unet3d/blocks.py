@@ -19,32 +19,48 @@ from .motion import MotionModule
 from .resnet import ResnetBlock3D
 
 
+def _transformers(cfg: UNet3DConfig, channels: int, heads: int, count: int) -> nn.ModuleList:
+    return nn.ModuleList(
+        [
+            SpatialTransformer(
+                channels, heads, cfg.cross_attention_dim, groups=cfg.norm_num_groups, add_audio_layer=cfg.add_audio_layer
+            )
+            for _ in range(count)
+        ]
+    )
+
+
+def _resnet(cfg: UNet3DConfig, in_channels: int, out_channels: int, scale: float = 1.0) -> ResnetBlock3D:
+    return ResnetBlock3D(
+        in_channels,
+        out_channels,
+        cfg.time_embed_dim,
+        groups=cfg.norm_num_groups,
+        eps=cfg.norm_eps,
+        output_scale_factor=scale,
+    )
+
+
 class DownBlock3D(nn.Module):
     """``layers_per_block`` ResNet layers (optionally each followed by a transformer and a motion
     module), then a per-frame strided-conv downsample unless this is the deepest level."""
 
     def __init__(
-        self, cfg: UNet3DConfig, in_channels: int, out_channels: int, *, cross_attention: bool, motion: bool, downsample: bool, heads: int
+        self,
+        cfg: UNet3DConfig,
+        in_channels: int,
+        out_channels: int,
+        *,
+        cross_attention: bool,
+        motion: bool,
+        downsample: bool,
+        heads: int,
     ) -> None:
         super().__init__()
         n = cfg.layers_per_block
-        temb = cfg.time_embed_dim
-        if cross_attention:
-            self.attentions = nn.ModuleList(
-                [
-                    SpatialTransformer(
-                        out_channels, heads, cfg.cross_attention_dim, groups=cfg.norm_num_groups, add_audio_layer=cfg.add_audio_layer
-                    )
-                    for _ in range(n)
-                ]
-            )
-        else:
-            self.attentions = None
+        self.attentions = _transformers(cfg, out_channels, heads, n) if cross_attention else None
         self.resnets = nn.ModuleList(
-            [
-                ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, temb, groups=cfg.norm_num_groups, eps=cfg.norm_eps)
-                for i in range(n)
-            ]
+            [_resnet(cfg, in_channels if i == 0 else out_channels, out_channels) for i in range(n)]
         )
         self.motion_modules = nn.ModuleList([MotionModule(out_channels, cfg.motion) for _ in range(n)] if motion else [])
         self.downsamplers = nn.ModuleList([FrameDownsample(out_channels, cfg.downsample_padding)]) if downsample else None
@@ -72,25 +88,9 @@ class MidBlock3D(nn.Module):
     def __init__(self, cfg: UNet3DConfig) -> None:
         super().__init__()
         c = cfg.block_out_channels[-1]
-        temb = cfg.time_embed_dim
-
-        def resnet() -> ResnetBlock3D:
-            return ResnetBlock3D(
-                c, c, temb, groups=cfg.norm_num_groups, eps=cfg.norm_eps, output_scale_factor=cfg.mid_block_scale_factor
-            )
-
-        self.attentions = nn.ModuleList(
-            [
-                SpatialTransformer(
-                    c,
-                    cfg.attention_head_dim[-1],
-                    cfg.cross_attention_dim,
-                    groups=cfg.norm_num_groups,
-                    add_audio_layer=cfg.add_audio_layer,
-                )
-            ]
-        )
-        self.resnets = nn.ModuleList([resnet(), resnet()])
+        scale = cfg.mid_block_scale_factor
+        self.attentions = _transformers(cfg, c, cfg.attention_head_dim[-1], 1)
+        self.resnets = nn.ModuleList([_resnet(cfg, c, c, scale), _resnet(cfg, c, c, scale)])
         self.motion_modules = nn.ModuleList([MotionModule(c, cfg.motion)] if cfg.motion_in_mid_block else [])
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
@@ -119,25 +119,12 @@ class UpBlock3D(nn.Module):
     ) -> None:
         super().__init__()
         n = cfg.layers_per_block + 1
-        temb = cfg.time_embed_dim
-        if cross_attention:
-            self.attentions = nn.ModuleList(
-                [
-                    SpatialTransformer(
-                        out_channels, heads, cfg.cross_attention_dim, groups=cfg.norm_num_groups, add_audio_layer=cfg.add_audio_layer
-                    )
-                    for _ in range(n)
-                ]
-            )
-        else:
-            self.attentions = None
+        self.attentions = _transformers(cfg, out_channels, heads, n) if cross_attention else None
         resnets = []
         for i in range(n):
             skip_channels = in_channels if i == n - 1 else out_channels
             resnet_in = prev_output_channels if i == 0 else out_channels
-            resnets.append(
-                ResnetBlock3D(resnet_in + skip_channels, out_channels, temb, groups=cfg.norm_num_groups, eps=cfg.norm_eps)
-            )
+            resnets.append(_resnet(cfg, resnet_in + skip_channels, out_channels))
         self.resnets = nn.ModuleList(resnets)
         self.motion_modules = nn.ModuleList([MotionModule(out_channels, cfg.motion) for _ in range(n)] if motion else [])
         self.upsamplers = nn.ModuleList([FrameUpsample(out_channels)]) if upsample else None
