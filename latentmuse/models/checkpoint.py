@@ -33,6 +33,14 @@ StateDict = dict[str, torch.Tensor]
 SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
+def find_weights_file(folder: Path, filenames: Sequence[str], *, name: str, fix: str) -> Path:
+    """The first of ``filenames`` present in a diffusers/transformers-style model folder."""
+    for filename in filenames:
+        if (folder / filename).is_file():
+            return folder / filename
+    raise CheckpointError(f"{name}: no weights in {folder} (looked for {' or '.join(filenames)}).", fix)
+
+
 def read_checkpoint(path: str | Path) -> object:
     """Read a checkpoint file safely: safetensors, or a pickle through ``weights_only``.
 

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from ..errors import CheckpointError
-from .checkpoint import StateDict, build_on_meta, load_strict, read_state_dict
+from .checkpoint import StateDict, build_on_meta, find_weights_file, load_strict, read_state_dict
 from .configs import merged_config, read_json_config
 
 NAME = "VAE (sd-vae-ft-mse)"
@@ -80,12 +79,8 @@ def modernise_keys(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
 
 def find_weights(folder: Path) -> Path:
     """The weights file of an official VAE folder (safetensors preferred)."""
-    for name in WEIGHTS_FILENAMES:
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(
-        f"{NAME}: no weights in {folder} (looked for {' or '.join(WEIGHTS_FILENAMES)}).",
-        "run `latentmuse weights download` or copy the sd-vae-ft-mse files there.",
+    return find_weights_file(
+        folder, WEIGHTS_FILENAMES, name=NAME, fix="run `latentmuse weights download` or copy the sd-vae-ft-mse files there."
     )
 
 

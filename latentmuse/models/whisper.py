@@ -26,8 +26,7 @@ from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ..errors import CheckpointError
-from .checkpoint import StateDict, as_state_dict, build_on_meta, load_strict, read_checkpoint
+from .checkpoint import StateDict, as_state_dict, build_on_meta, find_weights_file, load_strict, read_checkpoint
 from .configs import merged_config, read_json_config
 
 NAME = "Whisper-tiny encoder"
@@ -139,12 +138,9 @@ def encoder_state_dict(state_dict: Mapping[str, torch.Tensor], *, openai: bool) 
 
 
 def find_weights(folder: Path) -> Path:
-    for name in (*WEIGHTS_FILENAMES, OPENAI_FILENAME):
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(
-        f"{NAME}: no weights in {folder} (looked for {', '.join((*WEIGHTS_FILENAMES, OPENAI_FILENAME))}).",
-        "run `latentmuse weights download` or copy openai/whisper-tiny's files there.",
+    return find_weights_file(
+        folder, (*WEIGHTS_FILENAMES, OPENAI_FILENAME), name=NAME,
+        fix="run `latentmuse weights download` or copy openai/whisper-tiny's files there.",
     )
 
 
