@@ -52,11 +52,12 @@ def check(
     model: ModelsOption = None,
 ) -> None:
     """Find and strictly load every model; print a table. Exits 1 if a needed model is missing or broken."""
-    rows = folder.check_folder(dir, model, report=lambda line: console.print(f"[dim]{line}[/]"))
-    table = Table(title=f"weights check: {dir}")
+    with console.status("checking weights") as status:  # transient: the table is what stays
+        rows = folder.check_folder(dir, model, report=status.update)
+    table = Table(title=f"weights check (strict loading): {dir}")
     table.add_column("model")
     table.add_column("file", overflow="fold")
-    table.add_column("loads strictly", no_wrap=True)
+    table.add_column("loads", no_wrap=True)
     table.add_column("parameters", justify="right", no_wrap=True)
     table.add_column("note", overflow="fold")
     failed = False
@@ -67,7 +68,7 @@ def check(
         else:
             file, loads = str(row.path.relative_to(dir)), "[green]yes[/]" if row.loads else "[red]no[/]"
         params = f"{row.parameters:,}" if row.parameters is not None else "-"
-        table.add_row(row.title, file, loads, params, row.message)
+        table.add_row(row.key, file, loads, params, row.message)
         failed |= (row.path is not None and not row.loads) or (row.path is None and not row.optional)
     console.print(table)
     if failed:
