@@ -90,3 +90,12 @@ def test_load_strict_mismatch_names_the_keys():
     assert "1 missing key (a.bias)" in message
     assert "1 unexpected key (c.weight)" in message
     assert "b.weight: expected [2, 4, 1, 1], got [2, 4, 3, 3]" in message
+
+
+def test_save_safetensors_handles_shared_storage_and_leaves_no_partial_file(tmp_path):
+    base = torch.arange(6.0)
+    save_safetensors({"flat": base, "view": base.view(2, 3)}, tmp_path / "shared.safetensors")
+    back = read_state_dict(tmp_path / "shared.safetensors")
+    assert back["flat"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert back["view"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.safetensors"]

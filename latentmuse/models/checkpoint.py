@@ -218,11 +218,24 @@ def _named_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a state dict as safetensors (contiguous, un-shared copies), atomically."""
+    """Write a state dict as safetensors, atomically (a ``.partial`` file renamed into place).
+
+    safetensors refuses tensors that share storage; only those are copied, so converting a 5 GB
+    checkpoint does not need a second 5 GB in memory.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    seen: set[tuple[int, int]] = set()
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.detach().to("cpu").contiguous()
+        storage = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes())
+        tensors[key] = value.clone() if storage in seen else value
+        seen.add(storage)
     tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
