@@ -1,0 +1,91 @@
+"""The networks as graphs with plain named tensor inputs and outputs.
+
+Each wrapper folds the conventions around a network into the graph (the VAE's 0.18215 scale and
+posterior mean, the decoder's affine + clamp, MuseTalk's t = 0), so that the PyTorch runner, the
+ONNX export and a TensorRT engine all compute the same function of the same named tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.vae import SCALING_FACTOR
+
+
+class VaeEncoderGraph(nn.Module):
+    """image (N, 3, R, R) in [-1, 1] -> latent (N, 4, R/8, R/8) = posterior mean x 0.18215.
+
+    Both originals *sample* the posterior at inference; the mean is the deterministic choice (the
+    sample's noise has std ~ exp(logvar/2), tiny for this VAE, and would make runs irreproducible).
+    """
+
+    input_names = ("image",)
+    output_names = ("latent",)
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        moments = self.quant_conv(self.encoder(image))
+        mean = moments[:, : moments.shape[1] // 2]
+        return mean * SCALING_FACTOR
+
+
+class VaeDecoderGraph(nn.Module):
+    """latent (N, 4, h, w) -> image (N, 3, 8h, 8w) in [0, 1] (1/0.18215, decode, x/2 + 0.5, clamp)."""
+
+    input_names = ("latent",)
+    output_names = ("image",)
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        image = self.decoder(self.post_quant_conv(latent / SCALING_FACTOR))
+        return (image / 2 + 0.5).clamp(0, 1)
+
+
+class WhisperEncoderGraph(nn.Module):
+    """mel (1, 80, 3000) -> states (1, 1500, 5, 384), slot 4 before the final LayerNorm."""
+
+    input_names = ("mel",)
+    output_names = ("states",)
+
+    def __init__(self, whisper: nn.Module) -> None:
+        super().__init__()
+        self.whisper = whisper
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.whisper(mel)
+
+
+class MuseTalkUNetGraph(nn.Module):
+    """latents (B, 8, 32, 32), audio (B, 50, 384) with PE -> clean latent (B, 4, 32, 32) at t = 0."""
+
+    input_names = ("latents", "audio")
+    output_names = ("latent",)
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, latents: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        t = torch.zeros((), dtype=torch.long, device=latents.device)
+        return self.unet(latents, t, encoder_hidden_states=audio).sample
+
+
+class BiSeNetGraph(nn.Module):
+    """image (N, 3, 512, 512) ImageNet-normalised RGB -> logits (N, 19, 512, 512)."""
+
+    input_names = ("image",)
+    output_names = ("logits",)
+
+    def __init__(self, bisenet: nn.Module) -> None:
+        super().__init__()
+        self.bisenet = bisenet
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.bisenet(image)[0]
