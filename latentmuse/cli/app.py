@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from ..errors import LatentmuseError
-from . import doctor, weights
+from . import bench, doctor, run, sample, weights
 
 app = typer.Typer(
     name="latentmuse",
@@ -24,6 +24,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(weights.app, name="weights")
+app.command("run")(run.run)
+app.command("bench")(bench.bench)
+app.command("sample")(sample.sample)
 app.command("doctor")(doctor.doctor)
 
 

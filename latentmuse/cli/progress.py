@@ -1,0 +1,37 @@
+"""Rich progress bars for the pipeline's stages (one bar per stage, notes printed above them)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+_LABELS = {"audio": "audio features", "faces": "faces + landmarks", "generate": "generate + encode"}
+
+
+class RichProgress:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = Progress(
+            SpinnerColumn(), TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def start(self, stage: str, total: int | None) -> None:
+        self.tasks[stage] = self.bars.add_task(_LABELS.get(stage, stage), total=total)
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        task = self.tasks[stage]
+        self.bars.advance(task, amount)
+        if self.bars.tasks[task].total is None:
+            self.bars.update(task, total=self.bars.tasks[task].completed)
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[bold yellow]{message}[/]")

@@ -1,0 +1,576 @@
+"""Face front ends: one 68-point iBUG landmark set (or ``None``) per frame, for batches of BGR frames.
+
+Two interchangeable implementations of :class:`~latentmuse.runtime.contracts.FaceFrontEnd`:
+
+* :class:`S3FDFanFrontEnd`, the production front end of MuseTalk / face-alignment: the S3FD detector
+  (highest-scoring face with score > 0.5) followed by FAN 2DFAN-4 landmarks, reproducing
+  face-alignment's pre- and post-processing (see the functions below for each detail). Batches are
+  processed with torch ops on the model's device; frames of one forward pass must share a size, so
+  a batch is grouped by frame shape internally.
+* :class:`DlibFrontEnd`, the offline default: dlib's HOG frontal face detector + its 68-point shape
+  predictor (Debian ``libdlib-data``). Same landmark layout, no downloadable weights needed.
+
+:func:`make_front_end` picks one ("auto" = S3FD+FAN when both weight files are in the weights folder,
+else dlib).
+
+Every front end returns, per frame, a :class:`~latentmuse.runtime.contracts.Face` whose
+``landmarks`` are float32 (68, 2) in full-frame pixels (x, y), or ``None`` when no usable face is
+found: no detection, a box fully or mostly (more than half its area) outside the frame, or
+degenerate landmarks (non-finite, or spanning fewer than ``MIN_FACE_PX`` pixels). ``None`` frames
+are passthrough frames for the pipeline. Landmarks are **not** clipped to the frame (a face at the
+border legitimately has jaw points outside it); the generators decide what to do with those.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LatentmuseError
+from .contracts import Face, FaceFrontEnd
+
+__all__ = [
+    "DEFAULT_DLIB_PREDICTOR",
+    "DlibFrontEnd",
+    "S3FDFanFrontEnd",
+    "fan_center_scale",
+    "fan_crop",
+    "heatmaps_to_landmarks",
+    "make_front_end",
+    "nms",
+    "s3fd_best",
+    "s3fd_candidates",
+    "s3fd_decode",
+    "usable_face",
+]
+
+#: Debian's ``libdlib-data`` location of dlib's 68-point iBUG shape predictor.
+DEFAULT_DLIB_PREDICTOR = Path("/usr/share/dlib/shape_predictor_68_face_landmarks.dat")
+
+#: A face whose landmarks span fewer pixels than this (in x or y) is treated as degenerate.
+MIN_FACE_PX = 4.0
+#: A detector box with less than this fraction of its area inside the frame is unusable.
+MIN_INSIDE_FRACTION = 0.5
+
+# S3FD constants (face-alignment ``detection/sfd``).
+S3FD_MEAN_BGR = (104.0, 117.0, 123.0)
+S3FD_VARIANCES = (0.1, 0.2)
+S3FD_CANDIDATE_THRESHOLD = 0.05
+S3FD_NMS_THRESHOLD = 0.3
+S3FD_SCORE_THRESHOLD = 0.5
+
+# FAN constants (face-alignment ``utils.py``).
+FAN_CROP = 256
+FAN_REFERENCE_SCALE = 195.0
+FAN_SCALE_FACTOR = 200.0
+FAN_CENTER_Y_OFFSET = 0.12
+
+#: Left-right mirror permutation of the 68 iBUG points (face-alignment ``shuffle_lr``).
+IBUG_FLIP = (
+    16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,
+    26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 27, 28, 29, 30, 35, 34, 33, 32, 31,
+    45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+    54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65,
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def usable_face(
+    landmarks: np.ndarray,
+    box: Sequence[float],
+    frame_shape: Sequence[int],
+    *,
+    min_inside: float = MIN_INSIDE_FRACTION,
+    min_size: float = MIN_FACE_PX,
+) -> bool:
+    """Whether a detection can be used: box mostly inside the frame and non-degenerate landmarks."""
+    h, w = int(frame_shape[0]), int(frame_shape[1])
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        return False
+    inside = max(0.0, min(x2, w) - max(x1, 0.0)) * max(0.0, min(y2, h) - max(y1, 0.0))
+    if inside < min_inside * (x2 - x1) * (y2 - y1):
+        return False
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.shape != (68, 2) or not np.isfinite(pts).all():
+        return False
+    span = pts.max(axis=0) - pts.min(axis=0)
+    return bool(span[0] >= min_size and span[1] >= min_size)
+
+
+def _face_or_none(landmarks: np.ndarray, box: Sequence[float], score: float, frame_shape: Sequence[int]) -> Face | None:
+    landmarks = np.ascontiguousarray(landmarks, dtype=np.float32)
+    box_t = tuple(float(v) for v in box)
+    if not usable_face(landmarks, box_t, frame_shape):
+        return None
+    return Face(landmarks=landmarks, box=box_t, score=float(score))  # type: ignore[arg-type]
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        got = f"{getattr(frame, 'dtype', type(frame).__name__)} {getattr(frame, 'shape', '')}"
+        raise ValueError(f"face front ends take BGR uint8 (H, W, 3) frames, got {got}")
+
+
+# -------------------------------------------------------------------------------------------- dlib
+
+
+@lru_cache(maxsize=4)
+def _dlib_predictor(path: str):
+    """The shape predictor (a 99 MB model, about 1 s to read), loaded once per file and shared."""
+    import dlib
+
+    return dlib.shape_predictor(path)
+
+
+class DlibFrontEnd:
+    """dlib's HOG frontal face detector + 68-point shape predictor (the offline front end).
+
+    Per frame: ``detector.run(rgb, upsample, 0)`` gives boxes with scores; the highest-scoring box is
+    kept and the shape predictor places the 68 iBUG points in it. No box -> ``None``.
+
+    Speed: HOG detection cost grows with the pixel count (and x4 per ``upsample`` step), so when the
+    frame's longest side exceeds ``detect_max_side`` (default 640) detection runs on a copy
+    downscaled (``INTER_AREA``) to that size and the box is mapped back to full-frame pixels
+    (pixel-centre convention); the shape predictor then always runs on the full-resolution frame,
+    so landmark precision is that of the full frame. Faces smaller than about 80 px at the reduced
+    scale (dlib's minimum) are then missed: raise ``detect_max_side`` (or pass ``None`` to disable
+    the reduction) or use ``upsample=1`` for small faces in large frames.
+
+    dlib gives integer landmark coordinates; they are returned as float32.
+    """
+
+    name = "dlib"
+
+    def __init__(
+        self,
+        predictor_path: str | Path | None = None,
+        upsample: int = 0,
+        detect_max_side: int | None = 640,
+    ) -> None:
+        try:
+            import dlib
+        except ImportError as exc:  # pragma: no cover - dlib-bin is a dependency
+            raise LatentmuseError(f"dlib is not installed ({exc}).", "pip install dlib-bin") from None
+        path = Path(predictor_path) if predictor_path is not None else DEFAULT_DLIB_PREDICTOR
+        if not path.is_file():
+            raise LatentmuseError(
+                f"dlib 68-point shape predictor {path} not found.",
+                "apt-get install libdlib-data (it installs /usr/share/dlib/shape_predictor_68_face_landmarks.dat), "
+                "or pass the path of shape_predictor_68_face_landmarks.dat.",
+            )
+        if upsample not in (0, 1, 2):
+            raise ValueError(f"upsample must be 0, 1 or 2, got {upsample}")
+        self._dlib = dlib
+        self.predictor_path = path
+        self.upsample = int(upsample)
+        self.detect_max_side = detect_max_side
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = _dlib_predictor(str(path.resolve()))
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
+        return [self.detect_one(frame) for frame in frames]
+
+    def detect_one(self, frame: np.ndarray) -> Face | None:
+        _check_frame(frame)
+        dlib = self._dlib
+        h, w = frame.shape[:2]
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        longest = max(h, w)
+        if self.detect_max_side is not None and longest > self.detect_max_side:
+            s = self.detect_max_side / longest
+            sw, sh = max(1, round(w * s)), max(1, round(h * s))
+            small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+            fx, fy = w / sw, h / sh
+        else:
+            small, fx, fy = rgb, 1.0, 1.0
+        rects, scores, _ = self.detector.run(small, self.upsample, 0.0)
+        if len(rects) == 0:
+            return None
+        best = int(np.argmax(scores))
+        r = rects[best]
+        # dlib boxes are inclusive pixel indices; map pixel centres back to the full frame.
+        left = (r.left() + 0.5) * fx - 0.5
+        top = (r.top() + 0.5) * fy - 0.5
+        right = (r.right() + 0.5) * fx - 0.5
+        bottom = (r.bottom() + 0.5) * fy - 0.5
+        rect = dlib.rectangle(round(left), round(top), round(right), round(bottom))
+        shape = self.predictor(rgb, rect)
+        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+        return _face_or_none(pts, (left, top, right, bottom), float(scores[best]), frame.shape)
+
+
+# ------------------------------------------------------------------------------------------- S3FD
+
+
+def s3fd_decode(outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode S3FD's raw maps into per-anchor face probabilities and boxes for a batch.
+
+    ``outputs`` is the network's list ``[cls1, reg1, ..., cls6, reg6]`` (logits, (B, 2, h, w); box
+    regressions, (B, 4, h, w)). Scale ``i`` has stride ``2 ** (i + 2)`` (4 ... 128); the anchor of cell
+    (row, col) is centred at (stride / 2 + col * stride, stride / 2 + row * stride) with side
+    ``4 * stride``. With variances (0.1, 0.2) a regression (dx, dy, dw, dh) decodes to centre
+    ``anchor_c + d * 0.1 * side`` and size ``side * exp(dwh * 0.2)``; the box is (x1, y1, x1 + w, y1 + h).
+    Probabilities are the softmax over the two classes, channel 1 (face).
+
+    Returns ``scores`` (B, N) and ``boxes`` (B, N, 4) float64, anchors ordered scale by scale, row-major
+    within a scale (face-alignment's candidate order).
+    """
+    scores, boxes = [], []
+    v_c, v_s = S3FD_VARIANCES
+    for i in range(len(outputs) // 2):
+        cls, reg = outputs[2 * i], outputs[2 * i + 1]
+        b, _, h, w = cls.shape
+        stride = 2 ** (i + 2)
+        prob = F.softmax(cls.float(), dim=1)[:, 1].reshape(b, h * w)
+        loc = reg.double().permute(0, 2, 3, 1).reshape(b, h * w, 4)
+        rows, cols = torch.meshgrid(
+            torch.arange(h, dtype=torch.float64, device=cls.device),
+            torch.arange(w, dtype=torch.float64, device=cls.device),
+            indexing="ij",
+        )
+        acx = (stride / 2 + cols * stride).reshape(1, -1)
+        acy = (stride / 2 + rows * stride).reshape(1, -1)
+        side = 4.0 * stride
+        cx = acx + loc[..., 0] * v_c * side
+        cy = acy + loc[..., 1] * v_c * side
+        bw = side * torch.exp(loc[..., 2] * v_s)
+        bh = side * torch.exp(loc[..., 3] * v_s)
+        x1, y1 = cx - bw / 2, cy - bh / 2
+        scores.append(prob.double())
+        boxes.append(torch.stack([x1, y1, x1 + bw, y1 + bh], dim=-1))
+    return torch.cat(scores, dim=1), torch.cat(boxes, dim=1)
+
+
+def nms(dets: np.ndarray, threshold: float = S3FD_NMS_THRESHOLD) -> list[int]:
+    """Greedy non-maximum suppression with face-alignment's conventions.
+
+    ``dets`` is (N, 5) ``x1, y1, x2, y2, score``. Areas count pixels inclusively (``x2 - x1 + 1``);
+    a box is suppressed when its overlap (intersection over union) with a kept, higher-scoring box
+    exceeds ``threshold``. Returns the kept indices, highest score first (equal scores: lower
+    index first, where face-alignment's reversed ``argsort`` takes an unspecified order).
+    """
+    dets = np.asarray(dets, dtype=np.float64)
+    if len(dets) == 0:
+        return []
+    x1, y1, x2, y2, sc = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-sc, kind="stable")
+    keep: list[int] = []
+    while order.size > 0:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = iw * ih
+        overlap = inter / (areas[i] + areas[rest] - inter)
+        order = rest[overlap <= threshold]
+    return keep
+
+
+def s3fd_candidates(
+    outputs: Sequence[torch.Tensor],
+    *,
+    candidate_threshold: float = S3FD_CANDIDATE_THRESHOLD,
+    nms_threshold: float = S3FD_NMS_THRESHOLD,
+    score_threshold: float = S3FD_SCORE_THRESHOLD,
+) -> list[np.ndarray]:
+    """All faces per frame as face-alignment's ``detect_from_batch`` gives them: (K, 5) arrays.
+
+    Anchors with probability > ``candidate_threshold`` are decoded, suppressed with :func:`nms` and
+    those with score > ``score_threshold`` kept, highest score first.
+    """
+    scores, boxes = s3fd_decode(outputs)
+    result = []
+    for b in range(scores.shape[0]):
+        mask = scores[b] > candidate_threshold
+        dets = torch.cat([boxes[b][mask], scores[b][mask, None]], dim=1).cpu().numpy()
+        dets = dets[nms(dets, nms_threshold)] if len(dets) else dets.reshape(0, 5)
+        result.append(dets[dets[:, 4] > score_threshold])
+    return result
+
+
+def s3fd_best(
+    outputs: Sequence[torch.Tensor], *, score_threshold: float = S3FD_SCORE_THRESHOLD
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The highest-scoring face per frame: ``boxes`` (B, 4), ``scores`` (B,), ``found`` (B,) bool.
+
+    Equal to the first row of :func:`s3fd_candidates` (greedy NMS always keeps the top-scoring
+    candidate first, and it passes the 0.05 pre-filter whenever it passes ``score_threshold``), but
+    without running NMS over thousands of candidates.
+    """
+    scores, boxes = s3fd_decode(outputs)
+    best_score, best = scores.max(dim=1)
+    best_box = boxes[torch.arange(boxes.shape[0], device=boxes.device), best]
+    return best_box, best_score, best_score > score_threshold
+
+
+# -------------------------------------------------------------------------------------------- FAN
+
+
+def fan_center_scale(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """face-alignment's crop centre and scale from detector boxes (B, 4) ``x1, y1, x2, y2``.
+
+    centre = box centre with y moved up by 0.12 x box height; scale = (width + height) / 195
+    (the crop side is 200 x scale pixels).
+    """
+    boxes = boxes.double()
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    cx = x2 - (x2 - x1) / 2.0
+    cy = y2 - (y2 - y1) / 2.0 - (y2 - y1) * FAN_CENTER_Y_OFFSET
+    scale = (x2 - x1 + y2 - y1) / FAN_REFERENCE_SCALE
+    return torch.stack([cx, cy], dim=-1), scale
+
+
+def _crop_corners(centers: torch.Tensor, scales: torch.Tensor, resolution: int = FAN_CROP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer corners ``ul``, ``br`` (B, 2) of face-alignment's crop: inverse transform of (1, 1) and
+    (res, res), truncated towards zero."""
+    side = (FAN_SCALE_FACTOR * scales.double())[:, None]
+    c = centers.double()
+    ul = torch.trunc((1.0 / resolution - 0.5) * side + c)
+    br = torch.trunc(0.5 * side + c)
+    return ul, br
+
+
+_COEF_SCALE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE (11 bits)
+
+
+def _linear_taps(
+    size: torch.Tensor, resolution: int, *, horizontal: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OpenCV's ``INTER_LINEAR`` taps for resizing ``size`` pixels (B,) to ``resolution`` (uint8 path).
+
+    Source position ``(u + 0.5) * size / res - 0.5`` in float32; the two weights are rounded to
+    11-bit fixed point. Horizontally OpenCV moves a position outside [0, size - 1] onto the edge pixel
+    with weights (1, 0); vertically it keeps the weights and clamps the row indices instead (the two
+    taps then read the same row). Returns both tap indices and weights, (B, res) int64 each.
+    """
+    u = torch.arange(resolution, dtype=torch.float64, device=size.device)
+    scale = 1.0 / (resolution / size.double())
+    f = ((u[None, :] + 0.5) * scale[:, None] - 0.5).float()
+    s = torch.floor(f)
+    f = f - s
+    s = s.long()
+    last = (size.long() - 1)[:, None]
+    if horizontal:
+        edge = (s < 0) | (s >= last)
+        s = torch.where(s < 0, torch.zeros_like(s), torch.minimum(s, last))
+        f = torch.where(edge, torch.zeros_like(f), f)
+    s0 = torch.minimum(s.clamp(min=0), last)
+    s1 = torch.minimum((s + 1).clamp(min=0), last)
+    w1 = torch.round(f * _COEF_SCALE).long()
+    w0 = torch.round((1.0 - f) * _COEF_SCALE).long()
+    return s0, s1, w0, w1
+
+
+def fan_crop(frames: torch.Tensor, centers: torch.Tensor, scales: torch.Tensor, resolution: int = FAN_CROP) -> torch.Tensor:
+    """face-alignment's ``crop`` for a batch, bit-exact, with torch integer ops.
+
+    ``frames``: (B, 3, H, W) BGR with integer values 0..255 (uint8 or float; one frame per face);
+    returns (B, 3, res, res) float32 RGB in [0, 1], the FAN input. The original cuts the integer window
+    [ul, br) (:func:`_crop_corners`) out of the image, zero where it leaves the frame, and resizes it
+    to res x res with ``cv2.resize(..., INTER_LINEAR)`` on uint8. This reproduces that resize's
+    fixed-point arithmetic (11-bit weights, horizontal pass, then
+    ``((b0 * (h0 >> 4)) >> 16) + ((b1 * (h1 >> 4)) >> 16) + 2) >> 2``), so the crop is identical.
+    """
+    b, _, h, w = frames.shape
+    ul, br = _crop_corners(centers, scales, resolution)
+    size = (br - ul).clamp(min=1.0)  # (B, 2): window width, height
+    x0, x1, ax0, ax1 = _linear_taps(size[:, 0], resolution, horizontal=True)
+    y0, y1, ay0, ay1 = _linear_taps(size[:, 1], resolution, horizontal=False)
+    x0, x1 = x0 + ul[:, 0:1].long(), x1 + ul[:, 0:1].long()  # window -> frame coordinates
+    y0, y1 = y0 + ul[:, 1:2].long(), y1 + ul[:, 1:2].long()
+
+    def rows(y: torch.Tensor) -> torch.Tensor:  # (B, 3, res, W) int64, zero outside the frame
+        inside = ((y >= 0) & (y < h)).view(b, 1, resolution, 1)
+        idx = y.clamp(0, h - 1).view(b, 1, resolution, 1).expand(b, 3, resolution, w)
+        return frames.gather(2, idx).to(torch.int64) * inside
+
+    def cols(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B, 3, res, res)
+        inside = ((x >= 0) & (x < w)).view(b, 1, 1, resolution)
+        idx = x.clamp(0, w - 1).view(b, 1, 1, resolution).expand(b, 3, resolution, resolution)
+        return r.gather(3, idx) * inside
+
+    def horizontal(r: torch.Tensor) -> torch.Tensor:
+        return cols(r, x0) * ax0.view(b, 1, 1, resolution) + cols(r, x1) * ax1.view(b, 1, 1, resolution)
+
+    h0, h1 = horizontal(rows(y0)), horizontal(rows(y1))
+    by0, by1 = ay0.view(b, 1, resolution, 1), ay1.view(b, 1, resolution, 1)
+    out = (((by0 * (h0 >> 4)) >> 16) + ((by1 * (h1 >> 4)) >> 16) + 2) >> 2
+    return out.clamp(0, 255).flip(1).float() / 255.0  # BGR -> RGB
+
+
+def heatmaps_to_landmarks(
+    heatmaps: torch.Tensor, centers: torch.Tensor, scales: torch.Tensor, *, quantize: bool = True
+) -> torch.Tensor:
+    """face-alignment's ``get_preds_fromhm`` + inverse transform, for a batch: (B, N, 2) float64.
+
+    Per heatmap: the argmax cell (col, row) (first maximum on ties); if it is not on the border, each
+    coordinate moves 0.25 towards its higher neighbour (sign of the neighbour difference, 0 on a tie);
+    the heatmap coordinate is then ``cell + 0.5 + shift`` (face-alignment's 1-based index minus 0.5)
+    and maps to the frame by ``(p / res - 0.5) * 200 * scale + centre`` (res = heatmap size, 64).
+    face-alignment truncates the result towards zero (``astype(int32)``); ``quantize=False`` keeps the
+    sub-pixel value.
+    """
+    b, n, h, w = heatmaps.shape
+    hm = heatmaps.float()
+    idx = hm.reshape(b, n, h * w).argmax(dim=-1)
+    px, py = idx % w, idx // w
+
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        flat = yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)
+        return hm.reshape(b, n, h * w).gather(-1, flat[..., None])[..., 0]
+
+    inner = (px > 0) & (px < w - 1) & (py > 0) & (py < h - 1)
+    dx = torch.sign(at(py, px + 1) - at(py, px - 1))
+    dy = torch.sign(at(py + 1, px) - at(py - 1, px))
+    shift = torch.stack([dx, dy], dim=-1).double() * 0.25 * inner[..., None]
+    preds = torch.stack([px, py], dim=-1).double() + 0.5 + shift
+    side = (FAN_SCALE_FACTOR * scales.double())[:, None, None]
+    out = (preds / h - 0.5) * side + centers.double()[:, None, :]
+    return torch.trunc(out) if quantize else out
+
+
+def _last(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    return output[-1] if isinstance(output, (list, tuple)) else output
+
+
+class S3FDFanFrontEnd:
+    """S3FD face detection + FAN 68-point landmarks, as face-alignment runs them, batched.
+
+    * S3FD sees the full-resolution frame, BGR minus the VGG mean (104, 117, 123), as face-alignment
+      feeds it (face-alignment converts its RGB input back to BGR). Note that MuseTalk's vendored
+      copy feeds RGB minus this BGR mean (a channel-order bug inherited from Wav2Lip); we do not.
+    * The highest-scoring face with score > 0.5 after NMS 0.3 (see :func:`s3fd_best`).
+    * FAN on face-alignment's 256 x 256 crop (:func:`fan_center_scale`, :func:`fan_crop`), last
+      stack's heatmaps, decoded with :func:`heatmaps_to_landmarks`. ``flip_input`` (face-alignment's
+      option, off by default in every release MuseTalk and LatentSync used) adds the mirrored
+      prediction. ``quantize`` (default, as face-alignment) truncates landmark coordinates to
+      integers.
+
+    Frames are grouped by shape and run ``batch_size`` at a time (S3FD memory grows with frame size
+    and batch: a 1080p batch of 8 needs several GB on a GPU).
+    """
+
+    name = "s3fd"
+
+    def __init__(
+        self,
+        s3fd_model: nn.Module,
+        fan_model: nn.Module,
+        device: str | torch.device = "cpu",
+        *,
+        batch_size: int = 8,
+        flip_input: bool = False,
+        quantize: bool = True,
+        score_threshold: float = S3FD_SCORE_THRESHOLD,
+    ) -> None:
+        self.device = torch.device(device)
+        self.s3fd = s3fd_model.to(self.device).eval()
+        self.fan = fan_model.to(self.device).eval()
+        self.batch_size = max(1, int(batch_size))
+        self.flip_input = flip_input
+        self.quantize = quantize
+        self.score_threshold = score_threshold
+
+    @classmethod
+    def from_weights(cls, root: str | Path, device: str | torch.device = "cpu", **kwargs) -> S3FDFanFrontEnd:
+        """Load S3FD and FAN (strictly) from a weights folder (``latentmuse weights download``)."""
+        from ..models.folder import load_model
+
+        return cls(load_model(root, "s3fd", device=device), load_model(root, "fan68", device=device), device, **kwargs)
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
+        for frame in frames:
+            _check_frame(frame)
+        results: list[Face | None] = [None] * len(frames)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault(frame.shape, []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                for i, face in zip(chunk, self._detect_batch([frames[i] for i in chunk])):
+                    results[i] = face
+        return results
+
+    @torch.no_grad()
+    def _detect_batch(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
+        batch = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float()  # BGR 0..255
+        mean = torch.tensor(S3FD_MEAN_BGR, device=self.device).view(1, 3, 1, 1)
+        boxes, scores, found = s3fd_best(self.s3fd(batch - mean), score_threshold=self.score_threshold)
+        out: list[Face | None] = [None] * len(frames)
+        # boxes mostly outside the frame are unusable: do not spend a FAN pass on them
+        height, width = frames[0].shape[:2]
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        inside = (x2.clamp(max=width) - x1.clamp(min=0)).clamp(min=0) * (y2.clamp(max=height) - y1.clamp(min=0)).clamp(min=0)
+        found &= inside >= MIN_INSIDE_FRACTION * (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+        found &= (x2 > x1) & (y2 > y1)
+        hits = torch.nonzero(found).flatten()
+        if hits.numel() == 0:
+            return out
+        centers, scales = fan_center_scale(boxes[hits])
+        crops = fan_crop(batch[hits], centers, scales)
+        heatmaps = _last(self.fan(crops)).float()
+        if self.flip_input:
+            mirrored = _last(self.fan(crops.flip(-1))).float()
+            heatmaps = heatmaps + mirrored[:, list(IBUG_FLIP)].flip(-1)
+        landmarks = heatmaps_to_landmarks(heatmaps, centers, scales, quantize=self.quantize).cpu().numpy()
+        boxes_np, scores_np = boxes[hits].cpu().numpy(), scores[hits].cpu().numpy()
+        for k, i in enumerate(hits.tolist()):
+            out[i] = _face_or_none(landmarks[k], boxes_np[k], scores_np[k], frames[i].shape)
+        return out
+
+
+# ---------------------------------------------------------------------------------------- factory
+
+FrontEndKind = Literal["auto", "s3fd", "dlib"]
+
+
+def _missing_face_weights(weights_root: Path | None) -> list[str]:
+    """Expected paths (relative to the folder) of the S3FD / FAN weights that are not present."""
+    from ..models.folder import folder_layouts
+    from ..models.layouts import layouts
+
+    if weights_root is None or not Path(weights_root).is_dir():
+        return [" or ".join(e.targets) for e in layouts() if e.key in ("s3fd", "fan68")]
+    root = Path(weights_root)
+    return [" or ".join(e.targets) for e in folder_layouts(root, ["s3fd", "fan68"]) if e.locate(root) is None]
+
+
+def make_front_end(
+    kind: FrontEndKind | str = "auto", weights_root: str | Path | None = None, device: str | torch.device = "cpu"
+) -> FaceFrontEnd:
+    """The face front end for ``kind``.
+
+    ``"auto"``: S3FD + FAN when both weight files are in ``weights_root``, else dlib (the offline
+    default). ``"s3fd"``: S3FD + FAN, a :class:`LatentmuseError` naming the missing file otherwise.
+    ``"dlib"``: dlib HOG + shape predictor.
+    """
+    root = Path(weights_root) if weights_root is not None else None
+    if kind == "dlib":
+        return DlibFrontEnd()
+    if kind not in ("auto", "s3fd"):
+        raise LatentmuseError(f"unknown face front end {kind!r}.", "use auto, s3fd or dlib.")
+    missing = _missing_face_weights(root)
+    if not missing:
+        return S3FDFanFrontEnd.from_weights(root, device)  # type: ignore[arg-type]
+    if kind == "auto":
+        return DlibFrontEnd()
+    where = root if root is not None else "the weights folder (none given)"
+    target = root if root is not None else "WEIGHTS_DIR"
+    raise LatentmuseError(
+        f"face front end s3fd needs {' and '.join(missing)} in {where}.",
+        f"run `latentmuse weights download --dir {target} -m s3fd -m fan68`, or use the dlib front end.",
+    )

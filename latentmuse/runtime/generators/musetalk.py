@@ -1,0 +1,108 @@
+"""MuseTalk 1.5: single-step latent inpainting of the lower face (PIPELINE.md 6a).
+
+Per process frame: an axis-aligned crop box from the 68 landmarks, a 256 x 256 Lanczos crop, the
+VAE latents of the crop with its lower half masked (-1 after normalisation) and of the whole crop,
+one UNet call at t = 0 with the frame's audio window, a VAE decode, and the jaw-mode blend that
+pastes only the mouth region back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..audio import musetalk_audio_windows
+from ..blending import FaceParser, crop_geometry, parser_crop, paste_back
+from ..contracts import Face
+from ..runners import Runner
+from .base import GenerationBatch, GeneratorFailure, StageClock
+
+CROP = 256
+EXTRA_MARGIN = 10  # MuseTalk 1.5's default: the box reaches 10 px below the chin
+
+
+def crop_box(face: Face, frame_shape: Sequence[int], extra_margin: int = EXTRA_MARGIN) -> tuple[int, int, int, int] | None:
+    """MuseTalk 1.5's box (x1, y1, x2, y2) from landmarks, or None when no usable box exists.
+
+    Landmarks are truncated to integers (MuseTalk casts them to int32). With p = L[29] (nose bridge)
+    and d = max(L.y) - p.y: y1 = max(0, p.y - d), x1 = min(L.x), x2 = max(L.x), y2 = max(L.y); if that
+    box is empty or x1 < 0 the detector box is used instead. Then y2 += 10, clipped to the frame;
+    x2 is clipped to the frame width (MuseTalk relies on slicing for that).
+    """
+    height, width = frame_shape[:2]
+    lm = face.landmarks.astype(np.int32)
+    p_y = int(lm[29, 1])
+    y_max = int(lm[:, 1].max())
+    x1, y1, x2, y2 = int(lm[:, 0].min()), max(0, p_y - (y_max - p_y)), int(lm[:, 0].max()), y_max
+    if y2 - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
+        x1, y1, x2, y2 = (int(v) for v in face.box)
+        x1, y1 = max(0, x1), max(0, y1)
+    y2 = min(y2 + extra_margin, height)
+    x2 = min(x2, width)
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return None
+    return x1, y1, x2, y2
+
+
+def _to_tensor(crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
+    """(B, 3, 256, 256) RGB float in [0, 1]."""
+    rgb = np.stack([c[..., ::-1] for c in crops_bgr]).astype(np.float32) / 255.0
+    return torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous()
+
+
+class MuseTalkGenerator:
+    """MuseTalk 1.5 over runners for the VAE encoder/decoder and the UNet, plus the face parser."""
+
+    name = "musetalk"
+
+    def __init__(self, vae_encoder: Runner, vae_decoder: Runner, unet: Runner, parser: FaceParser) -> None:
+        self.vae_encoder, self.vae_decoder, self.unet, self.parser = vae_encoder, vae_decoder, unet, parser
+        self.clock = StageClock()
+
+    def generate(self, batch: GenerationBatch) -> list[np.ndarray]:
+        boxes = [crop_box(face, frame.shape) for face, frame in zip(batch.faces, batch.frames)]
+        if any(box is None for box in boxes):  # the pipeline filters these; be safe
+            raise GeneratorFailure("a face has no usable crop box")
+        tic = time.perf_counter()
+        crops = [
+            cv2.resize(frame[y1:y2, x1:x2], (CROP, CROP), interpolation=cv2.INTER_LANCZOS4)
+            for frame, (x1, y1, x2, y2) in zip(batch.frames, boxes)
+        ]
+        image = _to_tensor(crops)
+        masked = image.clone()
+        masked[:, :, CROP // 2 :, :] = 0.0  # lower half masked in [0, 1] space -> -1 after normalising
+        stacked = torch.cat([masked, image]) * 2.0 - 1.0
+        self.clock.add("crop", time.perf_counter() - tic)
+
+        tic = time.perf_counter()
+        latents = self.vae_encoder({"image": stacked})["latent"]
+        n = len(crops)
+        unet_in = torch.cat([latents[:n], latents[n:]], dim=1)  # masked 4 + reference 4
+        self.clock.add("vae_encode", time.perf_counter() - tic)
+
+        tic = time.perf_counter()
+        audio = musetalk_audio_windows(batch.audio.post_ln_states, batch.n_out, batch.audio.fps, frames=batch.out_indices)
+        pred = self.unet({"latents": unet_in, "audio": audio})["latent"]
+        self.clock.add("unet", time.perf_counter() - tic)
+
+        tic = time.perf_counter()
+        decoded = self.vae_decoder({"latent": pred})["image"]
+        if not torch.isfinite(decoded).all():
+            raise GeneratorFailure("MuseTalk produced non-finite pixels")
+        patches = (decoded.float().cpu().permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)[..., ::-1]
+        self.clock.add("vae_decode", time.perf_counter() - tic)
+
+        tic = time.perf_counter()
+        crops = [parser_crop(frame, crop_geometry(box, frame.shape)) for frame, box in zip(batch.frames, boxes)]
+        labels = self.parser.labels(crops)  # one BiSeNet call for the batch
+        out = [
+            paste_back(frame, np.ascontiguousarray(patch), box, label)
+            for frame, patch, box, label in zip(batch.frames, patches, boxes, labels)
+        ]
+        self.clock.add("blend", time.perf_counter() - tic)
+        return out
+

@@ -1,0 +1,467 @@
+"""Media I/O on real files: frame identity, exact frame rates, audio trimming and padding, errors, demo clip.
+
+Test videos encode their frame index in the pixels (8 black/white bit columns, robust to H.264), so
+every check of order and seeking compares real decoded frames, not counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from latentmuse.runtime.datagen import ping_pong_schedule
+
+from latentmuse.errors import LatentmuseError
+from latentmuse.runtime import media
+from latentmuse.runtime.contracts import VideoInfo
+from latentmuse.runtime.media import (
+    FrameSource,
+    MemorySink,
+    VideoWriter,
+    check_output_path,
+    is_variable_frame_rate,
+    iter_frames,
+    load_audio,
+    probe,
+)
+
+W, H = 128, 64
+BITS = 8
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def index_frame(i: int, width: int = W, height: int = H) -> np.ndarray:
+    """A BGR frame whose 8 vertical bands spell i in binary (white = 1); a gray strip below for texture."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    band = width // BITS
+    for bit in range(BITS):
+        if (i >> bit) & 1:
+            frame[: height * 3 // 4, bit * band : (bit + 1) * band] = 255
+    frame[height * 3 // 4 :, :] = (i * 37) % 200 + 30
+    return frame
+
+
+def read_index(frame: np.ndarray) -> int:
+    height, width = frame.shape[:2]
+    band = width // BITS
+    value = 0
+    for bit in range(BITS):
+        block = frame[4 : height * 3 // 4 - 4, bit * band + 4 : (bit + 1) * band - 4]
+        if block.mean() > 128:
+            value |= 1 << bit
+    return value
+
+
+def write_index_video(path: Path, n: int, *, fps=Fraction(25), gop: int = 5, pts=None) -> Path:
+    """An H.264 video (keyframe every ``gop`` frames, B-frames on) whose frame i shows i."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.time_base = 1 / Fraction(fps)
+        stream.codec_context.time_base = 1 / Fraction(fps)
+        stream.options = {"crf": "12", "g": str(gop), "keyint_min": str(gop), "bf": "2", "preset": "fast"}
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="bgr24")
+            frame.pts = i if pts is None else pts[i]
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """16-bit PCM wav; ``samples`` is (n,) or (n, channels) float in [-1, 1]."""
+    samples = np.atleast_2d(samples.T).T if samples.ndim == 1 else samples
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(samples.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def sine(seconds: float, rate: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def dominant_hz(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+def audio_seconds(path: Path) -> float:
+    """The container's stated audio duration (mp4 edit lists exclude AAC priming and padding)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return float(stream.duration * stream.time_base)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """10 frames, 25 fps, keyframe every 3 frames."""
+    return write_index_video(tmp_path_factory.mktemp("clip") / "clip.mp4", 10, gop=3)
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    """40 frames in Matroska (no frame count in the header), keyframe every 5 frames."""
+    return write_index_video(tmp_path_factory.mktemp("long") / "long.mkv", 40, gop=5)
+
+
+# -------------------------------------------------------------------------------- probe and decode
+
+
+def test_probe_counts_frames_and_keeps_exact_rate(clip: Path, long_clip: Path) -> None:
+    info = probe(clip)
+    assert info == VideoInfo(path=clip, width=W, height=H, fps=Fraction(25), frame_count=10, has_audio=False, codec="h264")
+    long = probe(long_clip)
+    assert long.frame_count == 40  # counted from packets: mkv states no frame count
+    assert long.fps == 25 and isinstance(long.fps, Fraction)
+
+
+def test_iter_frames_in_order_bgr(clip: Path) -> None:
+    frames = list(iter_frames(clip))
+    assert [read_index(f) for f in frames] == list(range(10))
+    assert all(f.shape == (H, W, 3) and f.dtype == np.uint8 for f in frames)
+    # BGR, values not only shapes: the gray strip of frame 3 is (3 * 37) % 200 + 30 = 141 in all channels
+    strip = frames[3][H * 7 // 8, W // 2].astype(int)
+    assert np.all(np.abs(strip - 141) <= 3)
+
+
+def test_frame_source_ping_pong_schedule_yields_the_right_frames(clip: Path) -> None:
+    schedule = list(range(10)) + list(range(9, -1, -1)) + list(range(5))
+    source = FrameSource(clip, probe(clip), chunk=3)
+    seen = []
+    for index, frame in source.frames(schedule):
+        assert len(source._cache) <= 3  # bounded memory: one chunk of decoded frames
+        seen.append((index, read_index(frame)))
+    source.close()
+    assert [s for s, _ in seen] == schedule
+    assert [f for _, f in seen] == schedule  # the pixels really are frame `index`
+    assert source.seeks >= 2  # backward chunks past the cache needed keyframe seeks
+    assert source.decoded < 3 * 10 + 10  # not a full re-decode per chunk
+
+
+def test_frame_source_long_video_chunks_and_prefix(long_clip: Path) -> None:
+    info = probe(long_clip)
+    schedule = ping_pong_schedule(info.frame_count, 100)
+    assert schedule[:3] == [0, 1, 2] and schedule[38:42] == [38, 39, 39, 38] and schedule[79:82] == [0, 0, 1]
+    with FrameSource(long_clip, info, chunk=4) as source:
+        got = [(i, read_index(f)) for i, f in source.frames(schedule)]
+    assert got == [(i, i) for i in schedule]
+    with FrameSource(long_clip, info, chunk=4) as source:  # a plain prefix decodes each frame once
+        assert [read_index(f) for _, f in source.frames(range(7))] == list(range(7))
+        assert source.decoded == 7 and source.seeks == 0
+        # arbitrary jumps start new runs
+        jumps = [30, 31, 12, 11, 10, 25, 3]
+        assert [read_index(f) for _, f in source.frames(jumps)] == jumps
+
+
+def test_frame_source_without_usable_timestamps_decodes_from_start(long_clip: Path, monkeypatch) -> None:
+    monkeypatch.setattr(FrameSource, "_index_timestamps", lambda self: False)
+    schedule = list(range(39, 29, -1)) + [5, 6]
+    with FrameSource(long_clip, chunk=4) as source:
+        assert [read_index(f) for _, f in source.frames(schedule)] == schedule
+
+
+def test_frame_source_yields_copies(clip: Path) -> None:
+    with FrameSource(clip, chunk=4) as source:
+        (_, first), (_, again) = list(source.frames([2, 2]))
+        first[:] = 0  # the caller owns its frame; the cached one is untouched
+        assert read_index(again) == 2
+
+
+def test_frame_source_rejects_out_of_range(clip: Path) -> None:
+    with FrameSource(clip) as source, pytest.raises(ValueError, match="outside"):
+        list(source.frames([0, 10]))
+
+
+def test_variable_frame_rate_detected(tmp_path: Path, clip: Path) -> None:
+    assert not is_variable_frame_rate(clip)
+    vfr = write_index_video(tmp_path / "vfr.mp4", 8, pts=[0, 1, 2, 4, 5, 7, 8, 11])
+    assert is_variable_frame_rate(vfr)
+    info = probe(vfr)  # treated as constant-rate at its average rate, every frame kept once
+    assert info.frame_count == 8
+    assert [read_index(f) for f in iter_frames(vfr)] == list(range(8))
+
+
+# -------------------------------------------------------------------------------- audio
+
+
+def test_load_audio_resamples_stereo_44k_to_mono_16k(tmp_path: Path) -> None:
+    tone = sine(1.5, 44100)
+    path = write_wav(tmp_path / "tone.wav", np.stack([tone, tone], axis=1), 44100)
+    audio = load_audio(path)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) - 24000) <= 2
+    assert abs(dominant_hz(audio, 16000) - 440) < 2
+    assert 0.3 < np.abs(audio[1000:-1000]).max() <= 1.0  # a downmix of equal channels keeps the level
+
+
+def write_encoded_audio(path: Path, codec: str, samples: np.ndarray, rate: int) -> Path:
+    """Encode (channels, n) float samples with PyAV (flac, aac, mp3, ...)."""
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = layout
+        fmt = stream.codec_context.codec.audio_formats[0].name
+        resampler = av.AudioResampler(format=fmt, layout=layout, rate=rate, frame_size=stream.codec_context.frame_size or 1024)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        for out in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(out):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(("name", "codec"), [("a.flac", "flac"), ("a.m4a", "aac"), ("a.mp3", "libmp3lame")])
+def test_load_audio_compressed_containers(tmp_path: Path, name: str, codec: str) -> None:
+    tone = sine(2.0, 44100, freq=300.0)
+    path = write_encoded_audio(tmp_path / name, codec, np.stack([tone, tone]), 44100)
+    audio = load_audio(path)
+    assert abs(len(audio) / 16000 - 2.0) < 0.06  # lossy codecs may add up to about a frame of padding
+    assert abs(dominant_hz(audio, 16000) - 300) < 2
+    assert 0.3 < np.abs(audio[4000:-4000]).max() <= 1.0
+
+
+def test_load_audio_espeak_speech(tmp_path: Path) -> None:
+    wav = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "--", "testing one two three"], check=True, capture_output=True)
+    with wave.open(str(wav)) as w:
+        seconds = w.getnframes() / w.getframerate()
+    audio = load_audio(wav)
+    assert abs(len(audio) / 16000 - seconds) < 0.002
+    assert np.abs(audio).max() > 0.1  # speech, not silence
+
+
+# -------------------------------------------------------------------------------- writing
+
+
+@pytest.mark.parametrize("fps", [Fraction(30000, 1001), Fraction(25)])
+def test_writer_keeps_exact_fps_and_frames(tmp_path: Path, fps: Fraction) -> None:
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, W, H, fps, None) as writer:
+        for i in range(12):
+            writer.write(index_frame(i))
+    assert writer.frames_written == 12
+    info = probe(out)
+    assert info.fps == fps and info.frame_count == 12 and not info.has_audio
+    assert [read_index(f) for f in iter_frames(out)] == list(range(12))
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4"]  # no temporary file left
+
+
+def test_writer_pads_odd_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "odd.mp4"
+    frame = np.zeros((49, 65, 3), np.uint8)
+    frame[:, -1] = 255  # last column white: repeated into the padding column
+    with VideoWriter(out, 65, 49, Fraction(25)) as writer:
+        assert writer.encoded_size == (66, 50)
+        writer.write(frame)
+    (decoded,) = list(iter_frames(out))
+    assert decoded.shape == (50, 66, 3)
+    assert decoded[:, -2:].mean() > 240 and decoded[:, :60].mean() < 15
+
+
+def test_writer_trims_longer_audio_to_video(tmp_path: Path) -> None:
+    fps = Fraction(30000, 1001)
+    source = write_wav(tmp_path / "long.wav", np.stack([sine(3.0, 44100), sine(3.0, 44100, 660)], axis=1), 44100)
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, W, H, fps, source) as writer:
+        for i in range(45):
+            writer.write(index_frame(i))
+    video_s = 45 / fps
+    info = probe(out)
+    assert info.has_audio and info.fps == fps and info.frame_count == 45
+    assert abs(audio_seconds(out) - video_s) < 1 / fps
+    audio = load_audio(out)
+    assert abs(len(audio) / 16000 - video_s) < 1 / fps
+    with av.open(str(out)) as container:  # its own rate and layout, not resampled to 16 kHz mono
+        assert container.streams.audio[0].rate == 44100
+        assert container.streams.audio[0].layout.nb_channels == 2
+
+
+def test_writer_pads_shorter_audio_with_silence(tmp_path: Path) -> None:
+    fps = Fraction(25)
+    source = write_wav(tmp_path / "short.wav", sine(0.4, 22050), 22050)
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, W, H, fps, source) as writer:
+        for i in range(25):
+            writer.write(index_frame(i))
+    assert abs(audio_seconds(out) - 1.0) < 1 / fps
+    audio = load_audio(out)
+    assert abs(len(audio) / 16000 - 1.0) < 1 / fps
+    assert np.sqrt(np.mean(audio[800:5600] ** 2)) > 0.2  # the tone (0 .. 0.4 s) is there, in place
+    assert abs(dominant_hz(audio[:6400], 16000) - 440) < 5
+    assert np.abs(audio[7200:]).max() < 0.01  # then silence up to the video's end
+    assert writer.audio_padded_s == pytest.approx(0.6, abs=1e-3)
+
+
+def test_writer_exception_leaves_nothing(tmp_path: Path) -> None:
+    source = write_wav(tmp_path / "a.wav", sine(1.0, 16000), 16000)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(out, W, H, Fraction(25), source) as writer:
+            for i in range(60):  # past x264's lookahead, so packets reach the temporary file
+                writer.write(index_frame(i))
+            assert any(name.endswith(".partial.mp4") for name in os.listdir(tmp_path))
+            assert not out.exists()
+            raise RuntimeError("boom")
+    assert sorted(os.listdir(tmp_path)) == ["a.wav"]
+
+
+def test_writer_without_frames_raises_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(LatentmuseError, match="no frames"):
+        with VideoWriter(tmp_path / "out.mp4", W, H, Fraction(25)):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_writer_checks_frame_shape(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected uint8"):
+        with VideoWriter(tmp_path / "out.mp4", W, H, Fraction(25)) as writer:
+            writer.write(np.zeros((H, W), np.uint8))
+    assert os.listdir(tmp_path) == []
+
+
+def test_memory_sink_is_lossless() -> None:
+    sink: media.FrameSink = MemorySink()
+    frame = index_frame(5)
+    sink.write(frame)
+    frame[:] = 0  # the sink keeps its own copy
+    sink.close()
+    assert read_index(sink.frames[0]) == 5 and sink.frames_written == 1
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    for call in (probe, load_audio, lambda p: list(iter_frames(p))):
+        with pytest.raises(LatentmuseError, match="does not exist") as err:
+            call(tmp_path / "nope.mp4")
+        assert err.value.fix
+
+
+def test_not_a_media_file(tmp_path: Path) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("these are not frames\n" * 50)
+    with pytest.raises(LatentmuseError, match="not a media file"):
+        probe(text)
+
+
+def test_truncated_video(tmp_path: Path, clip: Path) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(clip.read_bytes()[: clip.stat().st_size // 3])
+    with pytest.raises(LatentmuseError) as err:
+        probe(broken)
+        list(iter_frames(broken))
+    assert err.value.fix
+
+
+def test_audio_file_as_video(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "speech.wav", sine(0.5, 16000), 16000)
+    with pytest.raises(LatentmuseError, match="no video stream"):
+        probe(wav)
+
+
+def test_video_without_audio(clip: Path, tmp_path: Path) -> None:
+    with pytest.raises(LatentmuseError, match="no audio track") as err:
+        load_audio(clip)
+    assert "--audio" in err.value.fix
+    with pytest.raises(LatentmuseError, match="no audio track"):
+        VideoWriter(tmp_path / "out.mp4", W, H, Fraction(25), clip)
+    assert os.listdir(tmp_path) == []
+
+
+def test_zero_length_audio(tmp_path: Path) -> None:
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    with pytest.raises(LatentmuseError, match="empty"):
+        load_audio(empty)
+
+
+def test_check_output_path(tmp_path: Path, clip: Path) -> None:
+    assert check_output_path(tmp_path / "ok.mp4", [clip]) == (tmp_path / "ok.mp4").resolve()
+    with pytest.raises(LatentmuseError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "out.mp4", [clip])
+    with pytest.raises(LatentmuseError, match="is also an input"):
+        check_output_path(clip, [clip])
+    link = tmp_path / "link.mp4"
+    link.symlink_to(clip)
+    with pytest.raises(LatentmuseError, match="is also an input"):
+        check_output_path(link, [clip])
+    with pytest.raises(LatentmuseError, match="unsupported extension"):
+        check_output_path(tmp_path / "out.png", [clip], extensions=media.OUTPUT_FORMATS)
+    assert check_output_path(tmp_path / "report.json", [clip]).name == "report.json"  # any file by default
+    with pytest.raises(LatentmuseError, match="unsupported extension"):
+        VideoWriter(tmp_path / "out.png", W, H, Fraction(25))
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(LatentmuseError, match="not writable"):
+            check_output_path(locked / "out.mp4", [clip])
+    with pytest.raises(LatentmuseError, match="does not exist"):
+        VideoWriter(tmp_path / "missing" / "out.mp4", W, H, Fraction(25))
+
+
+# -------------------------------------------------------------------------------- demo sample
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    from latentmuse.samples import build_sample
+
+    return build_sample(tmp_path_factory.mktemp("sample"))
+
+
+def test_sample_layout(sample) -> None:
+    assert sample.frame_count == 125 and sample.fps == 25
+    assert sample.cutaway_frames == range(50, 75)  # the middle second
+    info = probe(sample.video)
+    assert info.frame_count == 125 and info.fps == 25 and info.has_audio
+    assert (info.width, info.height) == sample.size
+    assert abs(audio_seconds(sample.video) - 5.0) < 1 / 25
+    speech = load_audio(sample.video)
+    assert abs(len(speech) / 16000 - 5.0) < 1 / 25 and np.abs(speech).max() > 0.1
+
+
+def test_sample_faces_and_cutaway(sample) -> None:
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    want_face = {0, 30, 49, 75, 100, 124}
+    want_none = {50, 62, 74}
+    checked = 0
+    for i, frame in enumerate(iter_frames(sample.video)):
+        if i in want_face or i in want_none:
+            faces = detector(np.ascontiguousarray(frame[:, :, ::-1]), 0)
+            if i in want_face:
+                assert len(faces) == 1, f"frame {i}: no face found"
+                box = faces[0]
+                assert box.left() >= 0 and box.top() >= 0
+                assert box.right() < frame.shape[1] and box.bottom() < frame.shape[0]
+            else:
+                assert len(faces) == 0, f"cutaway frame {i} has a face"
+            checked += 1
+    assert checked == len(want_face | want_none)
+
+
+def test_sample_is_deterministic(sample, tmp_path: Path) -> None:
+    from latentmuse.samples import build_sample
+
+    again = build_sample(tmp_path)
+    for a, b in ((sample.video, again.video), (sample.speech, again.speech)):
+        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
