@@ -40,3 +40,13 @@ def marker_pickle(tmp_path: Path) -> tuple[Path, Path]:
     torch.save({"conv_in.weight": torch.zeros(1), "payload": Exploit()}, path)
     assert not marker.exists()
     return path, marker
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run the ``latentmuse`` command in-process; return (exit code, stdout, stderr)."""
+    from latentmuse.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return info.value.code, out, err

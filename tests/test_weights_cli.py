@@ -9,21 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from latentmuse.cli import main
 from latentmuse.models.folder import download, load_model
 from latentmuse.models.layouts import layouts
 from latentmuse.models.random_weights import write_random_weights
 
+from .conftest import run_cli
 from .hub_standin import HubStandIn
 
 SMALL = ["musetalk_unet", "vae", "whisper"]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 @pytest.fixture(scope="module")

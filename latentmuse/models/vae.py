@@ -54,7 +54,7 @@ def full_config() -> dict[str, Any]:
 def tiny_config() -> dict[str, Any]:
     """Four blocks (so latents are still R/8), narrow, for tests."""
     return merged_config(
-        _FULL, {"block_out_channels": [32, 32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8}, name=NAME
+        _FULL, {"block_out_channels": [16, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}, name=NAME
     )
 
 

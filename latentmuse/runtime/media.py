@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import tempfile
 import statistics
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -494,6 +495,17 @@ def load_audio(path: Path | str, sample_rate: int = 16000) -> np.ndarray:
 # writing
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Really create (and remove) a file: permission bits do not stop root, read-only mounts do."""
+    try:
+        fd, probe_path = tempfile.mkstemp(dir=folder, prefix=".latentmuse-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe_path)
+    return True
+
+
 def check_output_path(
     output: Path | str,
     inputs: Iterable[Path | str | None] = (),
@@ -518,7 +530,7 @@ def check_output_path(
             )
     if not folder.is_dir():
         raise LatentmuseError(f"the output folder {folder} does not exist.", f"create it first: mkdir -p {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK) or not _can_create_in(folder):
         raise LatentmuseError(f"the output folder {folder} is not writable.", "choose another output path.")
     if resolved.is_dir():
         raise LatentmuseError(f"the output {output} is a folder.", "give a file name, e.g. out.mp4.")
