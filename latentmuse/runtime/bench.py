@@ -19,6 +19,9 @@ import torch
 from .pipeline import Progress, RunOptions, run
 
 
+_ONCE_PER_RUN = {"validate", "load_models"}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -43,6 +46,9 @@ def benchmark(video: Path | None, weights: str, *, backend: str = "torch", batch
     per_stage_frames = {"faces": report.frames_in if report.frames_out >= report.frames_in else report.frames_out}
     stages = {}
     for name, seconds in report.stages.items():
+        if name in _ONCE_PER_RUN:  # not per-frame work: no rate
+            stages[name] = {"seconds": seconds, "frames_per_s": None}
+            continue
         frames = report.frames_processed if name.startswith("generate.") else per_stage_frames.get(name, report.frames_out)
         stages[name] = {"seconds": seconds, "frames_per_s": round(frames / seconds, 2) if seconds > 0 else None}
     return {
