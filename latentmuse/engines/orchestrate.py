@@ -1,0 +1,252 @@
+"""Build every graph's engine: one subprocess per graph, incremental, with a persistent timing cache.
+
+A graph is skipped when its manifest entry is current (same ONNX sha256, TensorRT version, GPU name
+and compute capability, precision and profiles, plan present). Each build runs in
+``python -m latentmuse.engines.trt_build`` so that a builder that segfaults or aborts becomes a clean
+:class:`LatentmuseError` naming the graph; the manifest is updated (atomically) after each success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import LatentmuseError
+from . import manifest as mf
+
+EXPORT_REPORT = "export_report.json"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "9.0"
+
+
+def gpu_info() -> GpuInfo | None:
+    """The CUDA GPU torch sees (device 0), or None. Tests replace this function."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+        return GpuInfo(props.name, f"{props.major}.{props.minor}")
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU for us
+        return None
+
+
+def tensorrt_version() -> str | None:
+    """The importable TensorRT's version (with a Builder), else None."""
+    from ..system import tensorrt_probe
+
+    probe = tensorrt_probe()
+    return probe.detail if probe.ok else None
+
+
+def engines_unavailable_reason() -> str | None:
+    """One line saying why engines cannot be built here (``make engines`` prints it and exits 0), or None."""
+    from ..system import tensorrt_probe
+
+    probe = tensorrt_probe()
+    if not probe.ok:
+        return f"TensorRT engines not built: tensorrt {probe.detail}"
+    if gpu_info() is None:
+        return "TensorRT engines not built: no CUDA GPU visible to torch"
+    return None
+
+
+@dataclass
+class BuildResult:
+    graph: str
+    action: str  # "built", "skipped" or "failed"
+    reason: str  # why it was (re)built or skipped, or the error
+    plan: Path | None = None
+    seconds: float = 0.0
+
+
+class BuildError(LatentmuseError):
+    """Some graphs failed; ``results`` holds every graph's outcome (the others were built or skipped)."""
+
+    def __init__(self, message: str, results: list[BuildResult]) -> None:
+        super().__init__(message, "see the reasons above; `LATENTMUSE_DEBUG=1` keeps tracebacks.")
+        self.results = results
+
+
+ProfileMap = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+def _profiles_of(spec) -> dict[str, list[list[int]]]:
+    profiles = spec.profiles() if hasattr(spec, "profiles") else spec
+    return {name: [list(map(int, s)) for s in shapes] for name, shapes in profiles.items()}
+
+
+def _as_mapping(specs) -> dict[str, object]:
+    if isinstance(specs, Mapping):
+        return dict(specs)
+    return {spec.name: spec for spec in specs}
+
+
+def choose_onnx(onnx_dir: Path, graph: str, precision: str) -> tuple[Path, str]:
+    """``{graph}.fp16.onnx`` for fp16, ``{graph}.onnx`` for fp32; ``auto`` takes fp16 when exported."""
+    fp16, fp32 = onnx_dir / f"{graph}.fp16.onnx", onnx_dir / f"{graph}.onnx"
+    if precision == "fp16" or (precision == "auto" and fp16.is_file()):
+        if not fp16.is_file():
+            raise LatentmuseError(f"{graph}: {fp16} does not exist.", "export the fp16 graphs first.")
+        return fp16, "fp16"
+    if precision not in ("fp32", "auto"):
+        raise LatentmuseError(f"precision {precision!r} is not known.", "use auto, fp16 or fp32.")
+    if not fp32.is_file():
+        raise LatentmuseError(f"{graph}: no ONNX in {onnx_dir} ({fp32.name} or {fp16.name}).",
+                              "run the export first.")
+    return fp32, "fp32"
+
+
+def export_settings(onnx_dir: Path, graph: str) -> dict:
+    """This graph's record in ``export_report.json`` when the exporter wrote one (else {})."""
+    path = onnx_dir / EXPORT_REPORT
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    graphs = report.get("graphs", report) if isinstance(report, dict) else report
+    if isinstance(graphs, dict):
+        found = graphs.get(graph)
+    else:
+        found = next((g for g in graphs if isinstance(g, dict) and graph in (g.get("name"), g.get("graph"))), None)
+    if not isinstance(found, dict):
+        return {}
+    if isinstance(report, dict):  # top-level settings (torch/opset/exporter) apply to every graph
+        common = {k: v for k, v in report.items() if k != "graphs" and not isinstance(v, (dict, list))}
+        return {**common, **found}
+    return found
+
+
+def timing_cache_path(out_dir: Path, gpu: GpuInfo, trt_version: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu.name}-sm{gpu.compute_capability}-trt{trt_version}").strip("-")
+    return out_dir / f"timing-{slug}.cache"
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _result_line(stdout: str) -> dict | None:
+    """The builder's JSON result: the last stdout line that parses as one (TensorRT may log around it)."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "plan_bytes" in data:
+            return data
+    return None
+
+
+def build_all(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    specs: Mapping[str, object] | Iterable[object],
+    *,
+    force: bool = False,
+    graphs: Iterable[str] | None = None,
+    precision: str = "auto",
+    report: Callable[[str], None] | None = None,
+    gpu: GpuInfo | None = None,
+    timeout_s: float | None = None,
+    workspace_bytes: int | None = None,
+) -> list[BuildResult]:
+    """Build (or skip) every graph's engine into ``out_dir``; ``specs`` maps names to GraphSpecs or to
+    profile dicts ``{input: (min, opt, max)}``. Raises :class:`BuildError` after trying every graph if
+    any failed (the manifest keeps every success)."""
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    say = report or (lambda _line: None)
+    trt_version = tensorrt_version()
+    if trt_version is None:
+        raise LatentmuseError(engines_unavailable_reason() or "TensorRT is not usable here.")
+    gpu = gpu or gpu_info()
+    if gpu is None:
+        raise LatentmuseError("TensorRT engines not built: no CUDA GPU visible to torch.",
+                              "build engines on the GPU machine that will run them.")
+    table = _as_mapping(specs)
+    wanted = list(graphs) if graphs else list(table)
+    unknown = [g for g in wanted if g not in table]
+    if unknown:
+        raise LatentmuseError(f"unknown graph(s): {', '.join(unknown)}.", f"choose from {', '.join(table)}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = timing_cache_path(out_dir, gpu, trt_version)
+    results: list[BuildResult] = []
+    for graph in wanted:
+        try:
+            results.append(_build_one(graph, table[graph], onnx_dir, out_dir, precision, force, trt_version, gpu,
+                                      cache, timeout_s, workspace_bytes, say))
+        except LatentmuseError as exc:
+            say(f"{graph}: failed: {exc.message}")
+            results.append(BuildResult(graph, "failed", exc.message))
+    failed = [r for r in results if r.action == "failed"]
+    if failed:
+        detail = "; ".join(f"{r.graph}: {r.reason}" for r in failed)
+        raise BuildError(f"{len(failed)} engine build(s) failed: {detail}", results)
+    return results
+
+
+def _build_one(graph, spec, onnx_dir, out_dir, precision, force, trt_version, gpu, cache, timeout_s,
+               workspace_bytes, say) -> BuildResult:
+    onnx, chosen = choose_onnx(onnx_dir, graph, precision)
+    profiles = _profiles_of(spec)
+    digest = mf.sha256_file(onnx)
+    plan = out_dir / f"{graph}.plan"
+    entry = mf.load(out_dir).graphs.get(graph)
+    current, reason = mf.entry_is_current(entry, digest, trt_version, gpu.name, gpu.compute_capability)
+    if current:
+        if entry.precision != chosen:
+            current, reason = False, f"precision changed ({entry.precision} -> {chosen})"
+        elif entry.profiles != profiles:
+            current, reason = False, "profiles changed"
+        elif not (out_dir / entry.plan).is_file() or (out_dir / entry.plan).stat().st_size != entry.plan_bytes:
+            current, reason = False, "plan file missing or changed"
+    if current and not force:
+        say(f"{graph}: up to date")
+        return BuildResult(graph, "skipped", "up to date", out_dir / entry.plan)
+    reason = "forced" if force else reason
+    say(f"{graph}: building {onnx.name} ({chosen}; {reason})")
+    command = [sys.executable, "-m", "latentmuse.engines.trt_build", "--onnx", str(onnx), "--plan", str(plan),
+               "--profiles", json.dumps(profiles), "--timing-cache", str(cache)]
+    if workspace_bytes:
+        command += ["--workspace-bytes", str(int(workspace_bytes))]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LatentmuseError(f"builder for graph {graph} timed out after {exc.timeout:.0f} s.") from exc
+    if done.returncode < 0:
+        raise LatentmuseError(f"builder for graph {graph} crashed ({_signal_name(done.returncode)}).")
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise LatentmuseError(f"builder for graph {graph} failed: {lines[-1] if lines else f'exit {done.returncode}'}")
+    result = _result_line(done.stdout)
+    if result is None:
+        raise LatentmuseError(f"builder for graph {graph} printed no result.")
+    new = mf.EngineEntry(
+        graph=graph, onnx=str(onnx.resolve()), onnx_sha256=digest, precision=chosen, profiles=profiles,
+        tensorrt_version=str(result["tensorrt_version"]), gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability, plan=plan.name, plan_bytes=int(result["plan_bytes"]),
+        build_seconds=float(result["build_seconds"]),
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        export=export_settings(onnx_dir, graph),
+    )
+    manifest = mf.load(out_dir)  # re-read: only this graph's entry changes
+    manifest.graphs[graph] = new
+    mf.save(manifest, out_dir)
+    say(f"{graph}: built {plan.name} ({new.plan_bytes / 1e6:.1f} MB, {new.build_seconds:.1f} s)")
+    return BuildResult(graph, "built", reason, plan, new.build_seconds)

@@ -1,0 +1,316 @@
+"""A CPU test double for the parts of TensorRT 10/11 latentmuse uses (name-based API only).
+
+The "plan" is a small JSON naming the ONNX file; an engine's execution reads its inputs from the raw
+addresses given to ``set_tensor_address`` (CPU torch tensors here), runs the ONNX graph with ONNX
+Runtime, and writes the outputs to their addresses, as a real engine writes device memory.
+
+Environment knobs (tests only):
+  FAKE_TENSORRT_VERSION   the version it reports (default 11.0.0.fake)
+  FAKE_TENSORRT_CRASH     builder calls os.abort(): "1" always, else when the ONNX file name contains it
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+__version__ = os.environ.get("FAKE_TENSORRT_VERSION", "11.0.0.fake")
+_PLAN_MAGIC = "fake-tensorrt-plan"
+
+
+class Logger:
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    def __init__(self, min_severity: int = 2) -> None:
+        self.min_severity = min_severity
+        self.messages: list[str] = []
+
+    def log(self, severity: int, msg: str) -> None:
+        self.messages.append(msg)
+
+
+class NetworkDefinitionCreationFlag(enum.IntEnum):
+    STRONGLY_TYPED = 1
+
+
+class DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+    INT8 = 2
+    INT32 = 3
+    BOOL = 4
+    UINT8 = 5
+    BF16 = 7
+    INT64 = 8
+
+
+class TensorIOMode(enum.Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class MemoryPoolType(enum.Enum):
+    WORKSPACE = 0
+
+
+_FROM_ONNX = {1: DataType.FLOAT, 10: DataType.HALF, 3: DataType.INT8, 6: DataType.INT32, 9: DataType.BOOL,
+              2: DataType.UINT8, 16: DataType.BF16, 7: DataType.INT64}
+_NUMPY = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
+          DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
+
+
+class ITensor:
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: DataType) -> None:
+        self.name, self.shape, self.dtype = name, shape, dtype
+
+
+class INetworkDefinition:
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
+        self.strongly_typed = bool(flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+        self.onnx_path: str | None = None
+        self._inputs: list[ITensor] = []
+        self._outputs: list[ITensor] = []
+
+    num_inputs = property(lambda self: len(self._inputs))
+    num_outputs = property(lambda self: len(self._outputs))
+
+    def get_input(self, i: int) -> ITensor:
+        return self._inputs[i]
+
+    def get_output(self, i: int) -> ITensor:
+        return self._outputs[i]
+
+
+class ParserError:
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def desc(self) -> str:
+        return self._text
+
+
+class OnnxParser:
+    def __init__(self, network: INetworkDefinition, logger: Logger) -> None:
+        self.network = network
+        self._errors: list[ParserError] = []
+
+    num_errors = property(lambda self: len(self._errors))
+
+    def get_error(self, i: int) -> ParserError:
+        return self._errors[i]
+
+    def parse_from_file(self, path: str) -> bool:
+        import onnx
+
+        try:
+            model = onnx.load(path)  # external data resolved relative to the file, as TensorRT does
+        except Exception as exc:  # noqa: BLE001
+            self._errors.append(ParserError(f"cannot read {path}: {exc}"))
+            return False
+        initializers = {t.name for t in model.graph.initializer}
+
+        def tensor(value) -> ITensor:
+            t = value.type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            return ITensor(value.name, shape, _FROM_ONNX[t.elem_type])
+
+        self.network._inputs = [tensor(v) for v in model.graph.input if v.name not in initializers]
+        self.network._outputs = [tensor(v) for v in model.graph.output]
+        self.network.onnx_path = str(Path(path).resolve())
+        return True
+
+
+class IOptimizationProfile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, list[list[int]]] = {}
+
+    def set_shape(self, name: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's parameter names
+        self.shapes[name] = [list(min), list(opt), list(max)]
+
+    def get_shape(self, name: str):
+        return self.shapes.get(name)
+
+
+class IHostMemory(bytes):
+    nbytes = property(len)
+
+
+class ITimingCache:
+    def __init__(self, payload: bytes) -> None:
+        self.data = json.loads(payload) if payload else {"builds": 0}
+
+    def serialize(self) -> IHostMemory:
+        return IHostMemory(json.dumps(self.data).encode())
+
+
+class IBuilderConfig:
+    def __init__(self) -> None:
+        self.profiles: list[IOptimizationProfile] = []
+        self.timing_cache: ITimingCache | None = None
+        self.pool_limits: dict = {}
+
+    def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+    def set_memory_pool_limit(self, pool, size: int) -> None:
+        self.pool_limits[pool] = size
+
+    def create_timing_cache(self, payload: bytes) -> ITimingCache:
+        return ITimingCache(bytes(payload))
+
+    def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        self.timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> ITimingCache | None:
+        return self.timing_cache
+
+
+class Builder:
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def create_network(self, flags: int = 0) -> INetworkDefinition:
+        return INetworkDefinition(flags)
+
+    def create_builder_config(self) -> IBuilderConfig:
+        return IBuilderConfig()
+
+    def create_optimization_profile(self) -> IOptimizationProfile:
+        return IOptimizationProfile()
+
+    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory | None:
+        crash = os.environ.get("FAKE_TENSORRT_CRASH")
+        if crash and (crash == "1" or crash in Path(network.onnx_path or "").name):
+            os.abort()
+        profile = config.profiles[0].shapes if config.profiles else {}
+        for t in network._inputs:
+            if any(d < 0 for d in t.shape) and t.name not in profile:
+                self.logger.log(Logger.ERROR, f"no profile for dynamic input {t.name}")
+                return None
+        if config.timing_cache is not None:
+            config.timing_cache.data["builds"] = config.timing_cache.data.get("builds", 0) + 1
+        plan = {
+            "magic": _PLAN_MAGIC, "version": __version__, "onnx": network.onnx_path,
+            "strongly_typed": network.strongly_typed,
+            "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network._inputs],
+            "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
+            "profile": {t.name: profile.get(t.name, [list(t.shape)] * 3) for t in network._inputs},
+        }
+        return IHostMemory(json.dumps(plan).encode())
+
+
+class Runtime:
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, payload) -> ICudaEngine | None:
+        try:
+            plan = json.loads(bytes(payload))
+        except ValueError:
+            self.logger.log(Logger.ERROR, "not a plan")
+            return None
+        if not isinstance(plan, dict) or plan.get("magic") != _PLAN_MAGIC or plan.get("version") != __version__:
+            self.logger.log(Logger.ERROR, "plan from another TensorRT version")
+            return None
+        return ICudaEngine(plan)
+
+
+class ICudaEngine:
+    def __init__(self, plan: dict) -> None:
+        self.plan = plan
+        self._io = [(n, tuple(s), DataType[d], TensorIOMode.INPUT) for n, s, d in plan["inputs"]]
+        self._io += [(n, tuple(s), DataType[d], TensorIOMode.OUTPUT) for n, s, d in plan["outputs"]]
+        self._by_name = {entry[0]: entry for entry in self._io}
+        self.num_optimization_profiles = 1
+
+    num_io_tensors = property(lambda self: len(self._io))
+
+    def get_tensor_name(self, i: int) -> str:
+        return self._io[i][0]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return self._by_name[name][3] if name in self._by_name else TensorIOMode.NONE
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self._by_name[name][2]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self._by_name[name][1]
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int):
+        return [tuple(s) for s in self.plan["profile"][name]]
+
+    def create_execution_context(self) -> IExecutionContext:
+        return IExecutionContext(self)
+
+
+class IExecutionContext:
+    def __init__(self, engine: ICudaEngine) -> None:
+        import onnxruntime as ort
+
+        self.engine = engine
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(engine.plan["onnx"], options, providers=["CPUExecutionProvider"])
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self._output_shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        shape = tuple(int(d) for d in shape)
+        lo, _opt, hi = self.engine.get_tensor_profile_shape(name, 0)
+        if len(shape) != len(lo) or any(not (a <= s <= b) for a, s, b in zip(lo, shape, hi)):
+            return False  # TensorRT logs an error and returns False
+        self.shapes[name] = shape
+        return True
+
+    def _inputs_set(self) -> bool:
+        return all(n in self.shapes for n, _s, _d, m in self.engine._io if m == TensorIOMode.INPUT)
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if self.engine.get_tensor_mode(name) == TensorIOMode.INPUT:
+            return self.shapes.get(name, self.engine.get_tensor_shape(name))
+        if not self._inputs_set():
+            return self.engine.get_tensor_shape(name)
+        key = tuple(sorted(self.shapes.items()))
+        if key not in self._output_shapes:  # shape inference by running zeros (tiny test graphs only)
+            feeds = {n: np.zeros(self.shapes[n], _NUMPY[d]) for n, _s, d, m in self.engine._io
+                     if m == TensorIOMode.INPUT}
+            names = [o.name for o in self.session.get_outputs()]
+            self._output_shapes[key] = dict(zip(names, (tuple(a.shape) for a in self.session.run(names, feeds))))
+        return self._output_shapes[key][name]
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        self.addresses[name] = int(address)
+        return True
+
+    def infer_shapes(self) -> list[str]:
+        return [n for n, _s, _d, m in self.engine._io if m == TensorIOMode.INPUT and n not in self.shapes]
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        io = self.engine._io
+        if not self._inputs_set() or any(n not in self.addresses for n, *_ in io):
+            return False
+        feeds = {n: _view(self.addresses[n], self.shapes[n], d).copy() for n, _s, d, m in io if m == TensorIOMode.INPUT}
+        names = [n for n, _s, _d, m in io if m == TensorIOMode.OUTPUT]
+        for name, value, (_n, _s, dtype, _m) in zip(names, self.session.run(names, feeds),
+                                                    (self.engine._by_name[n] for n in names)):
+            target = _view(self.addresses[name], value.shape, dtype)
+            target[...] = value.astype(_NUMPY[dtype])
+        return True
+
+
+def _view(address: int, shape, dtype: DataType) -> np.ndarray:
+    np_dtype = np.dtype(_NUMPY[dtype])
+    count = int(np.prod(shape, dtype=np.int64))
+    buffer = (ctypes.c_char * (count * np_dtype.itemsize)).from_address(address)
+    return np.frombuffer(buffer, dtype=np_dtype, count=count).reshape(shape)

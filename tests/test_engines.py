@@ -1,0 +1,326 @@
+"""Engine build orchestration, manifest and the TensorRT runner, against a CPU double of ``tensorrt``.
+
+``tests/fake_tensorrt`` holds a ``tensorrt`` module with the TensorRT 10/11 names the code uses; its
+"plans" name the ONNX file and its engines run it with ONNX Runtime. The GPU is injected (no GPU here).
+"""
+
+from __future__ import annotations
+
+import importlib
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from latentmuse.engines import manifest as mf
+from latentmuse.engines import orchestrate
+from latentmuse.engines.orchestrate import GpuInfo, build_all, engines_unavailable_reason
+from latentmuse.errors import LatentmuseError
+from latentmuse.export.spec import DynamicDim, GraphSpec, TensorSpec
+
+FAKE = Path(__file__).parent / "fake_tensorrt"
+ROOT = Path(__file__).parent.parent
+GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((4, 3)).astype(np.float32)
+B = RNG.standard_normal(3).astype(np.float32)
+
+
+def _write(model: onnx.ModelProto, path: Path) -> Path:
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def alpha_onnx(path: Path, bias: np.ndarray = B) -> Path:
+    """y = x @ W + b, x: (N, 4)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "alpha", [x], [y], [numpy_helper.from_array(W, "W"),
+                                                         numpy_helper.from_array(bias, "b")])
+    return _write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def beta_onnx(path: Path) -> Path:
+    """Two inputs, two outputs: s = a + b, p = a * b, all (N, 2, 4, 4)."""
+    dims = ["N", 2, 4, 4]
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("a", "b"))
+    s, p = (helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("s", "p"))
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Mul", ["a", "b"], ["p"])]
+    return _write(helper.make_model(helper.make_graph(nodes, "beta", [a, b], [s, p]),
+                                    opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def spec(name: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> GraphSpec:
+    return GraphSpec(name=name, model_key="test", make_wrapper=lambda m: m, inputs=inputs, outputs=outputs,
+                     dynamic=(DynamicDim("N", 1, 2, 4),))
+
+
+SPECS = {
+    "alpha": spec("alpha", (TensorSpec("x", ("N", 4)),), (TensorSpec("y", ("N", 3)),)),
+    "beta": spec("beta", (TensorSpec("a", ("N", 2, 4, 4)), TensorSpec("b", ("N", 2, 4, 4))),
+                 (TensorSpec("s", ("N", 2, 4, 4)), TensorSpec("p", ("N", 2, 4, 4)))),
+}
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """The fake ``tensorrt`` importable here and in builder subprocesses; a GPU injected."""
+    monkeypatch.syspath_prepend(str(FAKE))
+    path = os.pathsep.join([str(FAKE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    monkeypatch.setenv("PYTHONPATH", path)
+    for var in ("FAKE_TENSORRT_CRASH", "FAKE_TENSORRT_VERSION"):
+        monkeypatch.delenv(var, raising=False)
+    sys.modules.pop("tensorrt", None)
+    monkeypatch.setattr(orchestrate, "gpu_info", lambda: GPU)
+    import latentmuse.engines.trt_build as trt_build
+
+    monkeypatch.setattr(trt_build, "_LOGGER", None)
+    yield importlib.import_module("tensorrt")
+    sys.modules.pop("tensorrt", None)
+
+
+@pytest.fixture
+def onnx_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    alpha_onnx(folder / "alpha.onnx")
+    beta_onnx(folder / "beta.onnx")
+    (folder / "export_report.json").write_text(json.dumps(
+        {"torch": "2.13.0", "opset": 17, "graphs": {"alpha": {"dynamo": False, "max_abs_error": 0.0}}}))
+    return folder
+
+
+def actions(results) -> dict[str, tuple[str, str]]:
+    return {r.graph: (r.action, r.reason) for r in results}
+
+
+def test_build_writes_plans_and_a_complete_manifest(fake_trt, onnx_dir, tmp_path):
+    out = tmp_path / "engines"
+    lines: list[str] = []
+    results = build_all(onnx_dir, out, SPECS, report=lines.append)
+    assert {r.graph: r.action for r in results} == {"alpha": "built", "beta": "built"}
+    manifest = mf.load(out)
+    assert set(manifest.graphs) == {"alpha", "beta"}
+    raw = json.loads((out / "manifest.json").read_text())
+    for name, entry in manifest.graphs.items():
+        assert (out / entry.plan).stat().st_size == entry.plan_bytes > 0
+        plan = json.loads((out / entry.plan).read_text())  # the fake's plan records how it was built
+        assert plan["strongly_typed"] and plan["profile"] == entry.profiles
+        assert entry.onnx_sha256 == mf.sha256_file(onnx_dir / f"{name}.onnx")
+        assert Path(entry.onnx) == (onnx_dir / f"{name}.onnx").resolve()
+        assert entry.precision == "fp32"
+        assert entry.tensorrt_version == fake_trt.__version__
+        assert (entry.gpu_name, entry.compute_capability) == (GPU.name, GPU.compute_capability)
+        assert entry.build_seconds >= 0 and entry.built_at.endswith("+00:00")
+        # the manifest's profiles are the spec's (min, opt, max), input by input
+        assert {k: tuple(tuple(s) for s in v) for k, v in entry.profiles.items()} == SPECS[name].profiles()
+        assert set(raw["graphs"][name]) == {f.name for f in dataclasses.fields(mf.EngineEntry)}
+    assert manifest.graphs["alpha"].export == {"torch": "2.13.0", "opset": 17, "dynamo": False, "max_abs_error": 0.0}
+    assert manifest.graphs["beta"].export == {}
+    assert manifest.graphs["alpha"].profiles["x"] == [[1, 4], [2, 4], [4, 4]]
+    # one timing cache for this GPU + TensorRT, loaded and saved by each build
+    (cache,) = out.glob("timing-*.cache")
+    assert "H100" in cache.name and json.loads(cache.read_text())["builds"] == 2
+    assert any("alpha: built" in line for line in lines)
+
+
+def test_rebuilds_only_what_changed(fake_trt, onnx_dir, tmp_path):
+    out = tmp_path / "engines"
+    build_all(onnx_dir, out, SPECS)
+    first = mf.load(out)
+    assert actions(build_all(onnx_dir, out, SPECS)) == {"alpha": ("skipped", "up to date"),
+                                                        "beta": ("skipped", "up to date")}
+    alpha_onnx(onnx_dir / "alpha.onnx", bias=B + 1)
+    assert actions(build_all(onnx_dir, out, SPECS)) == {"alpha": ("built", "onnx changed"),
+                                                        "beta": ("skipped", "up to date")}
+    second = mf.load(out)
+    assert second.graphs["alpha"].onnx_sha256 != first.graphs["alpha"].onnx_sha256
+    assert second.graphs["beta"] == first.graphs["beta"]
+    other = GpuInfo("NVIDIA L4", "8.9")
+    results = actions(build_all(onnx_dir, out, SPECS, gpu=other, graphs=["beta"]))
+    assert results == {"beta": ("built", "built for GPU NVIDIA H100 80GB HBM3, this machine has NVIDIA L4")}
+    assert mf.load(out).graphs["beta"].gpu_name == "NVIDIA L4"
+    assert {r.action for r in build_all(onnx_dir, out, SPECS, gpu=other, force=True)} == {"built"}
+
+
+def test_entry_is_current_names_the_mismatch(fake_trt, onnx_dir, tmp_path):
+    out = tmp_path / "engines"
+    build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    entry = mf.load(out).graphs["alpha"]
+    args = dict(onnx_sha256=entry.onnx_sha256, trt_version=entry.tensorrt_version, gpu_name=GPU.name,
+                compute_capability=GPU.compute_capability)
+    assert mf.entry_is_current(entry, **args) == (True, "up to date")
+    assert mf.entry_is_current(None, **args) == (False, "not built yet")
+    assert mf.entry_is_current(entry, **{**args, "onnx_sha256": "0" * 64}) == (False, "onnx changed")
+    ok, reason = mf.entry_is_current(entry, **{**args, "trt_version": "10.9.0"})
+    assert not ok and "TensorRT 11.0.0.fake" in reason and "10.9.0" in reason
+    ok, reason = mf.entry_is_current(entry, **{**args, "compute_capability": "8.6"})
+    assert not ok and "compute capability" in reason
+
+
+def test_other_tensorrt_version_rebuilds_and_old_plans_do_not_load(fake_trt, onnx_dir, tmp_path, monkeypatch):
+    from latentmuse.engines.trt_runner import TrtRunner
+
+    out = tmp_path / "engines"
+    build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    monkeypatch.setenv("FAKE_TENSORRT_VERSION", "10.13.0")
+    sys.modules.pop("tensorrt", None)
+    new = importlib.import_module("tensorrt")
+    assert new.__version__ == "10.13.0"
+    with pytest.raises(LatentmuseError, match="could not deserialize"):  # None from deserialize_cuda_engine
+        TrtRunner("alpha", out / "alpha.plan", device="cpu")
+    (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    assert result.action == "built" and "10.13.0" in result.reason
+    assert mf.load(out).graphs["alpha"].tensorrt_version == "10.13.0"
+
+
+def test_crashing_builder_is_a_clean_error_naming_the_graph(fake_trt, onnx_dir, tmp_path, monkeypatch):
+    out = tmp_path / "engines"
+    monkeypatch.setenv("FAKE_TENSORRT_CRASH", "alpha")
+    with pytest.raises(orchestrate.BuildError, match=r"alpha.*crashed \(SIGABRT\)") as info:
+        build_all(onnx_dir, out, SPECS)
+    assert actions(info.value.results)["beta"][0] == "built"
+    manifest = mf.load(out)  # still valid JSON, with the graph that did build
+    assert set(manifest.graphs) == {"beta"}
+    assert not (out / "alpha.plan").exists()
+    monkeypatch.delenv("FAKE_TENSORRT_CRASH")
+    assert actions(build_all(onnx_dir, out, SPECS)) == {"alpha": ("built", "not built yet"),
+                                                        "beta": ("skipped", "up to date")}
+
+
+def test_fp16_graph_preferred_and_missing_onnx_named(fake_trt, onnx_dir, tmp_path):
+    out = tmp_path / "engines"
+    alpha_onnx(onnx_dir / "alpha.fp16.onnx")
+    (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    entry = mf.load(out).graphs["alpha"]
+    assert entry.precision == "fp16" and entry.onnx.endswith("alpha.fp16.onnx")
+    (onnx_dir / "beta.onnx").unlink()
+    with pytest.raises(LatentmuseError, match="beta: no ONNX"):
+        build_all(onnx_dir, out, SPECS, graphs=["beta"])
+    with pytest.raises(LatentmuseError, match="unknown graph"):
+        build_all(onnx_dir, out, SPECS, graphs=["gamma"])
+
+
+def test_broken_manifest_is_a_readable_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(LatentmuseError, match="unreadable"):
+        mf.load(tmp_path)
+    assert mf.load(tmp_path / "absent").graphs == {}
+
+
+def test_runner_matches_onnx_runtime_and_torch(fake_trt, onnx_dir, tmp_path):
+    import onnxruntime as ort
+
+    from latentmuse.engines.trt_runner import EngineShapeError, TrtRunner
+
+    out = tmp_path / "engines"
+    build_all(onnx_dir, out, SPECS)
+    alpha = TrtRunner("alpha", out / "alpha.plan", device="cpu")
+    beta = TrtRunner("beta", out / "beta.plan", device="cpu")
+    assert (alpha.input_names, alpha.output_names) == (("x",), ("y",))
+    assert (beta.input_names, beta.output_names) == (("a", "b"), ("s", "p"))
+    session = ort.InferenceSession(str(onnx_dir / "alpha.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 3):  # inside the profile (1..4)
+        x = torch.randn(n, 4)
+        y = alpha({"x": x})["y"]
+        assert y.shape == (n, 3) and y.dtype == torch.float32
+        torch.testing.assert_close(y, x @ torch.from_numpy(W) + torch.from_numpy(B), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y.numpy(), session.run(["y"], {"x": x.numpy()})[0], rtol=1e-6, atol=1e-6)
+        a, b = torch.randn(n, 2, 4, 4), torch.randn(n, 2, 4, 4, dtype=torch.float64)  # cast to the engine's type
+        got = beta({"a": a, "b": b})
+        torch.testing.assert_close(got["s"], a + b.float())
+        torch.testing.assert_close(got["p"], a * b.float())
+    with pytest.raises(EngineShapeError, match=r"input x has shape \(5, 4\), outside the engine's profile"):
+        alpha({"x": torch.randn(5, 4)})
+    with pytest.raises(EngineShapeError):
+        alpha({"x": torch.randn(2, 5)})
+    with pytest.raises(KeyError):
+        beta({"a": torch.randn(1, 2, 4, 4)})
+
+
+def test_runtime_refuses_engines_built_elsewhere(fake_trt, onnx_dir, tmp_path, monkeypatch):
+    from latentmuse.engines.trt_runner import TrtRunner
+
+    out = tmp_path / "engines"
+    build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    runner = TrtRunner.from_manifest(out, "alpha", device="cpu")
+    assert runner({"x": torch.ones(2, 4)})["y"].shape == (2, 3)
+    with pytest.raises(LatentmuseError, match="engine refused: built for GPU NVIDIA H100.*NVIDIA L4"):
+        TrtRunner.from_manifest(out, "alpha", device="cpu", gpu=GpuInfo("NVIDIA L4", "8.9"))
+    with pytest.raises(LatentmuseError, match="beta: no engine"):
+        TrtRunner.from_manifest(out, "beta", device="cpu")
+    (out / "alpha.plan").write_bytes(b"{}")
+    with pytest.raises(LatentmuseError, match="missing or changed"):
+        TrtRunner.from_manifest(out, "alpha", device="cpu")
+
+
+def test_without_tensorrt_one_line_reason(monkeypatch, tmp_path, onnx_dir):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    reason = engines_unavailable_reason()
+    assert reason and "\n" not in reason and "TensorRT" in reason and "not importable" in reason
+    with pytest.raises(LatentmuseError, match="not importable"):
+        build_all(onnx_dir, tmp_path / "engines", SPECS)
+
+
+def test_without_gpu_one_line_reason(fake_trt, monkeypatch):
+    assert engines_unavailable_reason() is None
+    monkeypatch.setattr(orchestrate, "gpu_info", lambda: None)
+    assert engines_unavailable_reason() == "TensorRT engines not built: no CUDA GPU visible to torch"
+
+
+def test_build_command_exits_1_with_one_line_when_unavailable(monkeypatch, capsys, tmp_path):
+    import typer
+
+    from latentmuse.cli.build import build
+
+    cli_app = importlib.import_module("latentmuse.cli.app")  # the module (the package exports the Typer as app)
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    if not any(getattr(c, "name", None) == "build" for c in cli_app.app.registered_commands):
+        test_app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        test_app.command("build")(build)
+        test_app.callback()(lambda: None)
+        monkeypatch.setattr(cli_app, "app", test_app)
+    with pytest.raises(SystemExit) as info:
+        cli_app.main(["build", "--onnx", str(tmp_path), "--out", str(tmp_path / "engines")])
+    _out, err = capsys.readouterr()
+    assert info.value.code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "TensorRT engines not built" in lines[0]
+    assert not (tmp_path / "engines").exists()
+
+
+def test_build_command_builds_exported_graphs(fake_trt, onnx_dir, monkeypatch, capsys, tmp_path):
+    import types
+
+    import typer
+
+    from latentmuse.cli.build import build
+
+    cli_app = importlib.import_module("latentmuse.cli.app")
+    monkeypatch.setitem(sys.modules, "latentmuse.export.specs", types.SimpleNamespace(GRAPHS=SPECS))
+    if not any(getattr(c, "name", None) == "build" for c in cli_app.app.registered_commands):
+        test_app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        test_app.command("build")(build)
+        test_app.callback()(lambda: None)
+        monkeypatch.setattr(cli_app, "app", test_app)
+    (onnx_dir / "beta.onnx").unlink()  # only exported graphs are built by default
+    out = tmp_path / "engines"
+    with pytest.raises(SystemExit) as info:
+        cli_app.main(["build", "--onnx", str(onnx_dir), "--out", str(out)])
+    assert info.value.code == 0, capsys.readouterr().err
+    assert set(mf.load(out).graphs) == {"alpha"}
+    with pytest.raises(SystemExit) as info:
+        cli_app.main(["build", "--onnx", str(onnx_dir), "--out", str(out), "--graphs", "beta"])
+    assert info.value.code == 1 and "beta: no ONNX" in capsys.readouterr().err
