@@ -10,7 +10,7 @@ OUT    ?= out
 PYTEST_ARGS ?=
 WEIGHTS ?= smoke
 
-.PHONY: demo test test-slow env system-deps clean
+.PHONY: demo test test-slow engines env system-deps clean
 
 env: $(STAMP)
 
@@ -43,6 +43,15 @@ demo: $(STAMP) system-deps
 	  --face-detector dlib --report $(OUT)/demo/report.json
 	@echo "demo video:  $(OUT)/demo/result.mp4"
 	@echo "demo report: $(OUT)/demo/report.json"
+
+# Export every graph to validated ONNX for WEIGHTS (a folder, or smoke), then build TensorRT plans.
+# Without TensorRT or a GPU the plans are skipped with one line saying why, and make still succeeds.
+ENGINES ?= engines
+engines: $(STAMP)
+	$(BIN)/latentmuse export --weights "$(WEIGHTS)" --out $(ENGINES)/onnx
+	@reason=$$($(BIN)/python -c 'from latentmuse.engines import engines_unavailable_reason as r; print(r() or "")'); \
+	if [ -n "$$reason" ]; then echo "no TensorRT plans built: $$reason"; \
+	else $(BIN)/latentmuse build --onnx $(ENGINES)/onnx --out $(ENGINES); fi
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from ..errors import LatentmuseError
-from . import bench, build, doctor, run, sample, weights
+from . import bench, build, doctor, export, run, sample, weights
 
 app = typer.Typer(
     name="latentmuse",
@@ -27,6 +27,7 @@ app.add_typer(weights.app, name="weights")
 app.command("run")(run.run)
 app.command("bench")(bench.bench)
 app.command("sample")(sample.sample)
+app.command("export")(export.export)
 app.command("build")(build.build)
 app.command("doctor")(doctor.doctor)
 

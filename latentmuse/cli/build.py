@@ -15,7 +15,7 @@ console = Console(highlight=False)
 
 
 def build(
-    onnx: Annotated[Path, typer.Option("--onnx", help="Folder with the exported graphs ({graph}.onnx, {graph}.fp16.onnx).")] = Path("onnx"),
+    onnx: Annotated[Path, typer.Option("--onnx", help="Folder with the exported graphs ({graph}.onnx, {graph}.fp16.onnx).")] = Path("engines/onnx"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Engines folder (plans, manifest.json, timing cache).")] = Path("engines"),
     force: Annotated[bool, typer.Option("--force", help="Rebuild even engines whose manifest entry is current.")] = False,
     graphs: Annotated[Optional[list[str]], typer.Option("--graphs", "-g", help="Only these graphs (repeatable or comma-separated).")] = None,

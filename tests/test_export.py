@@ -1,0 +1,183 @@
+"""ONNX export of every graph at the tiny configuration, validated against PyTorch on fresh inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from latentmuse.export import onnx_export as oe
+from latentmuse.export.spec import TensorSpec
+from latentmuse.export.specs import GRAPHS
+
+# Every graph but the UNet3D variants (exported once below, at a smaller test shape).
+TWO_D = ("vae_encoder", "vae_decoder", "whisper_encoder", "musetalk_unet", "s3fd", "fan68", "bisenet")
+
+
+def _unet3d_test_spec() -> oe.GraphSpec:
+    """unet3d_256 with 8 x 8 latents (16 frames, CFG batch 2 as released): same graph, quicker to run."""
+    spec = GRAPHS["unet3d_256"]
+    return dataclasses.replace(
+        spec,
+        inputs=(
+            TensorSpec("sample", (2, 13, 16, 8, 8)),
+            TensorSpec("timestep", (2,), torch.int64),
+            TensorSpec("audio", (2, 16, 50, 384)),
+        ),
+        outputs=(TensorSpec("eps", (2, 4, 16, 8, 8)),),
+    )
+
+
+def _unet3d_model() -> torch.nn.Module:
+    from latentmuse.models import unet3d
+
+    cfg = unet3d.tiny_config()
+    cfg["layers_per_block"] = 1  # halves the export time; every block type is still there
+    torch.manual_seed(3)
+    model = unet3d.build(cfg).eval().requires_grad_(False)
+    # The motion modules' proj_out is zero-initialised (as released before training): make them count.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "proj_out" in name and not p.any():
+                p.normal_(0, 0.02)
+    return model
+
+
+def test_registry_declares_every_graph() -> None:
+    assert set(GRAPHS) == {*TWO_D, "unet3d_256", "unet3d_256_b1", "unet3d_512"}
+    assert GRAPHS["unet3d_256"].inputs[0].shape == (2, 13, 16, 32, 32)
+    assert GRAPHS["unet3d_256_b1"].inputs[0].shape == (1, 13, 16, 32, 32)
+    assert GRAPHS["unet3d_512"].outputs[0].shape == (2, 4, 16, 64, 64)
+    assert GRAPHS["unet3d_256"].inputs[1].dtype == torch.int64
+    assert GRAPHS["vae_encoder"].profiles()["image"] == ((1, 3, 256, 256), (8, 3, 256, 256), (32, 3, 256, 256))
+    assert GRAPHS["musetalk_unet"].profiles()["audio"] == ((1, 50, 384), (8, 50, 384), (32, 50, 384))
+    assert GRAPHS["vae_encoder"].atol == 3e-4 and GRAPHS["whisper_encoder"].atol <= 1e-3
+
+
+# One test per graph (export once, check everything): pytest-xdist spreads tests, not fixtures.
+@pytest.mark.parametrize("name", TWO_D)
+def test_graph_exports_validates_and_converts(name: str, tmp_path: Path) -> None:
+    spec = GRAPHS[name]
+    model = oe.smoke_model(spec.model_key)
+    r = oe.export_graph(spec, model, tmp_path)
+
+    # fp32: the dynamo exporter at opset 18, named I/O, within tolerance on fresh inputs.
+    assert r.exporter == "dynamo" and r.opset == 18, r.exporter_note
+    assert r.fp32_pass and r.fp32_max_abs <= spec.atol, (r.fp32_max_abs, spec.atol)
+    assert r.fp32_max_abs < 2e-5  # tiny fp32 models: far inside every tolerance
+    fp32 = onnx.load(str(tmp_path / f"{name}.onnx"))
+    assert [i.name for i in fp32.graph.input] == [t.name for t in spec.inputs]
+    assert [o.name for o in fp32.graph.output] == [t.name for t in spec.outputs]
+    assert not r.external_data and not (tmp_path / f"{name}.onnx.data").exists()
+
+    # dynamic batch: validated at N = 1 and 3 (traced at 2), and again here at 1 and 4.
+    if spec.dynamic:
+        dim = spec.dynamic[0].name
+        assert [v.sizes for v in r.validations] == [{dim: 1}, {dim: 3}]
+        wrapper = spec.make_wrapper(model).eval()
+        session = oe._session(tmp_path / f"{name}.onnx")
+        for n in (1, 4):
+            args = oe.random_inputs(spec, {dim: n}, seed=77 + n)
+            got, ref = oe.run_onnx(session, spec, args), oe.run_torch(wrapper, args)
+            assert got[0].shape[0] == n
+            max_abs, _, ok = oe.compare(got, ref, spec.atol, spec.rtol)
+            assert ok and max_abs < 2e-5, max_abs
+
+    # fp16: close to PyTorch fp32, float32 I/O, fp16 weights, casts around the fp32 islands.
+    assert r.fp16_pass and r.fp16_cosine >= spec.min_cosine_fp16, r.fp16_cosine
+    assert r.fp16_max_abs is not None and np.isfinite(r.fp16_max_abs)
+    half = onnx.load(str(tmp_path / f"{name}.fp16.onnx"))
+    for value in (*half.graph.input, *half.graph.output):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, value.name
+    floats = [t.data_type for t in half.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert floats.count(onnx.TensorProto.FLOAT16) > floats.count(onnx.TensorProto.FLOAT)
+    assert "Cast" in {n.op_type for n in half.graph.node}
+
+
+def test_unet3d_external_data_reloads_and_runs(tmp_path: Path) -> None:
+    out = tmp_path
+    spec, model = _unet3d_test_spec(), _unet3d_model()
+    r = oe.export_graph(spec, model, out, external_data_threshold_bytes=0)
+    assert r.external_data and r.exporter == "dynamo"
+    # With the motion modules switched on (random proj_out) fp32 re-association reaches a few 1e-5 on
+    # outputs of magnitude ~1: inside the 1e-3 UNet tolerance by 25x.
+    assert r.fp32_pass and r.fp32_max_abs < 1e-4 and r.fp32_rel < 1e-4, (r.fp32_max_abs, r.fp32_rel)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "unet3d_256.fp16.onnx", "unet3d_256.fp16.onnx.data", "unet3d_256.onnx", "unet3d_256.onnx.data"
+    ]
+    loaded = onnx.load(str(out / "unet3d_256.onnx"))  # pulls the side file in
+    assert sum(t.data_type == onnx.TensorProto.FLOAT for t in loaded.graph.initializer) > 0
+    wrapper = spec.make_wrapper(model).eval()
+    args = oe.random_inputs(spec, {}, seed=5)
+    got, ref = oe.run_onnx(out / "unet3d_256.onnx", spec, args), oe.run_torch(wrapper, args)
+    assert got[0].shape == (2, 4, 16, 8, 8)
+    assert float(np.abs(got[0] - ref[0]).max()) < 1e-4
+    # CFG halves never mix: each batch item equals its own batch-1 run.
+    single = oe.run_torch(wrapper, tuple(a[1:] for a in args))
+    assert float(np.abs(single[0] - ref[0][1:]).max()) < 1e-4
+
+    # fp16 (also with external data): close to fp32 PyTorch, I/O types as declared.
+    assert r.fp16_pass and r.fp16_cosine >= 0.999, r.fp16_cosine
+    half = onnx.load(str(out / "unet3d_256.fp16.onnx"), load_external_data=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*half.graph.input, *half.graph.output)}
+    assert types == {"sample": onnx.TensorProto.FLOAT, "timestep": onnx.TensorProto.INT64,
+                     "audio": onnx.TensorProto.FLOAT, "eps": onnx.TensorProto.FLOAT}
+
+
+def test_report_json_has_the_fields(tmp_path: Path) -> None:
+    spec = GRAPHS["s3fd"]
+    results = [
+        oe.export_graph(spec, oe.smoke_model("s3fd"), tmp_path / "a"),
+        oe.export_graph(dataclasses.replace(spec, name="s3fd_ext"), oe.smoke_model("s3fd"), tmp_path / "b",
+                        external_data_threshold_bytes=0, fp16=False),
+    ]
+    path = oe.write_report(results, tmp_path / "export_report.json", weights="smoke")
+    data = json.loads(path.read_text())
+    assert data["passed"] is True and data["weights"] == "smoke"
+    assert set(data["graphs"]) == {"s3fd", "s3fd_ext"}
+    for entry in data["graphs"].values():
+        for key in ("file", "bytes", "external_data", "exporter", "opset", "seconds", "fp32_max_abs", "fp32_rel",
+                    "fp32_pass", "fp16_cosine", "fp16_max_abs", "fp16_pass", "sha256"):
+            assert key in entry, key
+        assert len(entry["sha256"]) == 64 and entry["bytes"] > 0
+    assert data["graphs"]["s3fd"]["external_data"] is False and data["graphs"]["s3fd"]["fp16_pass"] is True
+    assert data["graphs"]["s3fd_ext"]["external_data"] is True and data["graphs"]["s3fd_ext"]["fp16_pass"] is None
+    assert (tmp_path / "b" / "s3fd_ext.onnx.data").is_file()
+
+
+def test_torchscript_fallback_is_recorded(tmp_path: Path) -> None:
+    r = oe.export_graph(GRAPHS["s3fd"], oe.smoke_model("s3fd"), tmp_path, dynamo=False, fp16=False)
+    assert (r.exporter, r.opset) == ("torchscript", 17)
+    assert r.fp32_pass and r.fp32_max_abs < 2e-5 and r.fp16_pass is None
+
+
+def test_trace_below_two_is_refused(tmp_path: Path) -> None:
+    from latentmuse.errors import LatentmuseError
+
+    with pytest.raises(LatentmuseError, match="below 2"):
+        oe.export_graph(GRAPHS["fan68"], oe.smoke_model("fan68"), tmp_path, sizes={"N": 1})
+
+
+def test_cli_exports_smoke_graphs_and_writes_report(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from latentmuse.cli import export
+
+    app = typer.Typer()
+    app.command()(export.export)
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["--weights", "smoke", "--graphs", "s3fd", "--out", str(tmp_path / "o"),
+                                   "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    assert "s3fd" in res.output and "pass" in res.output
+    assert json.loads(report.read_text())["graphs"]["s3fd"]["fp32_pass"] is True
+    assert (tmp_path / "o" / "s3fd.onnx").is_file() and (tmp_path / "o" / "s3fd.fp16.onnx").is_file()
+
+    res = CliRunner().invoke(app, ["--weights", "smoke", "--graphs", "nope", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0
