@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import LatentmuseError
 from .checkpoint import build_on_meta, count_parameters, save_safetensors
-from .layouts import HubFile, ModelLayout, Sidecar, config_from_dict, config_to_dict, layouts
+from .layouts import HubFile, ModelLayout, Sidecar, config_from_dict, layout, layouts
 
 Report = Callable[[str], None]
 
@@ -62,7 +62,7 @@ def load_model(
 @lru_cache(maxsize=None)
 def released_parameters(key: str) -> int:
     """Parameter count of the released architecture (built on meta; cached)."""
-    module = layouts()[[e.key for e in layouts()].index(key)].load_module()
+    module = layout(key).load_module()
     return count_parameters(build_on_meta(module.build))
 
 
