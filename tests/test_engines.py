@@ -23,6 +23,7 @@ from latentmuse.engines import manifest as mf
 from latentmuse.engines import orchestrate
 from latentmuse.engines.orchestrate import GpuInfo, build_all, engines_unavailable_reason
 from latentmuse.errors import LatentmuseError
+from latentmuse.export.onnx_files import onnx_sha256
 from latentmuse.export.spec import DynamicDim, GraphSpec, TensorSpec
 
 FAKE = Path(__file__).parent / "fake_tensorrt"
@@ -34,21 +35,34 @@ W = RNG.standard_normal((4, 3)).astype(np.float32)
 B = RNG.standard_normal(3).astype(np.float32)
 
 
-def _write(model: onnx.ModelProto, path: Path) -> Path:
+def _write(model: onnx.ModelProto, path: Path, validated: bool | None = True) -> Path:
+    """Save like the exporter does: the file, then its validation recorded in the folder's report."""
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+    record(path, validated)
     return path
 
 
-def alpha_onnx(path: Path, bias: np.ndarray = B) -> Path:
+def record(path: Path, passed: bool | None) -> None:
+    """Put ``path``'s current sha256 and a validation result (None: not validated) into export_report.json."""
+    graph, _, rest = path.name.partition(".")
+    sha, check = ("fp16_sha256", "fp16_pass") if rest.startswith("fp16") else ("sha256", "fp32_pass")
+    report = path.parent / "export_report.json"
+    data = json.loads(report.read_text()) if report.is_file() else {"graphs": {}}
+    entry = data["graphs"].setdefault(graph, {"name": graph, "exporter": "dynamo", "opset": 17, "torch": "2.13.0"})
+    entry.update({sha: onnx_sha256(path), check: passed})
+    report.write_text(json.dumps(data))
+
+
+def alpha_onnx(path: Path, bias: np.ndarray = B, validated: bool | None = True) -> Path:
     """y = x @ W + b, x: (N, 4)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
     nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
     graph = helper.make_graph(nodes, "alpha", [x], [y], [numpy_helper.from_array(W, "W"),
                                                          numpy_helper.from_array(bias, "b")])
-    return _write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return _write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, validated)
 
 
 def beta_onnx(path: Path) -> Path:
@@ -96,8 +110,6 @@ def onnx_dir(tmp_path: Path) -> Path:
     folder.mkdir()
     alpha_onnx(folder / "alpha.onnx")
     beta_onnx(folder / "beta.onnx")
-    (folder / "export_report.json").write_text(json.dumps(
-        {"torch": "2.13.0", "opset": 17, "graphs": {"alpha": {"dynamo": False, "max_abs_error": 0.0}}}))
     return folder
 
 
@@ -117,7 +129,7 @@ def test_build_writes_plans_and_a_complete_manifest(fake_trt, onnx_dir, tmp_path
         assert (out / entry.plan).stat().st_size == entry.plan_bytes > 0
         plan = json.loads((out / entry.plan).read_text())  # the fake's plan records how it was built
         assert plan["strongly_typed"] and plan["profile"] == entry.profiles
-        assert entry.onnx_sha256 == mf.sha256_file(onnx_dir / f"{name}.onnx")
+        assert entry.onnx_sha256 == onnx_sha256(onnx_dir / f"{name}.onnx")
         assert Path(entry.onnx) == (onnx_dir / f"{name}.onnx").resolve()
         assert entry.precision == "fp32"
         assert entry.tensorrt_version == fake_trt.__version__
@@ -126,8 +138,9 @@ def test_build_writes_plans_and_a_complete_manifest(fake_trt, onnx_dir, tmp_path
         # the manifest's profiles are the spec's (min, opt, max), input by input
         assert {k: tuple(tuple(s) for s in v) for k, v in entry.profiles.items()} == SPECS[name].profiles()
         assert set(raw["graphs"][name]) == {f.name for f in dataclasses.fields(mf.EngineEntry)}
-    assert manifest.graphs["alpha"].export == {"torch": "2.13.0", "opset": 17, "dynamo": False, "max_abs_error": 0.0}
-    assert manifest.graphs["beta"].export == {}
+    assert manifest.graphs["alpha"].export == {"torch": "2.13.0", "opset": 17, "exporter": "dynamo", "fp32_pass": True,
+                                               "sha256": manifest.graphs["alpha"].onnx_sha256}
+    assert manifest.graphs["beta"].validated and manifest.graphs["beta"].export["fp32_pass"] is True
     assert manifest.graphs["alpha"].profiles["x"] == [[1, 4], [2, 4], [4, 4]]
     # one timing cache for this GPU + TensorRT, loaded and saved by each build
     (cache,) = out.glob("timing-*.cache")
@@ -210,6 +223,48 @@ def test_fp16_graph_preferred_and_missing_onnx_named(fake_trt, onnx_dir, tmp_pat
         build_all(onnx_dir, out, SPECS, graphs=["beta"])
     with pytest.raises(LatentmuseError, match="unknown graph"):
         build_all(onnx_dir, out, SPECS, graphs=["gamma"])
+
+
+def test_only_validated_onnx_is_built_unless_asked(fake_trt, onnx_dir, tmp_path):
+    out = tmp_path / "engines"
+    alpha_onnx(onnx_dir / "alpha.onnx", validated=False)  # out of tolerance against PyTorch
+    beta_onnx(onnx_dir / "beta.onnx")
+    with pytest.raises(orchestrate.BuildError) as info:
+        build_all(onnx_dir, out, SPECS)
+    reasons = actions(info.value.results)
+    assert reasons["alpha"] == ("failed", "alpha: alpha.onnx is not built because its validation against PyTorch failed.")
+    assert reasons["beta"][0] == "built" and not (out / "alpha.plan").exists()
+
+    record(onnx_dir / "alpha.onnx", None)  # not validated (e.g. too big for this machine's memory)
+    with pytest.raises(orchestrate.BuildError, match="alpha.onnx is not built because it was not validated"):
+        build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    alpha_onnx(onnx_dir / "alpha.onnx")
+    model = onnx.load(str(onnx_dir / "alpha.onnx"))
+    model.doc_string = "edited after its validation"
+    onnx.save(model, str(onnx_dir / "alpha.onnx"))
+    with pytest.raises(orchestrate.BuildError, match="not the one the export report validated"):
+        build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    (onnx_dir / "export_report.json").unlink()
+    with pytest.raises(orchestrate.BuildError, match="the export report has no entry for it"):
+        build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+
+    (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"], allow_unvalidated=True)
+    assert result.action == "built"
+    entry = mf.load(out).graphs["alpha"]
+    assert entry.validated is False and entry.export == {}
+    assert mf.load(out).graphs["beta"].validated is True
+
+
+def test_auto_precision_takes_fp32_when_only_fp32_validated(fake_trt, onnx_dir, tmp_path):
+    out = tmp_path / "engines"
+    alpha_onnx(onnx_dir / "alpha.fp16.onnx", validated=False)  # fp16 overflow, say
+    (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    assert mf.load(out).graphs["alpha"].precision == "fp32"
+    with pytest.raises(orchestrate.BuildError, match="alpha.fp16.onnx is not built because its validation"):
+        build_all(onnx_dir, out, SPECS, graphs=["alpha"], precision="fp16")
+    alpha_onnx(onnx_dir / "alpha.fp16.onnx")  # re-exported, now validated: auto prefers it again
+    (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    assert result.action == "built" and result.reason == "precision changed (fp32 -> fp16)"
 
 
 def test_broken_manifest_is_a_readable_error(tmp_path):

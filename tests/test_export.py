@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from latentmuse.export import onnx_export as oe
-from latentmuse.export.spec import TensorSpec
+from latentmuse.export import validate as v
+from latentmuse.export.report import read_report, write_report
+from latentmuse.export.spec import GraphSpec, TensorSpec
 from latentmuse.export.specs import GRAPHS
 
 # Every graph but the UNet3D variants (exported once below, at a smaller test shape).
 TWO_D = ("vae_encoder", "vae_decoder", "whisper_encoder", "musetalk_unet", "s3fd", "fan68", "bisenet")
 
 
-def _unet3d_test_spec() -> oe.GraphSpec:
+def _unet3d_test_spec() -> GraphSpec:
     """unet3d_256 with 8 x 8 latents (16 frames, CFG batch 2 as released): same graph, quicker to run."""
     spec = GRAPHS["unet3d_256"]
     return dataclasses.replace(
@@ -49,10 +51,11 @@ def _unet3d_model() -> torch.nn.Module:
 
 
 def test_registry_declares_every_graph() -> None:
-    assert set(GRAPHS) == {*TWO_D, "unet3d_256", "unet3d_256_b1", "unet3d_512"}
+    assert set(GRAPHS) == {*TWO_D, "unet3d_256", "unet3d_256_b1", "unet3d_512", "unet3d_512_b1"}
     assert GRAPHS["unet3d_256"].inputs[0].shape == (2, 13, 16, 32, 32)
     assert GRAPHS["unet3d_256_b1"].inputs[0].shape == (1, 13, 16, 32, 32)
     assert GRAPHS["unet3d_512"].outputs[0].shape == (2, 4, 16, 64, 64)
+    assert GRAPHS["unet3d_512_b1"].inputs[2].shape == (1, 16, 50, 384)
     assert GRAPHS["unet3d_256"].inputs[1].dtype == torch.int64
     assert GRAPHS["vae_encoder"].profiles()["image"] == ((1, 3, 256, 256), (8, 3, 256, 256), (32, 3, 256, 256))
     assert GRAPHS["musetalk_unet"].profiles()["audio"] == ((1, 50, 384), (8, 50, 384), (32, 50, 384))
@@ -80,12 +83,12 @@ def test_graph_exports_validates_and_converts(name: str, tmp_path: Path) -> None
         dim = spec.dynamic[0].name
         assert [v.sizes for v in r.validations] == [{dim: 1}, {dim: 3}]
         wrapper = spec.make_wrapper(model).eval()
-        session = oe._session(tmp_path / f"{name}.onnx")
+        session = v.session(tmp_path / f"{name}.onnx")
         for n in (1, 4):
-            args = oe.random_inputs(spec, {dim: n}, seed=77 + n)
-            got, ref = oe.run_onnx(session, spec, args), oe.run_torch(wrapper, args)
+            args = v.random_inputs(spec, {dim: n}, seed=77 + n)
+            got, ref = v.run_onnx(session, spec, args), v.run_torch(wrapper, args)
             assert got[0].shape[0] == n
-            max_abs, _, ok = oe.compare(got, ref, spec.atol, spec.rtol)
+            max_abs, _, ok = v.compare(got, ref, spec.atol, spec.rtol)
             assert ok and max_abs < 2e-5, max_abs
 
     # fp16: close to PyTorch fp32, float32 I/O, fp16 weights, casts around the fp32 islands.
@@ -113,12 +116,12 @@ def test_unet3d_external_data_reloads_and_runs(tmp_path: Path) -> None:
     loaded = onnx.load(str(out / "unet3d_256.onnx"))  # pulls the side file in
     assert sum(t.data_type == onnx.TensorProto.FLOAT for t in loaded.graph.initializer) > 0
     wrapper = spec.make_wrapper(model).eval()
-    args = oe.random_inputs(spec, {}, seed=5)
-    got, ref = oe.run_onnx(out / "unet3d_256.onnx", spec, args), oe.run_torch(wrapper, args)
+    args = v.random_inputs(spec, {}, seed=5)
+    got, ref = v.run_onnx(out / "unet3d_256.onnx", spec, args), v.run_torch(wrapper, args)
     assert got[0].shape == (2, 4, 16, 8, 8)
     assert float(np.abs(got[0] - ref[0]).max()) < 1e-4
     # CFG halves never mix: each batch item equals its own batch-1 run.
-    single = oe.run_torch(wrapper, tuple(a[1:] for a in args))
+    single = v.run_torch(wrapper, tuple(a[1:] for a in args))
     assert float(np.abs(single[0] - ref[0][1:]).max()) < 1e-4
 
     # fp16 (also with external data): close to fp32 PyTorch, I/O types as declared.
@@ -136,13 +139,15 @@ def test_report_json_has_the_fields(tmp_path: Path) -> None:
         oe.export_graph(dataclasses.replace(spec, name="s3fd_ext"), oe.smoke_model("s3fd"), tmp_path / "b",
                         external_data_threshold_bytes=0, fp16=False),
     ]
-    path = oe.write_report(results, tmp_path / "export_report.json", weights="smoke")
+    path = write_report(results, tmp_path / "export_report.json", weights="smoke")
     data = json.loads(path.read_text())
-    assert data["passed"] is True and data["weights"] == "smoke"
+    assert data["passed"] is True and data["schema"] == 2
     assert set(data["graphs"]) == {"s3fd", "s3fd_ext"}
     for entry in data["graphs"].values():
+        assert entry["weights"] == "smoke" and entry["status"] == "pass"
         for key in ("file", "bytes", "external_data", "exporter", "opset", "seconds", "fp32_max_abs", "fp32_rel",
-                    "fp32_pass", "fp16_cosine", "fp16_max_abs", "fp16_pass", "sha256"):
+                    "fp32_pass", "fp16_cosine", "fp16_max_abs", "fp16_pass", "sha256", "memory_bytes",
+                    "validation_seconds", "skipped"):
             assert key in entry, key
         assert len(entry["sha256"]) == 64 and entry["bytes"] > 0
     assert data["graphs"]["s3fd"]["external_data"] is False and data["graphs"]["s3fd"]["fp16_pass"] is True
@@ -150,10 +155,39 @@ def test_report_json_has_the_fields(tmp_path: Path) -> None:
     assert (tmp_path / "b" / "s3fd_ext.onnx.data").is_file()
 
 
+def test_report_is_merged_per_graph_not_overwritten(tmp_path: Path) -> None:
+    report = tmp_path / "export_report.json"
+    first = oe.export_graph(GRAPHS["s3fd"], oe.smoke_model("s3fd"), tmp_path, fp16=False)
+    write_report([first], report, weights="smoke", seed=0)
+    second = oe.export_graph(GRAPHS["bisenet"], oe.smoke_model("bisenet"), tmp_path, fp16=False)
+    write_report([second], report, weights="w2", seed=1)
+    graphs = read_report(report)
+    assert set(graphs) == {"s3fd", "bisenet"}
+    assert (graphs["s3fd"]["weights"], graphs["bisenet"]["weights"]) == ("smoke", "w2")  # stamped per graph
+    assert graphs["s3fd"]["sha256"] == first.sha256 and graphs["s3fd"]["status"] == "pass"
+    assert json.loads(report.read_text())["passed"] is True
+
+
+def test_graph_too_big_for_this_machine_is_recorded_unvalidated(tmp_path: Path) -> None:
+    spec = GRAPHS["s3fd"]
+    r = oe.export_graph(spec, oe.smoke_model("s3fd"), tmp_path, available_bytes=1_000_000)
+    # the files are written and checked; neither validation ran, and the report says why in numbers
+    assert (tmp_path / "s3fd.onnx").is_file() and (tmp_path / "s3fd.fp16.onnx").is_file()
+    assert r.status == "unvalidated" and not r.passed
+    assert r.fp32_pass is None and r.fp32_max_abs is None and r.validations == []
+    assert r.fp16_pass is None and r.fp16_cosine is None
+    assert r.memory_bytes > 1_000_000
+    assert [s.split(":")[0] for s in r.skipped] == ["fp32 validation", "fp16 validation"]
+    assert "ONNX Runtime CPU would need about" in r.skipped[0] and "0.0 GB are available" in r.skipped[0]
+    # the same graph with the memory it needs validates: the estimate is what decided
+    ok = oe.export_graph(spec, oe.smoke_model("s3fd"), tmp_path / "b", available_bytes=r.memory_bytes)
+    assert ok.status == "pass" and ok.memory_bytes == r.memory_bytes
+
+
 def test_torchscript_fallback_is_recorded(tmp_path: Path) -> None:
     r = oe.export_graph(GRAPHS["s3fd"], oe.smoke_model("s3fd"), tmp_path, dynamo=False, fp16=False)
-    assert (r.exporter, r.opset) == ("torchscript", 17)
-    assert r.fp32_pass and r.fp32_max_abs < 2e-5 and r.fp16_pass is None
+    assert (r.exporter, r.opset) == ("torchscript", 17) and r.exporter_note == "dynamo=False requested"
+    assert r.fp32_pass and r.fp32_max_abs < 2e-5 and r.fp16_pass is None and r.status == "pass"
 
 
 def test_trace_below_two_is_refused(tmp_path: Path) -> None:
@@ -175,9 +209,35 @@ def test_cli_exports_smoke_graphs_and_writes_report(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["--weights", "smoke", "--graphs", "s3fd", "--out", str(tmp_path / "o"),
                                    "--report", str(report)])
     assert res.exit_code == 0, res.output
-    assert "s3fd" in res.output and "pass" in res.output
+    assert "pass [1/1] s3fd: dynamo opset 18" in res.output
     assert json.loads(report.read_text())["graphs"]["s3fd"]["fp32_pass"] is True
+    assert read_report(tmp_path / "o" / "export_report.json")["s3fd"]["status"] == "pass"  # what build reads
     assert (tmp_path / "o" / "s3fd.onnx").is_file() and (tmp_path / "o" / "s3fd.fp16.onnx").is_file()
 
     res = CliRunner().invoke(app, ["--weights", "smoke", "--graphs", "nope", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0
+
+
+def test_cli_exit_code_tells_failed_from_unvalidated(tmp_path: Path, monkeypatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from latentmuse.cli import export
+    from latentmuse.export import memory
+
+    app = typer.Typer()
+    app.command()(export.export)
+    out = tmp_path / "o"
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1000)
+    res = CliRunner().invoke(app, ["--weights", "smoke", "--graphs", "s3fd", "--out", str(out), "--no-fp16"])
+    assert res.exit_code == 0, res.output
+    assert "unvalidated [1/1] s3fd" in res.output and "refuses them unless given --unvalidated" in res.output
+    assert read_report(out / "export_report.json")["s3fd"]["status"] == "unvalidated"
+
+    monkeypatch.undo()
+    monkeypatch.setitem(GRAPHS, "s3fd", dataclasses.replace(GRAPHS["s3fd"], atol=0.0, rtol=0.0))
+    res = CliRunner().invoke(app, ["--weights", "smoke", "--graphs", "s3fd", "--out", str(out), "--no-fp16"])
+    assert res.exit_code == 1, res.output
+    assert "FAIL [1/1] s3fd" in res.output
+    entry = read_report(out / "export_report.json")["s3fd"]
+    assert entry["status"] == "FAIL" and entry["fp32_pass"] is False and entry["fp32_max_abs"] > 0

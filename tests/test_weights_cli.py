@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from latentmuse.models.folder import download, load_model
+from latentmuse.models.folder import load_model
 from latentmuse.models.layouts import layouts
 from latentmuse.models.random_weights import write_random_weights
 

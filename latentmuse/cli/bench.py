@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..models.layouts import default_weights_dir
 from ..runtime.bench import benchmark
+from .console import make_console
 from .progress import RichProgress
 
-console = Console(highlight=False)
+console = make_console()
 
 
 def bench(

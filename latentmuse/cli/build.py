@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import LatentmuseError
+from .console import make_console
 
-console = Console(highlight=False)
+console = make_console()
 
 
 def build(
@@ -19,7 +19,8 @@ def build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Engines folder (plans, manifest.json, timing cache).")] = Path("engines"),
     force: Annotated[bool, typer.Option("--force", help="Rebuild even engines whose manifest entry is current.")] = False,
     graphs: Annotated[Optional[list[str]], typer.Option("--graphs", "-g", help="Only these graphs (repeatable or comma-separated).")] = None,
-    precision: Annotated[str, typer.Option(help="auto (fp16 graph when exported), fp16 or fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (the fp16 graph unless only fp32 validated), fp16 or fp32.")] = "auto",
+    unvalidated: Annotated[bool, typer.Option("--unvalidated", help="Also build graphs that export_report.json does not list as validated against PyTorch (recorded in the manifest).")] = False,
 ) -> None:
     """Build a TensorRT engine per exported graph (or --graphs); skip graphs whose engine is up to date. Exits 1 without TensorRT or a GPU."""
     from ..engines import build_all, engines_unavailable_reason
@@ -37,7 +38,7 @@ def build(
         if not names:
             raise LatentmuseError(f"no exported graphs in {onnx}.", "export the ONNX graphs first.")
     results = build_all(onnx, out, GRAPHS, force=force, graphs=names, precision=precision,
-                        report=lambda line: console.print(line))
+                        allow_unvalidated=unvalidated, report=lambda line: console.print(line))
     table = Table(title=f"engines in {out}")
     for column in ("graph", "action", "reason", "plan", "seconds"):
         table.add_column(column, overflow="fold")

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..models.layouts import Sidecar, default_weights_dir, layouts
 from ..system import probe_system
+from .console import make_console
 
-console = Console(highlight=False)
+console = make_console()
 
 
 def doctor(

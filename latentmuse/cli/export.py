@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import LatentmuseError
 from ..models.layouts import default_weights_dir
+from .console import make_console
 
-console = Console(highlight=False)
+console = make_console()
 
 
 def _default_graphs(weights: str) -> list[str]:
@@ -30,7 +30,7 @@ def _default_graphs(weights: str) -> list[str]:
             "run `latentmuse weights download --dir DIR`, or pass --weights smoke for a plumbing test.",
         )
     present = {entry.key for entry in folder_layouts(root) if entry.locate(root) is not None}
-    unet3d = {256: ("unet3d_256", "unet3d_256_b1"), 512: ("unet3d_512",)}[
+    unet3d = {256: ("unet3d_256", "unet3d_256_b1"), 512: ("unet3d_512", "unet3d_512_b1")}[
         LATENTSYNC_RESOLUTION[Sidecar.read(root).latentsync_version]
     ]
     return [
@@ -43,16 +43,34 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
 
 
+_STATUS = {"pass": "[green]pass[/]", "FAIL": "[red]FAIL[/]", "unvalidated": "[yellow]unvalidated[/]"}
+
+
+def _line(r, index: int, total: int) -> str:
+    """One line per finished graph, printed as it finishes."""
+    head = f"{_STATUS[r.status]} [{index}/{total}] {r.name}"
+    if r.error:
+        return f"{head}: {r.error}"
+    parts = [f"{r.exporter} opset {r.opset}", f"{r.seconds:.1f} s", f"{r.bytes / 1e6:.1f} MB"]
+    if r.fp32_max_abs is not None:
+        parts.append(f"fp32 max-abs {r.fp32_max_abs:.2e}")
+    if r.fp16_cosine is not None:
+        parts.append(f"fp16 cosine {r.fp16_cosine:.6f}")
+    parts.extend(r.skipped)
+    return f"{head}: " + ", ".join(parts)
+
+
 def export(
     weights: Annotated[str, typer.Option("--weights", "-w", help="Weights folder, or `smoke` for seeded tiny test weights.")] = str(default_weights_dir()),
     graphs: Annotated[Optional[str], typer.Option("--graphs", "-g", help="Comma-separated graph names (default: all available).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the .onnx files.")] = Path("engines/onnx"),
-    report: Annotated[Optional[Path], typer.Option("--report", help="Report JSON (default: OUT/export_report.json).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the .onnx files and export_report.json.")] = Path("engines/onnx"),
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write this run's report here (OUT/export_report.json, which `latentmuse build` reads, is always kept).")] = None,
     fp16: Annotated[bool, typer.Option(help="Also write and validate NAME.fp16.onnx.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for smoke weights and validation inputs.")] = 0,
 ) -> None:
     """Export graphs to ONNX (fp32 + fp16), validate each on ONNX Runtime CPU against PyTorch. Exits 1 on any failure."""
-    from ..export.onnx_export import REPORT_NAME, export_many, write_report
+    from ..export.onnx_export import SMOKE, export_many
+    from ..export.report import write_report
     from ..export.specs import GRAPHS
 
     names = [g.strip() for g in graphs.split(",") if g.strip()] if graphs else _default_graphs(weights)
@@ -61,41 +79,45 @@ def export(
         raise LatentmuseError(f"unknown graph {unknown[0]!r}.", f"use some of {', '.join(GRAPHS)}.")
     if not names:
         raise LatentmuseError(f"no exportable weights found in {weights}.", "run `latentmuse weights check` on it.")
-    if weights == "smoke":
+    if weights == SMOKE:
         console.print("[yellow]SMOKE WEIGHTS: seeded tiny configurations; the graphs are real, the numbers are not.[/]")
 
-    status = console.status("")
-    status.start()
     total = len(names)
+    current = {"name": "", "index": 0}
+    status = console.status("")
 
     def started(name: str) -> None:
-        status.update(f"[{names.index(name) + 1}/{total}] exporting {name}")
+        current.update(name=name, index=current["index"] + 1)
+        status.update(f"[{current['index']}/{total}] {name}")
 
-    def done(r) -> None:
-        mark = "[green]ok[/]" if r.passed else "[red]FAIL[/]"
-        fp16_text = f" fp16 cos {r.fp16_cosine:.6f}" if r.fp16_cosine is not None else ""
-        console.print(
-            f"{mark} [{names.index(r.name) + 1}/{total}] {r.name}: {r.exporter} opset {r.opset}, "
-            f"{r.seconds:.1f} s, {r.bytes / 1e6:.1f} MB, max-abs {r.fp32_max_abs:.2e}{fp16_text}"
-        )
+    def phase(message: str) -> None:
+        status.update(f"[{current['index']}/{total}] {current['name']}: {message}")
 
+    status.start()
     try:
-        results = export_many(names, weights, out, fp16=fp16, seed=seed, on_start=started, on_done=done)
+        results = export_many(names, weights, out, fp16=fp16, seed=seed, on_start=started, progress=phase,
+                              on_done=lambda r: console.print(_line(r, current["index"], total)))
     finally:
         status.stop()
-    report_path = write_report(results, report or out / REPORT_NAME, weights=str(weights), seed=seed, out=str(out))
+    if report:
+        write_report(results, report, weights=str(weights), seed=seed)
 
     table = Table(title=f"ONNX export -> {out}")
-    for column in ("graph", "exporter", "MB", "ext. data", "s", "fp32 max-abs", "fp32 rel", "atol", "fp16 cosine", "fp16 max-abs", "result"):
+    for column in ("graph", "exporter", "MB", "ext. data", "export s", "valid. s", "fp32 max-abs", "fp32 rel",
+                   "atol", "fp16 cosine", "fp16 max-abs", "result"):
         table.add_column(column, no_wrap=True)
     for r in results:
         table.add_row(
-            r.name, f"{r.exporter}/{r.opset}", f"{r.bytes / 1e6:.1f}", "yes" if r.external_data else "no",
-            f"{r.seconds:.1f}", _fmt(r.fp32_max_abs), _fmt(r.fp32_rel), _fmt(r.atol),
-            "-" if r.fp16_cosine is None else f"{r.fp16_cosine:.6f}", _fmt(r.fp16_max_abs),
-            "[green]pass[/]" if r.passed else "[red]FAIL[/]",
+            r.name, f"{r.exporter}/{r.opset}" if r.exporter else "-", f"{r.bytes / 1e6:.1f}",
+            "yes" if r.external_data else "no", f"{r.seconds:.1f}", f"{r.validation_seconds:.1f}",
+            _fmt(r.fp32_max_abs), _fmt(r.fp32_rel), _fmt(r.atol),
+            "-" if r.fp16_cosine is None else f"{r.fp16_cosine:.6f}", _fmt(r.fp16_max_abs), _STATUS[r.status],
         )
     console.print(table)
-    console.print(f"report: {report_path}")
-    if not all(r.passed for r in results):
+    console.print(f"report: {out / 'export_report.json'}" + (f" (and {report})" if report else ""))
+    unvalidated = [r.name for r in results if r.status == "unvalidated"]
+    if unvalidated:
+        console.print(f"[yellow]not validated here: {', '.join(unvalidated)} (see above); `latentmuse build` "
+                      "refuses them unless given --unvalidated.[/]")
+    if any(r.status == "FAIL" for r in results):
         raise typer.Exit(1)

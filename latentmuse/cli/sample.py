@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(highlight=False)
+from .console import make_console
+
+console = make_console()
 
 
 def sample(out_dir: Annotated[Path, typer.Argument(help="Folder to write sample.mp4 (with its speech track) into.")]) -> None:

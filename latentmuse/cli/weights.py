@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import LatentmuseError
 from ..models import folder
 from ..models.layouts import LATENTSYNC_REPOS, default_weights_dir
+from .console import make_console
 
 app = typer.Typer(help="Get, check and convert model weights.", no_args_is_help=True)
-console = Console(highlight=False)
+console = make_console()
 
 DirOption = Annotated[Path, typer.Option("--dir", "-d", help="Weights folder (default: $LATENTMUSE_WEIGHTS or ./weights).")]
 ModelsOption = Annotated[

@@ -4,10 +4,10 @@ Nothing here imports ``tensorrt`` at module import time: the package works witho
 is actually built or loaded.
 """
 
-from .manifest import EngineEntry, Manifest, entry_is_current, sha256_file
+from .manifest import EngineEntry, Manifest, entry_is_current
 from .orchestrate import BuildResult, GpuInfo, build_all, engines_unavailable_reason, gpu_info
 
 __all__ = [
     "BuildResult", "EngineEntry", "GpuInfo", "Manifest", "build_all", "engines_unavailable_reason",
-    "entry_is_current", "gpu_info", "sha256_file",
+    "entry_is_current", "gpu_info",
 ]

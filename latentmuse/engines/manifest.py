@@ -7,14 +7,12 @@ match the machine (:func:`entry_is_current` gives the readable reason either way
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import LatentmuseError
+from ..files import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = 1
@@ -39,12 +37,13 @@ class EngineEntry:
     plan_bytes: int
     build_seconds: float
     built_at: str  # UTC, ISO 8601
-    export: dict = field(default_factory=dict)  # the graph's export settings (export_report.json)
+    validated: bool = True  # the ONNX passed its validation against PyTorch (False: built with --unvalidated)
+    export: dict = field(default_factory=dict)  # how it was exported and validated (export_report.json)
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineEntry:
         known = {f.name for f in fields(cls)}
-        missing = known - set(data) - {"export"}
+        missing = known - set(data) - {"export", "validated"}
         if missing:
             raise ValueError(f"entry lacks {sorted(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -86,48 +85,6 @@ def save(manifest: Manifest, where: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, manifest.to_json().encode())
     return path
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file; for an ONNX with external data, of the .onnx and its side files."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for part in [path, *_external_data_files(path)]:
-        with open(part, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def _external_data_files(path: Path) -> list[Path]:
-    """The side files an ONNX model's initializers point to (external data), read from its header."""
-    try:
-        import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not parseable here: hash the file alone
-        return []
-    found: set[Path] = set()
-    for tensor in _get_all_tensors(model):
-        if uses_external_data(tensor):
-            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-            if location and (path.parent / location).is_file():
-                found.add(path.parent / location)
-    return sorted(found)
 
 
 def entry_is_current(entry: EngineEntry | None, onnx_sha256: str, trt_version: str, gpu_name: str,

@@ -9,7 +9,6 @@ and compute capability, precision and profiles, plan present). Each build runs i
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,10 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LatentmuseError
+from ..export.onnx_files import onnx_sha256
+from ..export.report import REPORT_NAME, read_report, validated_entry
 from . import manifest as mf
-
-EXPORT_REPORT = "export_report.json"
-
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -95,39 +93,24 @@ def _as_mapping(specs) -> dict[str, object]:
     return {spec.name: spec for spec in specs}
 
 
-def choose_onnx(onnx_dir: Path, graph: str, precision: str) -> tuple[Path, str]:
-    """``{graph}.fp16.onnx`` for fp16, ``{graph}.onnx`` for fp32; ``auto`` takes fp16 when exported."""
+def choose_onnx(onnx_dir: Path, graph: str, precision: str, report: Mapping[str, dict]) -> tuple[Path, str]:
+    """``{graph}.fp16.onnx`` for fp16, ``{graph}.onnx`` for fp32. ``auto`` takes the fp16 graph when it
+    was exported, unless its validation failed where the fp32 one passed (fp16 overflow): then fp32."""
     fp16, fp32 = onnx_dir / f"{graph}.fp16.onnx", onnx_dir / f"{graph}.onnx"
-    if precision == "fp16" or (precision == "auto" and fp16.is_file()):
+    if precision not in ("auto", "fp16", "fp32"):
+        raise LatentmuseError(f"precision {precision!r} is not known.", "use auto, fp16 or fp32.")
+    if precision == "auto" and fp16.is_file():
+        entry = report.get(graph, {})
+        if not (entry.get("fp16_pass") is False and entry.get("fp32_pass") is True and fp32.is_file()):
+            return fp16, "fp16"
+    if precision == "fp16":
         if not fp16.is_file():
             raise LatentmuseError(f"{graph}: {fp16} does not exist.", "export the fp16 graphs first.")
         return fp16, "fp16"
-    if precision not in ("fp32", "auto"):
-        raise LatentmuseError(f"precision {precision!r} is not known.", "use auto, fp16 or fp32.")
     if not fp32.is_file():
         raise LatentmuseError(f"{graph}: no ONNX in {onnx_dir} ({fp32.name} or {fp16.name}).",
                               "run the export first.")
     return fp32, "fp32"
-
-
-def export_settings(onnx_dir: Path, graph: str) -> dict:
-    """This graph's record in ``export_report.json`` when the exporter wrote one (else {})."""
-    path = onnx_dir / EXPORT_REPORT
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    graphs = report.get("graphs", report) if isinstance(report, dict) else report
-    if isinstance(graphs, dict):
-        found = graphs.get(graph)
-    else:
-        found = next((g for g in graphs if isinstance(g, dict) and graph in (g.get("name"), g.get("graph"))), None)
-    if not isinstance(found, dict):
-        return {}
-    if isinstance(report, dict):  # top-level settings (torch/opset/exporter) apply to every graph
-        common = {k: v for k, v in report.items() if k != "graphs" and not isinstance(v, (dict, list))}
-        return {**common, **found}
-    return found
 
 
 def timing_cache_path(out_dir: Path, gpu: GpuInfo, trt_version: str) -> Path:
@@ -154,6 +137,23 @@ def _result_line(stdout: str) -> dict | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Build:
+    """What every graph's build shares in one ``build_all`` call."""
+
+    onnx_dir: Path
+    out_dir: Path
+    precision: str
+    force: bool
+    allow_unvalidated: bool
+    trt_version: str
+    gpu: GpuInfo
+    timing_cache: Path
+    timeout_s: float | None
+    workspace_bytes: int | None
+    say: Callable[[str], None]
+
+
 def build_all(
     onnx_dir: str | Path,
     out_dir: str | Path,
@@ -162,16 +162,17 @@ def build_all(
     force: bool = False,
     graphs: Iterable[str] | None = None,
     precision: str = "auto",
+    allow_unvalidated: bool = False,
     report: Callable[[str], None] | None = None,
     gpu: GpuInfo | None = None,
     timeout_s: float | None = None,
     workspace_bytes: int | None = None,
 ) -> list[BuildResult]:
     """Build (or skip) every graph's engine into ``out_dir``; ``specs`` maps names to GraphSpecs or to
-    profile dicts ``{input: (min, opt, max)}``. Raises :class:`BuildError` after trying every graph if
-    any failed (the manifest keeps every success)."""
+    profile dicts ``{input: (min, opt, max)}``. Only ONNX files that ``export_report.json`` lists as
+    validated against PyTorch are built, unless ``allow_unvalidated``. Raises :class:`BuildError` after
+    trying every graph if any failed (the manifest keeps every success)."""
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    say = report or (lambda _line: None)
     trt_version = tensorrt_version()
     if trt_version is None:
         raise LatentmuseError(engines_unavailable_reason() or "TensorRT is not usable here.")
@@ -185,14 +186,15 @@ def build_all(
     if unknown:
         raise LatentmuseError(f"unknown graph(s): {', '.join(unknown)}.", f"choose from {', '.join(table)}.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = timing_cache_path(out_dir, gpu, trt_version)
+    ctx = _Build(onnx_dir, out_dir, precision, force, allow_unvalidated, trt_version, gpu,
+                 timing_cache_path(out_dir, gpu, trt_version), timeout_s, workspace_bytes,
+                 report or (lambda _line: None))
     results: list[BuildResult] = []
     for graph in wanted:
         try:
-            results.append(_build_one(graph, table[graph], onnx_dir, out_dir, precision, force, trt_version, gpu,
-                                      cache, timeout_s, workspace_bytes, say))
+            results.append(_build_one(graph, table[graph], ctx))
         except LatentmuseError as exc:
-            say(f"{graph}: failed: {exc.message}")
+            ctx.say(f"{graph}: failed: {exc.message}")
             results.append(BuildResult(graph, "failed", exc.message))
     failed = [r for r in results if r.action == "failed"]
     if failed:
@@ -201,32 +203,46 @@ def build_all(
     return results
 
 
-def _build_one(graph, spec, onnx_dir, out_dir, precision, force, trt_version, gpu, cache, timeout_s,
-               workspace_bytes, say) -> BuildResult:
-    onnx, chosen = choose_onnx(onnx_dir, graph, precision)
+def _up_to_date(entry: mf.EngineEntry | None, digest: str, chosen: str, profiles: dict, ctx: _Build) -> tuple[bool, str]:
+    current, reason = mf.entry_is_current(entry, digest, ctx.trt_version, ctx.gpu.name, ctx.gpu.compute_capability)
+    if not current:
+        return False, reason
+    if entry.precision != chosen:
+        return False, f"precision changed ({entry.precision} -> {chosen})"
+    if entry.profiles != profiles:
+        return False, "profiles changed"
+    plan = ctx.out_dir / entry.plan
+    if not plan.is_file() or plan.stat().st_size != entry.plan_bytes:
+        return False, "plan file missing or changed"
+    return True, "up to date"
+
+
+def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
+    export_report = read_report(ctx.onnx_dir / REPORT_NAME)
+    onnx, chosen = choose_onnx(ctx.onnx_dir, graph, ctx.precision, export_report)
     profiles = _profiles_of(spec)
-    digest = mf.sha256_file(onnx)
-    plan = out_dir / f"{graph}.plan"
-    entry = mf.load(out_dir).graphs.get(graph)
-    current, reason = mf.entry_is_current(entry, digest, trt_version, gpu.name, gpu.compute_capability)
-    if current:
-        if entry.precision != chosen:
-            current, reason = False, f"precision changed ({entry.precision} -> {chosen})"
-        elif entry.profiles != profiles:
-            current, reason = False, "profiles changed"
-        elif not (out_dir / entry.plan).is_file() or (out_dir / entry.plan).stat().st_size != entry.plan_bytes:
-            current, reason = False, "plan file missing or changed"
-    if current and not force:
-        say(f"{graph}: up to date")
-        return BuildResult(graph, "skipped", "up to date", out_dir / entry.plan)
-    reason = "forced" if force else reason
-    say(f"{graph}: building {onnx.name} ({chosen}; {reason})")
+    digest = onnx_sha256(onnx)
+    plan = ctx.out_dir / f"{graph}.plan"
+    entry = mf.load(ctx.out_dir).graphs.get(graph)
+    current, reason = _up_to_date(entry, digest, chosen, profiles, ctx)
+    if current and not ctx.force:
+        ctx.say(f"{graph}: up to date")
+        return BuildResult(graph, "skipped", "up to date", ctx.out_dir / entry.plan)
+    validated, why = validated_entry(export_report, graph, chosen, digest)
+    if validated is None and not ctx.allow_unvalidated:
+        raise LatentmuseError(
+            f"{graph}: {onnx.name} is not built because {why}.",
+            f"re-export it (`latentmuse export --graphs {graph}`), or build it anyway with --unvalidated.",
+        )
+    reason = "forced" if ctx.force else reason
+    ctx.say(f"{graph}: building {onnx.name} ({chosen}; {reason})"
+            + ("" if validated else f" [UNVALIDATED: {why}]"))
     command = [sys.executable, "-m", "latentmuse.engines.trt_build", "--onnx", str(onnx), "--plan", str(plan),
-               "--profiles", json.dumps(profiles), "--timing-cache", str(cache)]
-    if workspace_bytes:
-        command += ["--workspace-bytes", str(int(workspace_bytes))]
+               "--profiles", json.dumps(profiles), "--timing-cache", str(ctx.timing_cache)]
+    if ctx.workspace_bytes:
+        command += ["--workspace-bytes", str(int(ctx.workspace_bytes))]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=ctx.timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise LatentmuseError(f"builder for graph {graph} timed out after {exc.timeout:.0f} s.") from exc
     if done.returncode < 0:
@@ -239,14 +255,24 @@ def _build_one(graph, spec, onnx_dir, out_dir, precision, force, trt_version, gp
         raise LatentmuseError(f"builder for graph {graph} printed no result.")
     new = mf.EngineEntry(
         graph=graph, onnx=str(onnx.resolve()), onnx_sha256=digest, precision=chosen, profiles=profiles,
-        tensorrt_version=str(result["tensorrt_version"]), gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability, plan=plan.name, plan_bytes=int(result["plan_bytes"]),
+        tensorrt_version=str(result["tensorrt_version"]), gpu_name=ctx.gpu.name,
+        compute_capability=ctx.gpu.compute_capability, plan=plan.name, plan_bytes=int(result["plan_bytes"]),
         build_seconds=float(result["build_seconds"]),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        export=export_settings(onnx_dir, graph),
+        validated=validated is not None, export=_export_record(validated or export_report.get(graph, {})),
     )
-    manifest = mf.load(out_dir)  # re-read: only this graph's entry changes
+    manifest = mf.load(ctx.out_dir)  # re-read: only this graph's entry changes
     manifest.graphs[graph] = new
-    mf.save(manifest, out_dir)
-    say(f"{graph}: built {plan.name} ({new.plan_bytes / 1e6:.1f} MB, {new.build_seconds:.1f} s)")
+    mf.save(manifest, ctx.out_dir)
+    ctx.say(f"{graph}: built {plan.name} ({new.plan_bytes / 1e6:.1f} MB, {new.build_seconds:.1f} s)")
     return BuildResult(graph, "built", reason, plan, new.build_seconds)
+
+
+#: What the manifest keeps of a graph's export report entry: how it was exported and how it validated.
+_EXPORT_KEYS = ("weights", "seed", "torch", "exporter", "opset", "external_data", "sha256", "fp16_sha256", "atol",
+                "rtol", "fp32_max_abs", "fp32_rel", "fp32_pass", "fp16_cosine", "fp16_max_abs", "fp16_pass",
+                "min_cosine_fp16", "status", "skipped")
+
+
+def _export_record(entry: Mapping) -> dict:
+    return {k: entry[k] for k in _EXPORT_KEYS if k in entry}

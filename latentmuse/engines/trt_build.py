@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import LatentmuseError
+from ..files import atomic_write
 
 Shape = Sequence[int]
 Profiles = Mapping[str, tuple[Shape, Shape, Shape]]
@@ -138,8 +139,6 @@ class engine_bytes_from_network:  # noqa: N801
         if plan is None:
             raise LatentmuseError("TensorRT failed to build the engine (build_serialized_network returned None).")
         if self.timing_cache is not None:
-            from .manifest import atomic_write
-
             atomic_write(self.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
         return bytes(memoryview(plan))
 
@@ -152,8 +151,6 @@ class save_bytes:  # noqa: N801
         self.path = Path(path)
 
     def __call__(self) -> Path:
-        from .manifest import atomic_write
-
         payload = self.obj() if callable(self.obj) else self.obj
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, bytes(payload))

@@ -1,11 +1,10 @@
 """PyTorch -> ONNX for one :class:`GraphSpec`: export, check, validate against PyTorch, and an fp16 copy.
 
 ``export_graph`` writes ``NAME.onnx`` (fp32; ``NAME.onnx.data`` beside it when the weights pass the
-external-data threshold, 2 GB by default) and ``NAME.fp16.onnx`` (fp16-typed for strongly typed
-TensorRT builds: I/O stays float32, normalisation / softmax / reductions / sinusoids stay float32),
-then validates both on fresh seeded random inputs through ONNX Runtime CPU against the PyTorch fp32
-wrapper: fp32 by max-abs and relative error against the spec's tolerance, fp16 by cosine similarity
-and max-abs (ONNX Runtime CPU runs the fp16 graph; it is a sanity check, the engine gets its own).
+external-data threshold, 2 GB by default) and ``NAME.fp16.onnx`` (see :mod:`.fp16`), then validates
+both on fresh seeded random inputs through ONNX Runtime CPU against the PyTorch fp32 wrapper (see
+:mod:`.validate`). A graph the machine has not the memory to run on ONNX Runtime is recorded as
+unvalidated with the numbers, instead of being killed halfway.
 
 The exporter is the dynamo one (``torch.onnx.export(dynamo=True)``, opset 18); only if it fails does
 the TorchScript exporter (``dynamo=False``, opset 17) take over, and the result records which ran.
@@ -13,12 +12,12 @@ the TorchScript exporter (``dynamo=False``, opset 17) take over, and the result 
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import gc
+import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,65 +25,23 @@ import torch
 from torch import nn
 
 from ..errors import LatentmuseError
+from . import validate as v
+from .fp16 import convert_fp16
+from .onnx_files import check_onnx, onnx_bytes, onnx_sha256, remove_onnx, save_onnx
+from .report import REPORT_NAME, ExportResult, Validation, write_report
 from .spec import GraphSpec
 
 #: Above this many bytes of parameters the weights go to one side file ``NAME.onnx.data``
 #: (protobuf cannot serialise a message over 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 
-#: Ops kept in float32 in the fp16 graph: normalisation statistics (GroupNorm exports as
-#: InstanceNormalization), softmax, mean/variance reductions, and the timestep sinusoids.
-FP16_KEEP_FP32 = (
-    "GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
-    "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal",
-    "Sin", "Cos", "Exp", "Range",
-)  # fmt: skip
-
 SMOKE = "smoke"
-REPORT_NAME = "export_report.json"
 
+#: ``progress(message)``: what the exporter is doing now (a phase of a possibly minutes-long graph).
+Progress = Callable[[str], None]
 
-@dataclass
-class Validation:
-    sizes: dict[str, int]
-    max_abs: float
-    rel: float  # max |onnx - torch| / max |torch|
-    passed: bool
-
-
-@dataclass
-class ExportResult:
-    name: str
-    file: str
-    bytes: int
-    external_data: bool
-    exporter: str  # "dynamo" or "torchscript"
-    opset: int
-    seconds: float
-    sha256: str
-    fp32_max_abs: float
-    fp32_rel: float
-    fp32_pass: bool
-    atol: float
-    rtol: float
-    validations: list[Validation] = field(default_factory=list)
-    fp16_file: str | None = None
-    fp16_bytes: int | None = None
-    fp16_sha256: str | None = None
-    fp16_cosine: float | None = None
-    fp16_max_abs: float | None = None
-    fp16_pass: bool | None = None
-    min_cosine_fp16: float | None = None
-    exporter_note: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.fp32_pass and self.fp16_pass is not False
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["passed"] = self.passed
-        return data
+__all__ = ["EXTERNAL_DATA_THRESHOLD", "REPORT_NAME", "SMOKE", "export_graph", "export_many", "load_graph_model",
+           "smoke_model"]
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -119,40 +76,6 @@ def _plain_attention(model: nn.Module) -> None:
         model.set_attn_processor(AttnProcessor2_0())
 
 
-# --------------------------------------------------------------------------------------------- inputs
-
-
-def trace_sizes(spec: GraphSpec) -> dict[str, int]:
-    """Sizes to trace at: the dynamo exporter specialises a dimension traced at 0 or 1, so >= 2."""
-    return {d.name: max(2, d.min) for d in spec.dynamic}
-
-
-def validation_sizes(spec: GraphSpec) -> list[dict[str, int]]:
-    """Two sizes per dynamic graph, neither the traced one: the minimum and one above the trace."""
-    if not spec.dynamic:
-        return [{}]
-    traced = trace_sizes(spec)
-    low = {d.name: d.min for d in spec.dynamic}
-    high = {d.name: min(d.max, traced[d.name] + 1) for d in spec.dynamic}
-    return [low, high] if low != high else [low]
-
-
-def random_inputs(spec: GraphSpec, sizes: Mapping[str, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Fresh seeded inputs: float tensors N(0, 1), integer tensors (timesteps) in [0, 1000)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for t in spec.inputs:
-        shape = t.concrete(sizes)
-        if t.dtype.is_floating_point:
-            out.append(torch.randn(shape, generator=g, dtype=torch.float32).to(t.dtype))
-        else:
-            out.append(torch.randint(0, 1000, shape, generator=g, dtype=t.dtype))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------------------------- export
-
-
 def parameter_bytes(model: nn.Module) -> int:
     seen, total = set(), 0
     for tensor in (*model.parameters(), *model.buffers()):
@@ -163,9 +86,21 @@ def parameter_bytes(model: nn.Module) -> int:
     return total
 
 
-def _remove(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".data")):
-        p.unlink(missing_ok=True)
+# --------------------------------------------------------------------------------------------- export
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (warnings, and one log line per torchvision op it cannot find)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _export_dynamo(wrapper, spec, args, path, opset, external) -> None:
@@ -202,140 +137,97 @@ def _export_torchscript(wrapper, spec, args, path, opset, external) -> None:
         for stale in path.parent.iterdir():
             if stale != path and not stale.suffix == ".onnx" and not stale.name.endswith((".data", ".json")):
                 stale.unlink()
-        _save_proto(model, path, external=True)
+        save_onnx(model, path, external=True)
 
 
-def _save_proto(model, path: Path, external: bool) -> None:
-    import onnx
-
-    _remove(path)
-    if external:
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=path.name + ".data", size_threshold=1024,
-        )
-    else:
-        onnx.save_model(model, str(path))
+class _NoDynamo(Exception):
+    pass
 
 
-def _check(path: Path) -> None:
-    import onnx
-
-    onnx.shape_inference.infer_shapes_path(str(path), str(path))
-    onnx.checker.check_model(str(path))
-
-
-def sha256_files(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        if p.is_file():
-            with open(p, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-    return h.hexdigest()
+def _export_file(wrapper, spec, args, path, opset, external, dynamo) -> tuple[str, int, str]:
+    """Write ``path`` with the dynamo exporter, or the TorchScript one if that fails (or ``dynamo=False``)."""
+    try:
+        if not dynamo:
+            raise _NoDynamo
+        with _quiet_exporter():
+            _export_dynamo(wrapper, spec, args, path, opset, external)
+        return "dynamo", opset, ""
+    except Exception as exc:  # noqa: BLE001 - any exporter failure falls back once
+        if isinstance(exc, _NoDynamo):
+            note = "dynamo=False requested"
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            note = f"dynamo failed: {type(exc).__name__}: {first}"
+    remove_onnx(path)
+    try:
+        with _quiet_exporter():
+            _export_torchscript(wrapper, spec, args, path, min(opset, 17), external)
+    except Exception as exc:  # noqa: BLE001
+        raise LatentmuseError(
+            f"{spec.name}: export failed with both exporters ({note}; torchscript: {exc}).",
+            "run with LATENTMUSE_DEBUG=1 for the traceback.",
+        ) from exc
+    return "torchscript", min(opset, 17), note
 
 
 # ----------------------------------------------------------------------------------------- validation
 
 
-def _session(path: Path):
-    import onnxruntime as ort
+class _References:
+    """PyTorch fp32 outputs on the fresh validation inputs, computed once and shared by fp32 and fp16."""
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # No graph optimisation: compare the graph as written (ORT fusions are not what TensorRT sees).
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def __init__(self, spec: GraphSpec, wrapper: nn.Module, seed: int) -> None:
+        self.spec, self.wrapper, self.seed = spec, wrapper, seed
+        self._cache: dict[int, tuple[tuple[torch.Tensor, ...], list[np.ndarray]]] = {}
 
-
-def run_onnx(path_or_session, spec: GraphSpec, args: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    session = _session(path_or_session) if isinstance(path_or_session, (str, Path)) else path_or_session
-    feeds = {t.name: a.detach().cpu().numpy() for t, a in zip(spec.inputs, args)}
-    return session.run([t.name for t in spec.outputs], feeds)
-
-
-def run_torch(wrapper: nn.Module, args: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = wrapper(*args)
-    out = out if isinstance(out, (tuple, list)) else (out,)
-    return [o.detach().float().cpu().numpy() for o in out]
+    def __call__(self, index: int) -> tuple[tuple[torch.Tensor, ...], list[np.ndarray]]:
+        if index not in self._cache:
+            sizes = v.validation_sizes(self.spec)[index]
+            args = v.random_inputs(self.spec, sizes, self.seed + 1000 + index)
+            self._cache[index] = (args, v.run_torch(self.wrapper, args))
+        return self._cache[index]
 
 
-def compare(onnx_out: Sequence[np.ndarray], torch_out: Sequence[np.ndarray], atol: float, rtol: float) -> tuple[float, float, bool]:
-    max_abs, scale, ok = 0.0, 0.0, True
-    for a, b in zip(onnx_out, torch_out):
-        if a.shape != b.shape:
-            return float("inf"), float("inf"), False
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        diff = np.abs(a - b)
-        ok &= bool(np.isfinite(a).all()) and bool((diff <= atol + rtol * np.abs(b)).all())
-        max_abs = max(max_abs, float(diff.max(initial=0.0)))
-        scale = max(scale, float(np.abs(b).max(initial=0.0)))
-    return max_abs, max_abs / scale if scale > 0 else max_abs, ok
+def _validate_fp32(result: ExportResult, spec: GraphSpec, path: Path, refs: _References,
+                   available_bytes: int | None, say: Progress) -> None:
+    sizes = v.validation_sizes(spec)
+    need, shortfall = v.memory_shortfall(path, sizes, available_bytes)
+    result.memory_bytes = need.total_bytes
+    if shortfall:
+        result.skipped.append(f"fp32 validation: {shortfall}")
+        return
+    session = v.session(path)
+    for i, vs in enumerate(sizes):
+        say(f"validating fp32 on ONNX Runtime{_sizes_text(vs)}")
+        args, ref = refs(i)
+        max_abs, rel, ok = v.compare(v.run_onnx(session, spec, args), ref, spec.atol, spec.rtol)
+        result.validations.append(Validation(vs, max_abs, rel, ok))
+    del session
+    result.fp32_max_abs = max(x.max_abs for x in result.validations)
+    result.fp32_rel = max(x.rel for x in result.validations)
+    result.fp32_pass = all(x.passed for x in result.validations)
 
 
-def cosine(onnx_out: Sequence[np.ndarray], torch_out: Sequence[np.ndarray]) -> float:
-    a = np.concatenate([o.astype(np.float64).ravel() for o in onnx_out])
-    b = np.concatenate([o.astype(np.float64).ravel() for o in torch_out])
-    if not np.isfinite(a).all():
-        return float("nan")
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+def _validate_fp16(result: ExportResult, spec: GraphSpec, half: Path, refs: _References,
+                   available_bytes: int | None, say: Progress) -> None:
+    sizes = v.validation_sizes(spec)[:1]
+    _need, shortfall = v.memory_shortfall(half, sizes, available_bytes)
+    if shortfall:
+        result.skipped.append(f"fp16 validation: {shortfall}")
+        return
+    say(f"validating fp16 on ONNX Runtime{_sizes_text(sizes[0])}")
+    args, ref = refs(0)
+    got = v.run_onnx(half, spec, args)
+    result.fp16_cosine = v.cosine(got, ref)
+    result.fp16_max_abs = v.max_abs_error(got, ref)
+    result.fp16_pass = bool(np.isfinite(result.fp16_cosine) and result.fp16_cosine >= spec.min_cosine_fp16)
 
 
-# ---------------------------------------------------------------------------------------------- fp16
-
-
-def convert_fp16(src: Path, dst: Path, external: bool) -> None:
-    """fp16-typed copy of an fp32 graph: I/O float32, :data:`FP16_KEEP_FP32` ops left in float32."""
-    import onnx
-    from onnxconverter_common import float16
-
-    model = onnx.load(str(src))
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "values truncated to fp16 range" for tiny weights
-        # Casts of the fp32 graph (int timestep -> float, ...) stay as written: the converter retypes
-        # them to fp16 without fixing the value_info behind them when a blocked op consumes them.
-        casts = [n.name for n in model.graph.node if n.op_type == "Cast" and n.name]
-        half = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=block, node_block_list=casts, disable_shape_infer=external,
-        )
-    _restore_io_types(model, half)
-    _save_proto(half, dst, external)
-    _check(dst)
-
-
-def _restore_io_types(fp32, half) -> None:
-    """Cast back any graph output the converter left in fp16 (it does when a blocked op feeds it)."""
-    from onnx import helper
-
-    wanted = {o.name: o.type.tensor_type.elem_type for o in fp32.graph.output}
-    for out in half.graph.output:
-        want = wanted.get(out.name)
-        if want is None or out.type.tensor_type.elem_type == want:
-            continue
-        inner = f"{out.name}__fp16"
-        for node in half.graph.node:
-            node.output[:] = [inner if o == out.name else o for o in node.output]
-            node.input[:] = [inner if i == out.name else i for i in node.input]
-        for vi in half.graph.value_info:
-            if vi.name == out.name:
-                vi.name = inner
-        half.graph.node.append(helper.make_node("Cast", [inner], [out.name], to=want, name=f"{out.name}__to_fp32"))
-        out.type.tensor_type.elem_type = want
-    for inp in half.graph.input:
-        if inp.name in {i.name for i in fp32.graph.input}:
-            original = next(i for i in fp32.graph.input if i.name == inp.name)
-            if inp.type.tensor_type.elem_type != original.type.tensor_type.elem_type:
-                raise LatentmuseError(f"fp16 conversion changed the type of input {inp.name!r}.")
+def _sizes_text(sizes: Mapping[str, int]) -> str:
+    return f" ({', '.join(f'{k}={n}' for k, n in sizes.items())})" if sizes else ""
 
 
 # ---------------------------------------------------------------------------------------------- main
-
-
-class _NoDynamo(Exception):
-    pass
 
 
 def export_graph(
@@ -349,107 +241,63 @@ def export_graph(
     seed: int = 0,
     external_data_threshold_bytes: int = EXTERNAL_DATA_THRESHOLD,
     dynamo: bool = True,
+    available_bytes: int | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
-    """Export ``spec``'s graph of ``model`` into ``out_dir`` and validate it (see the module doc)."""
+    """Export ``spec``'s graph of ``model`` into ``out_dir`` and validate it (see the module doc).
+
+    ``available_bytes`` replaces the machine's available memory in the decision whether ONNX Runtime
+    can run a graph (tests use it); ``progress`` hears each phase.
+    """
+    say = progress or (lambda _message: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().requires_grad_(False)
     _plain_attention(model)
     wrapper = spec.make_wrapper(model).eval()
-    traced = dict(trace_sizes(spec))
+    traced = dict(v.trace_sizes(spec))
     traced.update(sizes or {})
-    small = [name for name, v in traced.items() if v < 2]
+    small = [name for name, n in traced.items() if n < 2]
     if small:
         raise LatentmuseError(f"{spec.name}: dynamic dims {small} traced below 2.", "trace at size 2 or more.")
-    args = random_inputs(spec, traced, seed)
-    external = parameter_bytes(model) > external_data_threshold_bytes
+    args = v.random_inputs(spec, traced, seed)
+    weight_bytes = parameter_bytes(model)
     path = out_dir / f"{spec.name}.onnx"
-    _remove(path)
+    remove_onnx(path)
+
+    say("exporting to ONNX")
+    start = time.perf_counter()
+    exporter, used_opset, note = _export_file(wrapper, spec, args, path, opset,
+                                              weight_bytes > external_data_threshold_bytes, dynamo)
+    say("checking the ONNX graph")
+    check_onnx(path)
+    seconds = time.perf_counter() - start
+    result = ExportResult(
+        name=spec.name, file=str(path), bytes=onnx_bytes(path),
+        external_data=path.with_name(path.name + ".data").is_file(), exporter=exporter, opset=used_opset,
+        seconds=round(seconds, 2), sha256=onnx_sha256(path), atol=spec.atol, rtol=spec.rtol, exporter_note=note,
+    )
 
     start = time.perf_counter()
-    exporter, used_opset, note = "dynamo", opset, ""
-    try:
-        if not dynamo:
-            raise _NoDynamo
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _export_dynamo(wrapper, spec, args, path, opset, external)
-    except Exception as exc:  # noqa: BLE001 - any exporter failure falls back once
-        if isinstance(exc, _NoDynamo):
-            note = "dynamo=False requested"
-        else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            note = f"dynamo failed: {type(exc).__name__}: {first}"
-        exporter, used_opset = "torchscript", min(opset, 17)
-        _remove(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _export_torchscript(wrapper, spec, args, path, used_opset, external)
-        except Exception as exc2:  # noqa: BLE001
-            raise LatentmuseError(
-                f"{spec.name}: export failed with both exporters ({note}; torchscript: {exc2}).",
-                "run with LATENTMUSE_DEBUG=1 for the traceback.",
-            ) from exc2
-    _check(path)
-    seconds = time.perf_counter() - start
-    data = path.with_name(path.name + ".data")
-    has_data = data.is_file()
-
-    # fp32: ONNX Runtime CPU vs PyTorch on fresh inputs at every validation size.
-    session = _session(path)
-    validations, references = [], []
-    for i, vs in enumerate(validation_sizes(spec)):
-        fresh = random_inputs(spec, vs, seed + 1000 + i)
-        ref = run_torch(wrapper, fresh)
-        got = run_onnx(session, spec, fresh)
-        m, r, ok = compare(got, ref, spec.atol, spec.rtol)
-        validations.append(Validation(vs, m, r, ok))
-        references.append((fresh, ref))
-    del session
-
-    result = ExportResult(
-        name=spec.name, file=str(path), bytes=path.stat().st_size + (data.stat().st_size if has_data else 0),
-        external_data=has_data, exporter=exporter, opset=used_opset, seconds=round(seconds, 2),
-        sha256=sha256_files(path, data), fp32_max_abs=max(v.max_abs for v in validations),
-        fp32_rel=max(v.rel for v in validations), fp32_pass=all(v.passed for v in validations),
-        atol=spec.atol, rtol=spec.rtol, validations=validations, exporter_note=note,
-    )
+    refs = _References(spec, wrapper, seed)
+    _validate_fp32(result, spec, path, refs, available_bytes, say)
     if fp16:
         half = out_dir / f"{spec.name}.fp16.onnx"
+        say("converting to fp16")
+        gc.collect()
         try:
-            convert_fp16(path, half, external=parameter_bytes(model) // 2 > external_data_threshold_bytes)
+            convert_fp16(path, half, external=weight_bytes // 2 > external_data_threshold_bytes)
         except Exception as exc:  # noqa: BLE001 - reported as a failed fp16 graph, the fp32 one stands
+            remove_onnx(half)
             result.fp16_pass = False
-            result.exporter_note = (result.exporter_note + f"; fp16 conversion failed: {type(exc).__name__}: {str(exc)[:200]}").lstrip("; ")
-            return result
-        half_data = half.with_name(half.name + ".data")
-        fresh, ref = references[0]
-        got = run_onnx(half, spec, fresh)
-        cos = cosine(got, ref)
-        max_abs = max(float(np.abs(a.astype(np.float64) - b).max(initial=0.0)) for a, b in zip(got, ref))
-        result.fp16_file = str(half)
-        result.fp16_bytes = half.stat().st_size + (half_data.stat().st_size if half_data.is_file() else 0)
-        result.fp16_sha256 = sha256_files(half, half_data)
-        result.fp16_cosine = cos
-        result.fp16_max_abs = max_abs
-        result.fp16_pass = bool(np.isfinite(cos) and cos >= spec.min_cosine_fp16)
-        result.min_cosine_fp16 = spec.min_cosine_fp16
+            result.exporter_note = "; ".join(filter(None, [
+                result.exporter_note, f"fp16 conversion failed: {type(exc).__name__}: {str(exc)[:200]}"]))
+        else:
+            result.fp16_file, result.fp16_bytes, result.fp16_sha256 = str(half), onnx_bytes(half), onnx_sha256(half)
+            result.min_cosine_fp16 = spec.min_cosine_fp16
+            _validate_fp16(result, spec, half, refs, available_bytes, say)
+    result.validation_seconds = round(time.perf_counter() - start, 2)
     return result
-
-
-def write_report(results: Sequence[ExportResult], path: str | Path, **meta: object) -> Path:
-    """``export_report.json``: settings plus one entry per graph."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "torch": torch.__version__,
-        **meta,
-        "graphs": {r.name: r.to_dict() for r in results},
-        "passed": all(r.passed for r in results),
-    }
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path
 
 
 def export_many(
@@ -459,25 +307,44 @@ def export_many(
     *,
     fp16: bool = True,
     seed: int = 0,
+    report: str | Path | None = None,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[ExportResult], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[ExportResult]:
-    """Export several graphs from one weights source (models loaded once per model key)."""
+    """Export several graphs from one weights source, one model in memory at a time.
+
+    A graph whose export raises a :class:`LatentmuseError` is recorded as failed and the others go on.
+    The report (``out_dir/export_report.json`` unless ``report`` says otherwise) is merged after each
+    graph, stamped with the weights, seed and torch version, so an interrupted run keeps what it did.
+    """
     from .specs import GRAPHS
 
     unknown = [n for n in names if n not in GRAPHS]
     if unknown:
         raise LatentmuseError(f"unknown graph {unknown[0]!r}.", f"use some of {', '.join(GRAPHS)}.")
-    models: dict[str, nn.Module] = {}
+    out_dir = Path(out_dir)
+    report_path = Path(report) if report else out_dir / REPORT_NAME
+    meta = {"weights": str(weights), "seed": seed, "torch": torch.__version__}
+    loaded: tuple[str, nn.Module] | None = None
     results = []
     for name in names:
         spec = GRAPHS[name]
         if on_start:
             on_start(name)
-        if spec.model_key not in models:
-            models = {spec.model_key: load_graph_model(spec, weights, seed)}  # keep one model in memory
-        result = export_graph(spec, models[spec.model_key], out_dir, fp16=fp16, seed=seed)
+        try:
+            if loaded is None or loaded[0] != spec.model_key:
+                loaded = None  # release the previous model before loading the next
+                gc.collect()
+                if progress:
+                    progress(f"loading {spec.model_key} weights")
+                loaded = (spec.model_key, load_graph_model(spec, weights, seed))
+            result = export_graph(spec, loaded[1], out_dir, fp16=fp16, seed=seed, progress=progress)
+        except LatentmuseError as exc:
+            result = ExportResult(name=name, file=str(out_dir / f"{name}.onnx"), error=str(exc))
         results.append(result)
+        write_report([result], report_path, **meta)
+        gc.collect()
         if on_done:
             on_done(result)
     return results

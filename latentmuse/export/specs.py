@@ -105,6 +105,7 @@ _SPECS = (
     _unet3d("unet3d_256", 2, 32),
     _unet3d("unet3d_256_b1", 1, 32),
     _unet3d("unet3d_512", 2, 64),
+    _unet3d("unet3d_512_b1", 1, 64),
     GraphSpec(
         name="s3fd",
         model_key="s3fd",

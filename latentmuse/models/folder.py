@@ -7,7 +7,6 @@ user asks; loading never touches the network.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import LatentmuseError
+from ..files import sha256_files
 from .checkpoint import build_on_meta, count_parameters, save_safetensors
 from .layouts import HubFile, ModelLayout, Sidecar, config_from_dict, layout, layouts
 
@@ -229,20 +229,12 @@ def _source(hub_file: HubFile, name: str) -> str:
 def _verify_sha(path: Path, hub_file: HubFile) -> None:
     if hub_file.sha256 is None:
         return
-    digest = sha256_file(path)
+    digest = sha256_files(path)
     if digest != hub_file.sha256:
         raise LatentmuseError(
             f"{path} has sha256 {digest[:12]}..., expected {hub_file.sha256[:12]}....",
             f"delete {path} and download again.",
         )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- convert
