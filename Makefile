@@ -50,7 +50,7 @@ ENGINES ?= engines
 engines: $(STAMP)
 	$(BIN)/latentmuse export --weights "$(WEIGHTS)" --out $(ENGINES)/onnx
 	@reason=$$($(BIN)/python -c 'from latentmuse.engines import engines_unavailable_reason as r; print(r() or "")'); \
-	if [ -n "$$reason" ]; then echo "no TensorRT plans built: $$reason"; \
+	if [ -n "$$reason" ]; then echo "$$reason"; \
 	else $(BIN)/latentmuse build --onnx $(ENGINES)/onnx --out $(ENGINES); fi
 
 test: $(STAMP) system-deps

@@ -54,3 +54,47 @@ def test_full_size_musetalk_unet_official_file_roundtrip(tmp_path):
     with torch.no_grad():
         got = loaded(latents, 0, encoder_hidden_states=audio).sample
     assert torch.equal(got, expected)
+
+
+def test_full_size_vae_decoder_and_musetalk_unet_export_validate_and_convert(tmp_path):
+    """The user's path at the released sizes: official-format files -> ``export_many`` -> validated ONNX.
+
+    MuseTalk's UNet is 3.4 GB in fp32 (external data) and 1.7 GB in fp16 (inline): the case where the
+    fp16 converter's own shape inference used to serialise the fp32 model past protobuf's 2 GiB.
+    """
+    from latentmuse.export.onnx_export import export_many
+    from latentmuse.export.report import read_report
+    from latentmuse.export.specs import GRAPHS
+    from latentmuse.export.validate import random_inputs, run_onnx
+    from latentmuse.models.folder import load_model
+    from latentmuse.models.random_weights import write_random_weights
+    from latentmuse.runtime.graphs import VaeDecoderGraph
+
+    weights, out = tmp_path / "weights", tmp_path / "onnx"
+    write_random_weights(weights, size="full", models=["vae", "musetalk_unet"])
+    results = {r.name: r for r in export_many(["vae_decoder", "musetalk_unet"], weights, out)}
+    report = read_report(out / "export_report.json")
+
+    params = {"vae_decoder": 49_490_179 + 20, "musetalk_unet": 849_947_844}  # decoder + post_quant_conv
+    for name, r in results.items():
+        spec = GRAPHS[name]
+        assert r.status == "pass", r.to_dict()
+        assert r.exporter == "dynamo" and report[name]["sha256"] == r.sha256
+        assert [x.sizes for x in r.validations] == [{spec.dynamic[0].name: 1}, {spec.dynamic[0].name: 3}]
+        assert r.fp32_max_abs <= spec.atol and r.fp16_cosine >= spec.min_cosine_fp16
+        # every weight is in the file once: fp32 = 4 bytes per parameter, fp16 = 2 (+ <1% graph)
+        assert 1.0 <= r.bytes / (4 * params[name]) < 1.01, r.bytes
+        assert 1.0 <= r.fp16_bytes / (2 * params[name]) < 1.01, r.fp16_bytes
+    assert results["musetalk_unet"].external_data and (out / "musetalk_unet.onnx.data").is_file()
+    assert not (out / "musetalk_unet.fp16.onnx.data").exists()
+    assert not results["vae_decoder"].external_data
+
+    # The decoder's validation is not vacuous: most pixels are inside (0, 1), not at the clamp.
+    spec = GRAPHS["vae_decoder"]
+    args = random_inputs(spec, {"N": 2}, seed=9)
+    (image,) = run_onnx(out / "vae_decoder.onnx", spec, args)
+    with torch.no_grad():
+        expected = VaeDecoderGraph(load_model(weights, "vae"))(*args).numpy()
+    inside = float(((expected > 0) & (expected < 1)).mean())
+    assert inside > 0.5, inside
+    assert abs(image - expected).max() <= spec.atol

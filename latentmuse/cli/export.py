@@ -57,6 +57,8 @@ def _line(r, index: int, total: int) -> str:
     if r.fp16_cosine is not None:
         parts.append(f"fp16 cosine {r.fp16_cosine:.6f}")
     parts.extend(r.skipped)
+    if r.exporter_note:
+        parts.append(r.exporter_note)
     return f"{head}: " + ", ".join(parts)
 
 
@@ -103,13 +105,14 @@ def export(
         write_report(results, report, weights=str(weights), seed=seed)
 
     table = Table(title=f"ONNX export -> {out}")
-    for column in ("graph", "exporter", "MB", "ext. data", "export s", "valid. s", "fp32 max-abs", "fp32 rel",
-                   "atol", "fp16 cosine", "fp16 max-abs", "result"):
+    for column in ("graph", "exporter", "MB", "ext. data", "export s", "fp16 s", "valid. s", "fp32 max-abs",
+                   "fp32 rel", "atol", "fp16 cosine", "fp16 max-abs", "result"):
         table.add_column(column, no_wrap=True)
     for r in results:
         table.add_row(
             r.name, f"{r.exporter}/{r.opset}" if r.exporter else "-", f"{r.bytes / 1e6:.1f}",
-            "yes" if r.external_data else "no", f"{r.seconds:.1f}", f"{r.validation_seconds:.1f}",
+            "yes" if r.external_data else "no", f"{r.seconds:.1f}",
+            "-" if r.fp16_seconds is None else f"{r.fp16_seconds:.1f}", f"{r.validation_seconds:.1f}",
             _fmt(r.fp32_max_abs), _fmt(r.fp32_rel), _fmt(r.atol),
             "-" if r.fp16_cosine is None else f"{r.fp16_cosine:.6f}", _fmt(r.fp16_max_abs), _STATUS[r.status],
         )

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import LatentmuseError
-from .onnx_files import check_onnx, save_onnx
+from .onnx_files import check_onnx, external_data_files, save_onnx
 
 #: Ops kept in float32 in the fp16 graph: normalisation statistics (GroupNorm exports as
 #: InstanceNormalization), softmax, mean/variance reductions, and the timestep sinusoids.
@@ -28,6 +28,9 @@ def convert_fp16(src: str | Path, dst: str | Path, external: bool) -> None:
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
+    # The converter's own shape inference serialises the whole model, which protobuf refuses past 2 GiB;
+    # the exported graphs already carry inferred shapes (check_onnx), so big ones skip it.
+    big = bool(external_data_files(src))
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "values truncated to fp16 range" for tiny weights
@@ -35,7 +38,7 @@ def convert_fp16(src: str | Path, dst: str | Path, external: bool) -> None:
         # them to fp16 without fixing the value_info behind them when a blocked op consumes them.
         casts = [n.name for n in model.graph.node if n.op_type == "Cast" and n.name]
         half = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=block, node_block_list=casts, disable_shape_infer=external,
+            model, keep_io_types=True, op_block_list=block, node_block_list=casts, disable_shape_infer=big,
         )
     del model  # the fp32 copy (GBs for the UNets) is not needed past this point
     _restore_io_types(src, half)

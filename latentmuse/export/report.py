@@ -58,7 +58,8 @@ class ExportResult:
     fp16_max_abs: float | None = None
     fp16_pass: bool | None = None
     min_cosine_fp16: float | None = None
-    validation_seconds: float = 0.0  # PyTorch + ONNX Runtime runs, fp32 and fp16
+    fp16_seconds: float | None = None  # the fp16 conversion
+    validation_seconds: float = 0.0  # PyTorch and ONNX Runtime runs, fp32 and fp16
     exporter_note: str = ""
     skipped: list[str] = field(default_factory=list)
     error: str = ""  # the export itself failed
