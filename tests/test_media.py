@@ -460,8 +460,23 @@ def test_sample_faces_and_cutaway(sample) -> None:
 
 
 def test_sample_is_deterministic(sample, tmp_path: Path) -> None:
-    from latentmuse.samples import build_sample
+    """Same speech bytes, same rendered frames, and both encodes equally close to them.
+
+    The encoded bytes themselves are not compared: libx264 here gives different bytes from run to run
+    for identical frames (even with one thread and its ``deterministic`` flag; seen on this CI image).
+    """
+    from skimage.data import astronaut
+
+    from latentmuse.samples import build_sample, render_frame
 
     again = build_sample(tmp_path)
-    for a, b in ((sample.video, again.video), (sample.speech, again.speech)):
-        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    assert hashlib.sha256(sample.speech.read_bytes()).digest() == hashlib.sha256(again.speech.read_bytes()).digest()
+    image = np.ascontiguousarray(astronaut()[:, :, ::-1])
+    size, cut, total = sample.size, sample.cutaway_frames, sample.frame_count
+    decoded = zip(iter_frames(sample.video), iter_frames(again.video), strict=True)
+    for index, (first, second) in enumerate(decoded):
+        rendered = render_frame(index, total, size, cut, image)
+        assert np.array_equal(rendered, render_frame(index, total, size, cut, image))
+        for got in (first, second):  # crf 18: well above 35 dB PSNR to what was rendered
+            mse = np.mean((got.astype(np.float64) - rendered) ** 2)
+            assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35, index

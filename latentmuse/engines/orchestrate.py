@@ -4,6 +4,10 @@ A graph is skipped when its manifest entry is current (same ONNX sha256, TensorR
 and compute capability, precision and profiles, plan present). Each build runs in
 ``python -m latentmuse.engines.trt_build`` so that a builder that segfaults or aborts becomes a clean
 :class:`LatentmuseError` naming the graph; the manifest is updated (atomically) after each success.
+
+Only an ONNX file that the exporter's ``export_report.json`` lists, with this sha256, as validated
+against PyTorch is built ("a wrong export is worse than none"); ``allow_unvalidated`` overrides that
+and the manifest entry records ``validated: false``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..errors import LatentmuseError
 from ..export.onnx_files import onnx_sha256
 from ..export.report import REPORT_NAME, read_report, validated_entry
 from . import manifest as mf
+
 
 @dataclass(frozen=True)
 class GpuInfo:
