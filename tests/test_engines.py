@@ -232,7 +232,7 @@ def test_only_validated_onnx_is_built_unless_asked(fake_trt, onnx_dir, tmp_path)
     with pytest.raises(orchestrate.BuildError) as info:
         build_all(onnx_dir, out, SPECS)
     reasons = actions(info.value.results)
-    assert reasons["alpha"] == ("failed", "alpha: alpha.onnx is not built because its validation against PyTorch failed.")
+    assert reasons["alpha"] == ("failed", "alpha.onnx is not built because its validation against PyTorch failed.")
     assert reasons["beta"][0] == "built" and not (out / "alpha.plan").exists()
 
     record(onnx_dir / "alpha.onnx", None)  # not validated (e.g. too big for this machine's memory)

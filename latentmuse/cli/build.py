@@ -24,6 +24,7 @@ def build(
 ) -> None:
     """Build a TensorRT engine per exported graph (or --graphs); skip graphs whose engine is up to date. Exits 1 without TensorRT or a GPU."""
     from ..engines import build_all, engines_unavailable_reason
+    from ..engines.orchestrate import BuildError
 
     reason = engines_unavailable_reason()
     if reason:
@@ -37,11 +38,20 @@ def build(
         names = [g for g in GRAPHS if (onnx / f"{g}.onnx").is_file() or (onnx / f"{g}.fp16.onnx").is_file()]
         if not names:
             raise LatentmuseError(f"no exported graphs in {onnx}.", "export the ONNX graphs first.")
-    results = build_all(onnx, out, GRAPHS, force=force, graphs=names, precision=precision,
-                        allow_unvalidated=unvalidated, report=lambda line: console.print(line))
+    try:
+        results = build_all(onnx, out, GRAPHS, force=force, graphs=names, precision=precision,
+                            allow_unvalidated=unvalidated, report=lambda line: console.print(line, soft_wrap=True))
+    except BuildError as exc:
+        _table(exc.results, out)  # what did get built stays built: show it, then the one-line error
+        raise
+    _table(results, out)
+
+
+def _table(results, out: Path) -> None:
     table = Table(title=f"engines in {out}")
     for column in ("graph", "action", "reason", "plan", "seconds"):
         table.add_column(column, overflow="fold")
+    style = {"built": "[green]built[/]", "skipped": "skipped", "failed": "[red]failed[/]"}
     for r in results:
-        table.add_row(r.graph, r.action, r.reason, str(r.plan or "-"), f"{r.seconds:.1f}")
+        table.add_row(r.graph, style.get(r.action, r.action), r.reason, str(r.plan or "-"), f"{r.seconds:.1f}")
     console.print(table)

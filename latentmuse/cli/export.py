@@ -98,7 +98,7 @@ def export(
     status.start()
     try:
         results = export_many(names, weights, out, fp16=fp16, seed=seed, on_start=started, progress=phase,
-                              on_done=lambda r: console.print(_line(r, current["index"], total)))
+                              on_done=lambda r: console.print(_line(r, current["index"], total), soft_wrap=True))
     finally:
         status.stop()
     if report:

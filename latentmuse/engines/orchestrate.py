@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import LatentmuseError
 from ..export.onnx_files import onnx_sha256
-from ..export.report import REPORT_NAME, read_report, validated_entry
+from ..export.report import REPORT_NAME, entry_for_file, read_report, validated_entry
 from . import manifest as mf
 
 
@@ -199,12 +199,12 @@ def build_all(
         try:
             results.append(_build_one(graph, table[graph], ctx))
         except LatentmuseError as exc:
-            ctx.say(f"{graph}: failed: {exc.message}")
+            ctx.say(f"{graph}: failed: {exc}")
             results.append(BuildResult(graph, "failed", exc.message))
     failed = [r for r in results if r.action == "failed"]
     if failed:
         detail = "; ".join(f"{r.graph}: {r.reason}" for r in failed)
-        raise BuildError(f"{len(failed)} engine build(s) failed: {detail}", results)
+        raise BuildError(f"{len(failed)} of {len(results)} engine build(s) failed: {detail}", results)
     return results
 
 
@@ -236,7 +236,7 @@ def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
     validated, why = validated_entry(export_report, graph, chosen, digest)
     if validated is None and not ctx.allow_unvalidated:
         raise LatentmuseError(
-            f"{graph}: {onnx.name} is not built because {why}.",
+            f"{onnx.name} is not built because {why}.",
             f"re-export it (`latentmuse export --graphs {graph}`), or build it anyway with --unvalidated.",
         )
     reason = "forced" if ctx.force else reason
@@ -264,7 +264,8 @@ def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
         compute_capability=ctx.gpu.compute_capability, plan=plan.name, plan_bytes=int(result["plan_bytes"]),
         build_seconds=float(result["build_seconds"]),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        validated=validated is not None, export=_export_record(validated or export_report.get(graph, {})),
+        validated=validated is not None,
+        export=_export_record(entry_for_file(export_report, graph, chosen, digest) or {}),
     )
     manifest = mf.load(ctx.out_dir)  # re-read: only this graph's entry changes
     manifest.graphs[graph] = new

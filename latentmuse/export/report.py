@@ -107,14 +107,24 @@ def write_report(results: Sequence[ExportResult], path: str | Path, **meta: obje
     return path
 
 
+def _keys(precision: str) -> tuple[str, str]:
+    return ("fp16_sha256", "fp16_pass") if precision == "fp16" else ("sha256", "fp32_pass")
+
+
+def entry_for_file(report: dict, graph: str, precision: str, sha256: str) -> dict | None:
+    """The report entry describing exactly this file (``graph`` at ``precision`` with ``sha256``), if any."""
+    entry = report.get(graph)
+    return entry if entry is not None and entry.get(_keys(precision)[0]) == sha256 else None
+
+
 def validated_entry(report: dict, graph: str, precision: str, sha256: str) -> tuple[dict | None, str]:
     """The report entry vouching for ``graph``'s ``precision`` file with this ``sha256``, or None and why not."""
-    entry = report.get(graph)
-    if entry is None:
+    if graph not in report:
         return None, "the export report has no entry for it"
-    key, check = ("fp16_sha256", "fp16_pass") if precision == "fp16" else ("sha256", "fp32_pass")
-    if entry.get(key) != sha256:
+    entry = entry_for_file(report, graph, precision, sha256)
+    if entry is None:
         return None, "the file is not the one the export report validated (changed since)"
+    check = _keys(precision)[1]
     if entry.get(check) is True:
         return entry, "validated"
     if entry.get(check) is False:
