@@ -184,6 +184,28 @@ def test_graph_too_big_for_this_machine_is_recorded_unvalidated(tmp_path: Path) 
     assert ok.status == "pass" and ok.memory_bytes == r.memory_bytes
 
 
+def test_one_graph_failing_does_not_stop_the_others(tmp_path: Path, monkeypatch) -> None:
+    real = oe.export_graph
+
+    def flaky(spec, *args, **kwargs):
+        if spec.name == "s3fd":
+            raise RuntimeError("onnxruntime: bad allocation\nmore detail")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.delenv("LATENTMUSE_DEBUG", raising=False)
+    monkeypatch.setattr(oe, "export_graph", flaky)
+    done = []
+    results = oe.export_many(["s3fd", "bisenet"], oe.SMOKE, tmp_path, fp16=False, on_done=done.append)
+    assert [(r.name, r.status) for r in results] == [("s3fd", "FAIL"), ("bisenet", "pass")] == [
+        (r.name, r.status) for r in done]
+    assert results[0].error == "RuntimeError: onnxruntime: bad allocation"
+    report = read_report(tmp_path / "export_report.json")  # both recorded, as each finished
+    assert (report["s3fd"]["status"], report["bisenet"]["status"]) == ("FAIL", "pass")
+    monkeypatch.setenv("LATENTMUSE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="bad allocation"):
+        oe.export_many(["s3fd"], oe.SMOKE, tmp_path, fp16=False)
+
+
 def test_torchscript_fallback_is_recorded(tmp_path: Path) -> None:
     r = oe.export_graph(GRAPHS["s3fd"], oe.smoke_model("s3fd"), tmp_path, dynamo=False, fp16=False)
     assert (r.exporter, r.opset) == ("torchscript", 17) and r.exporter_note == "dynamo=False requested"
@@ -208,7 +230,7 @@ def test_cli_exports_smoke_graphs_and_writes_report(tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["--weights", "smoke", "--graphs", "s3fd", "--out", str(tmp_path / "o"),
                                    "--report", str(report)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, (res.output, res.exception)
     assert "pass [1/1] s3fd: dynamo opset 18" in res.output
     assert json.loads(report.read_text())["graphs"]["s3fd"]["fp32_pass"] is True
     assert read_report(tmp_path / "o" / "export_report.json")["s3fd"]["status"] == "pass"  # what build reads

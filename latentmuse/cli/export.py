@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import LatentmuseError
+from ..export.report import FAIL, PASS, REPORT_NAME, UNVALIDATED
 from ..models.layouts import default_weights_dir
 from .console import make_console
 
@@ -43,7 +44,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
 
 
-_STATUS = {"pass": "[green]pass[/]", "FAIL": "[red]FAIL[/]", "unvalidated": "[yellow]unvalidated[/]"}
+_STATUS = {PASS: "[green]pass[/]", FAIL: "[red]FAIL[/]", UNVALIDATED: "[yellow]unvalidated[/]"}
 
 
 def _line(r, index: int, total: int) -> str:
@@ -72,7 +73,6 @@ def export(
 ) -> None:
     """Export graphs to ONNX (fp32 + fp16), validate each on ONNX Runtime CPU against PyTorch. Exits 1 on any failure."""
     from ..export.onnx_export import SMOKE, export_many
-    from ..export.report import write_report
     from ..export.specs import GRAPHS
 
     names = [g.strip() for g in graphs.split(",") if g.strip()] if graphs else _default_graphs(weights)
@@ -97,12 +97,10 @@ def export(
 
     status.start()
     try:
-        results = export_many(names, weights, out, fp16=fp16, seed=seed, on_start=started, progress=phase,
-                              on_done=lambda r: console.print(_line(r, current["index"], total), soft_wrap=True))
+        results = export_many(names, weights, out, fp16=fp16, seed=seed, also_report=report, on_start=started,
+                              progress=phase, on_done=lambda r: console.print(_line(r, current["index"], total), soft_wrap=True))
     finally:
         status.stop()
-    if report:
-        write_report(results, report, weights=str(weights), seed=seed)
 
     table = Table(title=f"ONNX export -> {out}")
     for column in ("graph", "exporter", "MB", "ext. data", "export s", "fp16 s", "valid. s", "fp32 max-abs",
@@ -117,10 +115,10 @@ def export(
             "-" if r.fp16_cosine is None else f"{r.fp16_cosine:.6f}", _fmt(r.fp16_max_abs), _STATUS[r.status],
         )
     console.print(table)
-    console.print(f"report: {out / 'export_report.json'}" + (f" (and {report})" if report else ""))
-    unvalidated = [r.name for r in results if r.status == "unvalidated"]
+    console.print(f"report: {out / REPORT_NAME}" + (f" (and {report})" if report else ""))
+    unvalidated = [r.name for r in results if r.status == UNVALIDATED]
     if unvalidated:
         console.print(f"[yellow]not validated here: {', '.join(unvalidated)} (see above); `latentmuse build` "
                       "refuses them unless given --unvalidated.[/]")
-    if any(r.status == "FAIL" for r in results):
+    if any(r.status == FAIL for r in results):
         raise typer.Exit(1)

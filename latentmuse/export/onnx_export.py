@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -140,6 +141,11 @@ def _export_torchscript(wrapper, spec, args, path, opset, external) -> None:
         save_onnx(model, path, external=True)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
 class _NoDynamo(Exception):
     pass
 
@@ -156,8 +162,7 @@ def _export_file(wrapper, spec, args, path, opset, external, dynamo) -> tuple[st
         if isinstance(exc, _NoDynamo):
             note = "dynamo=False requested"
         else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            note = f"dynamo failed: {type(exc).__name__}: {first}"
+            note = f"dynamo failed: {type(exc).__name__}: {_first_line(exc)}"
     remove_onnx(path)
     try:
         with _quiet_exporter():
@@ -324,15 +329,16 @@ def export_many(
     *,
     fp16: bool = True,
     seed: int = 0,
-    report: str | Path | None = None,
+    also_report: str | Path | None = None,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[ExportResult], None] | None = None,
     progress: Progress | None = None,
 ) -> list[ExportResult]:
     """Export several graphs from one weights source, one model in memory at a time.
 
-    A graph whose export raises a :class:`LatentmuseError` is recorded as failed and the others go on.
-    The report (``out_dir/export_report.json`` unless ``report`` says otherwise) is merged after each
+    A graph whose export raises is recorded as failed (with the error's first line) and the others go on;
+    ``LATENTMUSE_DEBUG=1`` re-raises unexpected errors with their traceback.
+    The report ``out_dir/export_report.json`` (and ``also_report`` when given) is merged after each
     graph, stamped with the weights, seed and torch version, so an interrupted run keeps what it did.
     """
     from .specs import GRAPHS
@@ -341,7 +347,7 @@ def export_many(
     if unknown:
         raise LatentmuseError(f"unknown graph {unknown[0]!r}.", f"use some of {', '.join(GRAPHS)}.")
     out_dir = Path(out_dir)
-    report_path = Path(report) if report else out_dir / REPORT_NAME
+    reports = [out_dir / REPORT_NAME, *([Path(also_report)] if also_report else [])]
     meta = {"weights": str(weights), "seed": seed, "torch": torch.__version__}
     loaded: tuple[str, nn.Module] | None = None
     results = []
@@ -357,10 +363,14 @@ def export_many(
                     progress(f"loading {spec.model_key} weights")
                 loaded = (spec.model_key, load_graph_model(spec, weights, seed))
             result = export_graph(spec, loaded[1], out_dir, fp16=fp16, seed=seed, progress=progress)
-        except LatentmuseError as exc:
-            result = ExportResult(name=name, file=str(out_dir / f"{name}.onnx"), error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one graph's failure (ORT, exporter, memory) is not the run's
+            if os.environ.get("LATENTMUSE_DEBUG") and not isinstance(exc, LatentmuseError):
+                raise
+            text = str(exc) if isinstance(exc, LatentmuseError) else f"{type(exc).__name__}: {_first_line(exc)}"
+            result = ExportResult(name=name, file=str(out_dir / f"{name}.onnx"), error=text)
         results.append(result)
-        write_report([result], report_path, **meta)
+        for path in reports:
+            write_report([result], path, **meta)
         gc.collect()
         if on_done:
             on_done(result)
