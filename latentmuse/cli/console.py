@@ -7,7 +7,7 @@ import os
 from rich.console import Console
 
 #: Columns when the output is not a terminal (``make`` logs, CI): rich's default of 80 truncates tables.
-LOG_WIDTH = 160
+LOG_WIDTH = 200
 
 
 def make_console(stderr: bool = False) -> Console:
