@@ -110,7 +110,10 @@ def memory_shortfall(path: str | Path, sizes: Sequence[Mapping[str, int]],
                      available_bytes: int | None = None) -> tuple[memory.MemoryEstimate, str | None]:
     """The largest memory estimate of running ``path`` at any of ``sizes``, and a sentence saying why it
     cannot run here (None when it fits, or when the available memory is unknown)."""
-    need = max((memory.estimate_file(path, s) for s in sizes), key=lambda e: e.total_bytes)
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)  # the header: a few MB even for the UNets
+    need = max((memory.estimate(model, s) for s in sizes), key=lambda e: e.total_bytes)
     available = memory.available_memory_bytes() if available_bytes is None else available_bytes
     if available is None or need.total_bytes <= available:
         return need, None
