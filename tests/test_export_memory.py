@@ -64,13 +64,15 @@ def test_attention_scores_dominate_a_static_graph(tmp_path):
     path = tmp_path / "attention.onnx"
     onnx.save(model, str(path))
     check_onnx(path)  # writes the inferred shapes into the file, as the exporter does
-    est = memory.estimate_file(path)
+    est = memory.estimate(onnx.load(str(path), load_external_data=False))
     io = heads * tokens * dim * 4
     scores = heads * tokens * tokens * 4  # 537 MB
     # at the softmax q and k are already freed; v waits for the last MatMul
     assert est.activations_bytes == io + 2 * scores and est.peak_node == "softmax"
 
 
-def test_available_memory_is_read():
+def test_available_memory_is_at_most_the_physical_memory():
+    import os
+
     available = memory.available_memory_bytes()
-    assert available is None or available > 0
+    assert 0 < available <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

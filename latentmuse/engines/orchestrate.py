@@ -157,6 +157,7 @@ class _Build:
     timeout_s: float | None
     workspace_bytes: int | None
     say: Callable[[str], None]
+    export_report: Mapping[str, dict]  # the exporter's record of each graph (read once per call)
 
 
 def build_all(
@@ -193,7 +194,7 @@ def build_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = _Build(onnx_dir, out_dir, precision, force, allow_unvalidated, trt_version, gpu,
                  timing_cache_path(out_dir, gpu, trt_version), timeout_s, workspace_bytes,
-                 report or (lambda _line: None))
+                 report or (lambda _line: None), read_report(onnx_dir / REPORT_NAME))
     results: list[BuildResult] = []
     for graph in wanted:
         try:
@@ -223,7 +224,7 @@ def _up_to_date(entry: mf.EngineEntry | None, digest: str, chosen: str, profiles
 
 
 def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
-    export_report = read_report(ctx.onnx_dir / REPORT_NAME)
+    export_report = ctx.export_report
     onnx, chosen = choose_onnx(ctx.onnx_dir, graph, ctx.precision, export_report)
     profiles = _profiles_of(spec)
     digest = onnx_sha256(onnx)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 #: Ops whose output ONNX Runtime may place in its input's buffer (no new allocation).
 ALIAS_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
@@ -105,9 +104,6 @@ def estimate(model, sizes: Mapping[str, int] | None = None) -> MemoryEstimate:
     for name in outputs:
         if name in buffer_of:
             last_use[buffer_of[name]] = end
-    # A graph input's buffer is the caller's; so is an output's until returned: both are live throughout
-    # their span like any other tensor.
-
     live, current, peak, peak_at = set(), 0, 0, ""
     for v in graph.input:
         if v.name in size:
@@ -137,13 +133,6 @@ def estimate(model, sizes: Mapping[str, int] | None = None) -> MemoryEstimate:
                 live.discard(owner)
                 current -= size[owner]
     return MemoryEstimate(sum(weights.values()) + constant_bytes, peak, peak_at)
-
-
-def estimate_file(path: str | Path, sizes: Mapping[str, int] | None = None) -> MemoryEstimate:
-    """:func:`estimate` of an ONNX file, read without its external data (a header of a few MB)."""
-    import onnx
-
-    return estimate(onnx.load(str(path), load_external_data=False), sizes)
 
 
 def available_memory_bytes() -> int | None:

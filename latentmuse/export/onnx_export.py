@@ -284,16 +284,17 @@ def export_graph(
     remove_onnx(path)
 
     say("exporting to ONNX")
-    start = time.perf_counter()
-    exporter, used_opset, note = _export_file(wrapper, spec, args, path, opset,
-                                              weight_bytes > external_data_threshold_bytes, dynamo)
-    say("checking the ONNX graph")
-    check_onnx(path)
-    seconds = time.perf_counter() - start
+    exporting = _Stopwatch()
+    with exporting:
+        exporter, used_opset, note = _export_file(wrapper, spec, args, path, opset,
+                                                  weight_bytes > external_data_threshold_bytes, dynamo)
+        say("checking the ONNX graph")
+        check_onnx(path)
     result = ExportResult(
         name=spec.name, file=str(path), bytes=onnx_bytes(path),
         external_data=path.with_name(path.name + ".data").is_file(), exporter=exporter, opset=used_opset,
-        seconds=round(seconds, 2), sha256=onnx_sha256(path), atol=spec.atol, rtol=spec.rtol, exporter_note=note,
+        seconds=round(exporting.seconds, 2), sha256=onnx_sha256(path), atol=spec.atol, rtol=spec.rtol,
+        exporter_note=note,
     )
 
     clock = _Stopwatch()
@@ -304,16 +305,17 @@ def export_graph(
         half = out_dir / f"{spec.name}.fp16.onnx"
         say("converting to fp16")
         gc.collect()
-        start = time.perf_counter()
+        conversion = _Stopwatch()
         try:
-            convert_fp16(path, half, external=weight_bytes // 2 > external_data_threshold_bytes)
+            with conversion:
+                convert_fp16(path, half, external=weight_bytes // 2 > external_data_threshold_bytes)
         except Exception as exc:  # noqa: BLE001 - reported as a failed fp16 graph, the fp32 one stands
             remove_onnx(half)
             result.fp16_pass = False
             result.exporter_note = "; ".join(filter(None, [
                 result.exporter_note, f"fp16 conversion failed: {type(exc).__name__}: {str(exc)[:200]}"]))
         else:
-            result.fp16_seconds = round(time.perf_counter() - start, 2)
+            result.fp16_seconds = round(conversion.seconds, 2)
             result.fp16_file, result.fp16_bytes, result.fp16_sha256 = str(half), onnx_bytes(half), onnx_sha256(half)
             result.min_cosine_fp16 = spec.min_cosine_fp16
             with clock:
