@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..models.layouts import default_weights_dir
-from ..runtime.pipeline import RunOptions, run as run_pipeline
+from ..runtime.pipeline import RunOptions, RunReport, run as run_pipeline
+from ..runtime.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .console import make_console
 from .progress import RichProgress
 
@@ -21,11 +22,16 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4 (H.264 + AAC); written only on success.")],
     audio: Annotated[Optional[Path], typer.Option(help="Audio to lip-sync to (wav, mp3, m4a, flac or a video); default: the video's own track.")] = None,
     weights: Annotated[str, typer.Option(help="Weights folder, or 'smoke' for seeded random test-size weights (meaningless pixels).")] = str(default_weights_dir()),
-    generator: Annotated[str, typer.Option(help="auto | musetalk | latentsync")] = "auto",
+    generator: Annotated[str, typer.Option(help="auto (latentsync when the weights have a UNet3D, else musetalk) | musetalk | latentsync")] = "auto",
     backend: Annotated[str, typer.Option(help="auto | torch | ort | trt")] = "auto",
     face_detector: Annotated[str, typer.Option(help="auto (s3fd when its weights exist, else dlib) | s3fd | dlib")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Frames per generator batch.")] = 8,
-    seed: Annotated[int, typer.Option(help="Random seed (smoke weights).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Frames per MuseTalk batch.")] = 8,
+    steps: Annotated[int, typer.Option(help="LatentSync: DDIM steps.")] = DEFAULT_STEPS,
+    guidance: Annotated[float, typer.Option(help="LatentSync: classifier-free guidance scale (1 turns it off and halves the work).")] = DEFAULT_GUIDANCE,
+    resolution: Annotated[str, typer.Option(help="LatentSync: auto (what the weights folder's version was trained at: 1.5 256, 1.6 512) | 256 | 512")] = "auto",
+    deepcache: Annotated[bool, typer.Option("--deepcache/--no-deepcache", help="LatentSync: reuse deep UNet3D features on 2 of every 3 steps (faster, slightly different).")] = False,
+    fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Hand windows LatentSync cannot serve to MuseTalk (default), or stop with an error.")] = True,
+    seed: Annotated[int, typer.Option(help="LatentSync: seed of the initial noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     report: Annotated[Optional[Path], typer.Option(help="Write the run report (JSON) here.")] = None,
 ) -> None:
@@ -33,19 +39,32 @@ def run(
     options = RunOptions(
         video=video, output=output, audio=audio, weights=weights, generator=generator, backend=backend,
         face_detector=face_detector, batch_size=batch_size, seed=seed, device=device, report=report,
+        steps=steps, guidance=guidance, resolution=resolution, deepcache=deepcache, fallback=fallback,
     )
     with RichProgress(console) as progress:
         result = run_pipeline(options, progress)
-    table = Table(title=f"wrote {output}", show_header=False)
+    console.print(summary_table(result, title=f"wrote {output}"))
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+
+
+def summary_table(result: RunReport, title: str) -> Table:
+    """The run report as a two-column table (also used by ``bench``)."""
+    table = Table(title=title, show_header=False)
+    by = ", ".join(f"{n} {name}" for name, n in sorted(result.frames_by_generator.items())) or "none"
     table.add_row("frames out", f"{result.frames_out} ({result.frames_processed} generated, {result.frames_passthrough} passthrough)")
+    table.add_row("frames per generator", by)
+    table.add_row("passthrough", f"{result.frames_no_face} no face, {result.frames_failed} failed")
     table.add_row("frames in", str(result.frames_in))
     table.add_row("fps", result.fps)
     table.add_row("generator / backend", f"{result.generator} / {result.backend} on {result.device}")
+    if result.steps is not None:
+        table.add_row("latentsync", f"{result.resolution} px, {result.steps} steps, guidance {result.guidance}, "
+                                    f"seed {result.seed}{', deepcache' if result.deepcache else ''}, {result.windows} windows")
     table.add_row("face front end", result.face_detector)
-    table.add_row("fallbacks", str(len(result.fallbacks)))
+    fallbacks = "; ".join(f"{f['count']} frames {f['generator']} -> {f['to']}: {f['reason']}" for f in result.fallbacks)
+    table.add_row("fallbacks", fallbacks or "none")
     table.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stages.items() if "." not in k))
-    if report is not None:
-        table.add_row("report", str(report))
-    console.print(table)
-    for warning in result.warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}")
+    if result.stages:
+        table.add_row("generator seconds", ", ".join(f"{k.split('.', 1)[1]} {v:.1f}" for k, v in result.stages.items() if "." in k))
+    return table

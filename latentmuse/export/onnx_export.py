@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import LatentmuseError
+from ..models.smoke import SMOKE, smoke_model
 from . import validate as v
 from .fp16 import convert_fp16
 from .onnx_files import check_onnx, onnx_bytes, onnx_sha256, remove_onnx, save_onnx
@@ -36,7 +37,6 @@ from .spec import GraphSpec
 #: (protobuf cannot serialise a message over 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 
-SMOKE = "smoke"
 
 #: ``progress(message)``: what the exporter is doing now (a phase of a possibly minutes-long graph).
 Progress = Callable[[str], None]
@@ -46,16 +46,6 @@ __all__ = ["EXTERNAL_DATA_THRESHOLD", "REPORT_NAME", "SMOKE", "export_graph", "e
 
 
 # --------------------------------------------------------------------------------------------- models
-
-
-def smoke_model(key: str, seed: int = 0) -> nn.Module:
-    """The tiny configuration of model ``key``, seeded (same seed, same weights on every machine)."""
-    from ..models.layouts import layout
-
-    module = layout(key).load_module()
-    offset = sum(key.encode())  # a per-model offset so two models never share a random stream
-    torch.manual_seed(seed + offset)
-    return module.build(module.tiny_config()).eval().requires_grad_(False)
 
 
 def load_graph_model(spec: GraphSpec, weights: str | Path, seed: int = 0) -> nn.Module:

@@ -37,7 +37,7 @@ def _unet3d(name: str, batch: int, latent: int) -> GraphSpec:
     return GraphSpec(
         name=name,
         model_key="unet3d",
-        make_wrapper=wrappers.UNet3DGraph,
+        make_wrapper=graphs.UNet3DGraph,
         inputs=(
             TensorSpec("sample", (batch, 13, _FRAMES, latent, latent)),
             TensorSpec("timestep", (batch,), torch.int64),

@@ -1,4 +1,4 @@
-"""Graph wrappers that :mod:`latentmuse.runtime.graphs` does not have (UNet3D, S3FD, FAN).
+"""Graph wrappers that :mod:`latentmuse.runtime.graphs` does not have yet (S3FD, FAN).
 
 Same rules as there: a small ``nn.Module`` with plain named tensor inputs and outputs.
 """
@@ -7,24 +7,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-class UNet3DGraph(nn.Module):
-    """sample (B, 13, 16, h, w), timestep (B,) int64, audio (B, 16, 50, 384) -> eps (B, 4, 16, h, w).
-
-    The batch comes from the spec: 2 for classifier-free guidance (unconditional + conditional in one
-    call), 1 for the CFG-off variant. Shapes are static (the model's einops reshapes bake them in).
-    """
-
-    input_names = ("sample", "timestep", "audio")
-    output_names = ("eps",)
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, audio)
 
 
 #: S3FD's detection heads, in the order the network returns them (score then box per level).

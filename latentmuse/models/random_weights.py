@@ -20,6 +20,7 @@ from torch import nn
 
 from .folder import Report, _quiet, folder_layouts
 from .layouts import ModelLayout, Sidecar, config_to_dict
+from .smoke import randomise_zero_initialised
 
 Size = Literal["tiny", "full"]
 
@@ -43,7 +44,7 @@ def write_random_weights(
         config = module.tiny_config() if size == "tiny" else module.full_config()
         torch.manual_seed(seed + index)
         model = module.build(config).eval()
-        _randomise_zero_initialised(model)
+        randomise_zero_initialised(model)
         files = _WRITERS.get(entry.key, _write_plain)(entry, root, model, config)
         if size == "tiny":
             sidecar.configs[entry.key] = config_to_dict(config)
@@ -53,17 +54,6 @@ def write_random_weights(
         written.extend(files)
     sidecar.write(root)
     return written
-
-
-def _randomise_zero_initialised(model: nn.Module) -> None:
-    """Give zero-initialised projections (motion modules' ``proj_out``) small random values.
-
-    Otherwise whole sub-networks would contribute nothing and tests of them could not fail.
-    """
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim >= 1 and param.is_floating_point() and not param.any() and "norm" not in name:
-                param.normal_(0.0, 0.02)
 
 
 def _first_target(entry: ModelLayout, root: Path, suffix: str) -> Path:

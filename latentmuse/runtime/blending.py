@@ -32,6 +32,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .graphs import BiSeNetGraph
+from .runners import Runner, TorchRunner
+
 #: CelebAMask-HQ labels used by the jaw mask.
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP = 1, 10, 11, 12, 13
 
@@ -152,16 +155,20 @@ class FaceParser:
     Preprocessing as MuseTalk's ``FaceParsing``: Pillow bilinear resize to 512 x 512, scale to [0, 1],
     ImageNet mean/std, first head of the network, argmax over the 19 classes. Crops of different sizes
     are resized on the CPU and then parsed in one network call per ``batch_size`` images.
+
+    ``parser`` is the ``bisenet`` graph's runner (it owns device and dtype); a bare BiSeNet module is
+    wrapped in a PyTorch runner on ``device``.
     """
 
-    def __init__(self, bisenet_module: nn.Module, device: str | torch.device = "cpu", batch_size: int | None = None):
-        self.net = bisenet_module.to(device).eval()
-        self.device = torch.device(device)
+    def __init__(self, parser: Runner | nn.Module, device: str | torch.device = "cpu", batch_size: int | None = None):
+        if isinstance(parser, nn.Module):
+            param = next(parser.parameters(), None)
+            dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+            parser = TorchRunner("bisenet", BiSeNetGraph(parser), device, dtype)
+        self.runner = parser
         self.batch_size = batch_size
-        param = next(self.net.parameters(), None)
-        self.dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
 
     @staticmethod
     def resize_for_parser(image_rgb: np.ndarray) -> np.ndarray:
@@ -174,7 +181,6 @@ class FaceParser:
         pil = Image.fromarray(np.ascontiguousarray(image_rgb))
         return np.asarray(pil.resize((PARSE_SIZE, PARSE_SIZE), Image.Resampling.BILINEAR))
 
-    @torch.no_grad()
     def labels(self, images_rgb_uint8: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One (512, 512) uint8 label map (values 0..18) per RGB uint8 image."""
         images = [self.resize_for_parser(image) for image in images_rgb_uint8]
@@ -183,10 +189,9 @@ class FaceParser:
         step = self.batch_size or len(images)
         out: list[np.ndarray] = []
         for start in range(0, len(images), step):
-            batch = torch.from_numpy(np.stack(images[start : start + step])).to(self.device)
-            x = batch.permute(0, 3, 1, 2).float().div_(255.0)
-            x = ((x - self._mean) / self._std).to(self.dtype)
-            logits = self.net(x)[0]
+            batch = torch.from_numpy(np.stack(images[start : start + step]))
+            x = (batch.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
+            logits = self.runner({"image": x})["logits"]
             labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
             out.extend(labels[i] for i in range(labels.shape[0]))
         return out

@@ -62,6 +62,20 @@ class WhisperEncoderGraph(nn.Module):
         return self.whisper(mel)
 
 
+class WhisperPostLayerNormGraph(nn.Module):
+    """states (..., 5, 384) -> the same with slot 4 through the encoder's final LayerNorm (MuseTalk)."""
+
+    input_names = ("states",)
+    output_names = ("states",)
+
+    def __init__(self, whisper: nn.Module) -> None:
+        super().__init__()
+        self.whisper = whisper
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.whisper.post_layer_norm(states)
+
+
 class MuseTalkUNetGraph(nn.Module):
     """latents (B, 8, 32, 32), audio (B, 50, 384) with PE -> clean latent (B, 4, 32, 32) at t = 0."""
 
@@ -89,3 +103,39 @@ class BiSeNetGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.bisenet(image)[0]
+
+
+class UNet3DGraph(nn.Module):
+    """sample (B, 13, 16, h, w), timestep (B,) int64, audio (B, 16, 50, 384) -> eps (B, 4, 16, h, w).
+
+    The batch is 2 for classifier-free guidance (unconditional + conditional in one call) or 1 without.
+    Exported graphs are static (the model's reshapes bake the shapes in); PyTorch runs any B and F <= 24.
+    """
+
+    input_names = ("sample", "timestep", "audio")
+    output_names = ("eps",)
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, audio)
+
+
+class UNet3DCachingGraph(UNet3DGraph):
+    """DeepCache's full step: as :class:`UNet3DGraph`, plus the (B, 320, F, h, w) feature to reuse."""
+
+    output_names = ("eps", "cache")
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.unet(sample, timestep, audio, return_cache=True)
+
+
+class UNet3DShallowGraph(UNet3DGraph):
+    """DeepCache's cheap step: conv_in, the final decoder layer on ``cache`` and the head."""
+
+    input_names = ("sample", "timestep", "audio", "cache")
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, audio: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        return self.unet.forward_shallow(sample, timestep, audio, cache)

@@ -9,6 +9,7 @@ order: process frames blended, passthrough frames as read.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -20,18 +21,25 @@ import numpy as np
 
 from ..errors import LatentmuseError
 from . import media
-from .audio import AudioFeatures, encode_states
+from .audio import AudioFeatures
 from .blending import FaceParser
 from .contracts import Face, VideoInfo
-from .datagen import FrameJob, batched, output_frame_count, ping_pong_schedule
+from .datagen import FrameJob, Window, output_frame_count, ping_pong_schedule
 from .faces import make_front_end
-from .generators.base import GenerationBatch, GeneratorFailure
+from .generators.base import GenerationBatch
+from .generators.chain import GeneratorChain
+from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
 from .generators.musetalk import MuseTalkGenerator, crop_box
-from .models import SMOKE, SMOKE_WARNING, load_torch_models, resolve_device
+from .models import SMOKE, SMOKE_WARNING, ModelSet, load_torch_models, resolve_device, unet3d_weights
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 GENERATORS = ("auto", "musetalk", "latentsync")
 BACKENDS = ("auto", "torch", "ort", "trt")
 FACE_DETECTORS = ("auto", "s3fd", "dlib")
+RESOLUTIONS = ("auto", "256", "512")
+#: Smoke weights are always drawn with this seed (``--seed`` is the sampling seed), so graphs exported
+#: from ``smoke`` hold the very weights a smoke run computes with.
+SMOKE_SEED = 0
 
 
 class Progress(Protocol):
@@ -67,6 +75,11 @@ class RunOptions:
     device: str = "auto"
     report: Path | None = None
     face_batch_size: int = 16
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    resolution: str = "auto"
+    deepcache: bool = False
+    fallback: bool = True
 
 
 @dataclass
@@ -78,6 +91,10 @@ class RunReport:
     frames_out: int
     frames_processed: int = 0
     frames_passthrough: int = 0
+    frames_no_face: int = 0
+    frames_failed: int = 0
+    frames_by_generator: dict[str, int] = field(default_factory=dict)
+    windows: int = 0
     fps: str = ""
     audio_seconds: float = 0.0
     generator: str = "musetalk"
@@ -85,6 +102,11 @@ class RunReport:
     face_detector: str = ""
     device: str = "cpu"
     weights: str = SMOKE
+    steps: int | None = None
+    guidance: float | None = None
+    resolution: int | None = None
+    deepcache: bool | None = None
+    seed: int = 0
     fallbacks: list[dict] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -100,14 +122,20 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
     if options.batch_size < 1:
         raise LatentmuseError(f"--batch-size {options.batch_size} is not positive.", "use --batch-size 8.")
     for value, allowed, flag in ((options.generator, GENERATORS, "--generator"), (options.backend, BACKENDS, "--backend"),
-                                 (options.face_detector, FACE_DETECTORS, "--face-detector")):
+                                 (options.face_detector, FACE_DETECTORS, "--face-detector"),
+                                 (str(options.resolution), RESOLUTIONS, "--resolution")):
         if value not in allowed:
             raise LatentmuseError(f"{flag} {value} is not known.", f"use one of {', '.join(allowed)}.")
-    if options.generator == "latentsync":
-        raise LatentmuseError("the LatentSync generator is not available in this version.", "use --generator musetalk.")
+    if not 1 <= options.steps <= 1000:
+        raise LatentmuseError(f"--steps {options.steps} is outside 1..1000.", f"use --steps {DEFAULT_STEPS} (LatentSync's default).")
+    if not (math.isfinite(options.guidance) and options.guidance >= 1.0):
+        raise LatentmuseError(
+            f"--guidance {options.guidance} is below 1.",
+            f"use --guidance 1 to turn classifier-free guidance off, or {DEFAULT_GUIDANCE} (LatentSync's default).",
+        )
     if options.backend in ("ort", "trt"):
         raise LatentmuseError(
-            f"--backend {options.backend} needs exported engines, which this version does not build yet.",
+            f"--backend {options.backend} needs exported engines, which this version does not run yet.",
             "use --backend torch.",
         )
     info = media.probe(options.video)
@@ -122,10 +150,45 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
     return info, audio_path, audio
 
 
-def run(options: RunOptions, progress: Progress | None = None, sink: media.FrameSink | None = None) -> RunReport:
+def choose_generator(options: RunOptions) -> str:
+    """``auto``: LatentSync whenever the weights have a UNet3D (smoke weights do), else MuseTalk."""
+    if options.generator != "auto":
+        return options.generator
+    return "latentsync" if unet3d_weights(options.weights) is not None else "musetalk"
+
+
+def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Progress) -> GeneratorChain:
+    """The run's generator: MuseTalk alone, or LatentSync with MuseTalk as its window-level fallback."""
+    parser = FaceParser(models["bisenet"])
+    musetalk = MuseTalkGenerator(models["vae_encoder"], models["vae_decoder"], models["musetalk_unet"], parser,
+                                 batch_size=options.batch_size)
+    if kind == "musetalk":
+        return GeneratorChain(musetalk, None, allow_fallback=options.fallback, note=progress.note)
+    if not models.has_unet3d and not options.fallback:
+        raise LatentmuseError(
+            f"the LatentSync generator is unavailable: {models.unet3d_unavailable}.",
+            "put latentsync_unet.pt into the weights folder (`latentmuse weights download`), "
+            "or run without --no-fallback to use MuseTalk instead.",
+        )
+    primary = None
+    if models.has_unet3d:
+        primary = LatentSyncGenerator(models.runners, latentsync_settings(options, models))
+    return GeneratorChain(primary, musetalk, unavailable=models.unet3d_unavailable, primary_name="latentsync",
+                          allow_fallback=options.fallback, note=progress.note)
+
+
+def latentsync_settings(options: RunOptions, models: ModelSet) -> LatentSyncSettings:
+    resolution = models.native_resolution if str(options.resolution) == "auto" else int(options.resolution)
+    return LatentSyncSettings(resolution=resolution, steps=options.steps, guidance=options.guidance,
+                              seed=options.seed, deepcache=options.deepcache, vae_batch=max(2 * options.batch_size, 16))
+
+
+def run(options: RunOptions, progress: Progress | None = None, sink: media.FrameSink | None = None,
+        models: ModelSet | None = None) -> RunReport:
     """Lip-sync ``options.video`` to its audio (or ``options.audio``) and write ``options.output``.
 
-    ``sink`` replaces the video writer (tests pass a lossless in-memory sink).
+    ``sink`` replaces the video writer (tests pass a lossless in-memory sink); ``models`` replaces
+    loading from ``options.weights`` (already loaded models, or the tests' stand-in runners).
     """
     progress = progress or SilentProgress()
     stages: dict[str, float] = {}
@@ -136,57 +199,84 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     report = RunReport(
         video=str(options.video), audio=str(audio_path), output=str(options.output),
         frames_in=info.frame_count, frames_out=n_out, fps=f"{info.fps.numerator}/{info.fps.denominator}",
-        audio_seconds=round(len(audio) / 16_000, 3), weights=str(options.weights),
+        audio_seconds=round(len(audio) / 16_000, 3), weights=str(options.weights), seed=options.seed,
     )
+    warn = _warner(report, progress)
     if str(options.weights) == SMOKE:
-        report.warnings.append(SMOKE_WARNING)
-        progress.note(SMOKE_WARNING)
+        warn(SMOKE_WARNING)
     if media.is_variable_frame_rate(options.video):
-        message = f"variable frame rate input: treated as constant {report.fps} fps (its average rate)."
-        report.warnings.append(message)
-        progress.note(message)
+        warn(f"variable frame rate input: treated as constant {report.fps} fps (its average rate).")
     stages["validate"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     device = resolve_device(options.device)
-    models = load_torch_models(options.weights, device, options.seed)
+    kind = choose_generator(options)
+    if models is None:
+        models = load_torch_models(options.weights, device, SMOKE_SEED, unet3d=kind == "latentsync")
     front_end = make_front_end(options.face_detector, models.weights_root, device)
-    generator = MuseTalkGenerator(models.vae_encoder, models.vae_decoder, models.musetalk_unet,
-                                  FaceParser(models.bisenet, device))
-    report.device, report.face_detector, report.backend, report.generator = str(device), front_end.name, "torch", generator.name
+    chain = build_chain(options, kind, models, progress)
+    if kind == "latentsync":
+        settings = chain.primary.settings if chain.primary is not None else latentsync_settings(options, models)
+        report.steps, report.guidance, report.resolution, report.deepcache = (
+            settings.steps, settings.guidance, settings.resolution, settings.deepcache)
+        if settings.resolution != models.native_resolution:
+            warn(f"LatentSync {models.latentsync_version} weights were trained at {models.native_resolution} px; "
+                 f"running them at {settings.resolution} px.")
+        if chain.primary is None:
+            warn(f"LatentSync unavailable ({chain.unavailable}): every window goes to MuseTalk.")
+    report.device, report.face_detector, report.backend, report.generator = str(device), front_end.name, "torch", chain.name
     stages["load_models"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     progress.start("audio", None)
-    features = AudioFeatures(encode_states(models.whisper, audio), info.fps, models.post_layer_norm)
+    features = AudioFeatures(audio, info.fps, models["whisper_encoder"], models["whisper_post_ln"])
+    features.prepare(chain.audio_layouts)
     progress.advance("audio")
     stages["audio_features"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     faces = detect_faces(options.video, front_end, max(schedule) + 1, options.face_batch_size, progress)
+    faces = [face if face is not None and crop_box(face, (info.height, info.width)) is not None else None for face in faces]
+    chain.prepare(faces)
+    tags = [faces[i] is not None for i in schedule]
+    windows = chain.plan(tags)
     stages["faces"] = time.perf_counter() - tic
 
-    clock_before = dict(generator.clock.seconds)
+    clocks_before = {name: dict(clock.seconds) for name, clock in chain.clocks.items()}
     tic = time.perf_counter()
     writer = sink if sink is not None else media.VideoWriter(
         options.output, info.width, info.height, info.fps, audio_path
     )
     progress.start("generate", n_out)
+    progress.start("windows", len(windows))
     with writer, media.FrameSource(options.video, info) as source:
-        for batch in batched(_jobs(source, schedule, faces), options.batch_size):
-            outputs = _generate(generator, batch, features, n_out, report)
-            for job in batch:
-                writer.write(outputs.get(job.out_index, job.frame))
-            progress.advance("generate", len(batch))
+        for out_index, frame in _execute(windows, tags, _jobs(source, schedule, faces), chain, features, n_out, progress):
+            writer.write(frame)
+            progress.advance("generate")
     stages["generate_and_write"] = time.perf_counter() - tic
-    for name, seconds in generator.clock.seconds.items():
-        stages[f"generate.{name}"] = seconds - clock_before.get(name, 0.0)
+    for name, clock in chain.clocks.items():
+        for stage, seconds in clock.seconds.items():
+            stages[f"generate.{name}.{stage}"] = seconds - clocks_before.get(name, {}).get(stage, 0.0)
 
+    report.windows = len(windows)
+    report.frames_by_generator = dict(chain.frames_by_generator)
+    report.frames_processed = sum(chain.frames_by_generator.values())
+    report.frames_no_face = tags.count(False)
+    report.frames_failed = chain.frames_failed
     report.frames_passthrough = n_out - report.frames_processed
+    report.fallbacks = chain.fallbacks
     report.stages = {k: round(v, 3) for k, v in stages.items()}
     if options.report is not None:
         report.write(options.report)
     return report
+
+
+def _warner(report: RunReport, progress: Progress):
+    def warn(message: str) -> None:
+        report.warnings.append(message)
+        progress.note(message)
+
+    return warn
 
 
 def detect_faces(video: Path, front_end, n_frames: int, batch_size: int, progress: Progress) -> list[Face | None]:
@@ -217,24 +307,41 @@ def _jobs(source: media.FrameSource, schedule: list[int], faces: list[Face | Non
     for out_index, (in_index, frame) in enumerate(source.frames(schedule)):
         if in_index != schedule[out_index]:  # a decoding fault must not silently shift the video
             raise RuntimeError(f"frame source gave frame {in_index} for output {out_index}, expected {schedule[out_index]}")
-        face = faces[in_index]
-        if face is not None and crop_box(face, frame.shape) is None:
-            face = None
-        yield FrameJob(out_index, in_index, frame, face)
+        yield FrameJob(out_index, in_index, frame, faces[in_index])
 
 
-def _generate(generator, batch: list[FrameJob], features: AudioFeatures, n_out: int, report: RunReport) -> dict[int, np.ndarray]:
-    process = [job for job in batch if job.face is not None]
-    if not process:
-        return {}
-    request = GenerationBatch(
-        out_indices=[j.out_index for j in process], frames=[j.frame for j in process],
-        faces=[j.face for j in process], audio=features, n_out=n_out,
-    )
-    try:
-        frames = generator.generate(request)
-    except GeneratorFailure as failure:
-        report.fallbacks.append({"frames": [j.out_index for j in process], "reason": f"{generator.name}: {failure.reason}; frames passed through"})
-        return {}
-    report.frames_processed += len(process)
-    return {job.out_index: frame for job, frame in zip(process, frames)}
+def _execute(windows: list[Window], tags: list[bool], jobs: Iterator[FrameJob], chain: GeneratorChain,
+             features: AudioFeatures, n_out: int, progress: Progress) -> Iterator[tuple[int, np.ndarray]]:
+    """Every output frame in order: generated where a window kept it, as read otherwise.
+
+    Frames are read once, in output order, and held only while a window still needs them or they
+    wait for their window: memory stays bounded by a window's span, not by the video. A window runs
+    as soon as its last frame has been read.
+    """
+    ordered = sorted(windows, key=lambda w: w.last)
+    # need_from[k]: the first output frame any window from k on is fed (frames before it can go)
+    need_from = [n_out] * (len(ordered) + 1)
+    for k in range(len(ordered) - 1, -1, -1):
+        need_from[k] = min(ordered[k].first, need_from[k + 1])
+    held: dict[int, FrameJob] = {}
+    done: dict[int, np.ndarray] = {}
+    k = next_out = 0
+    for job in jobs:
+        held[job.out_index] = job
+        while k < len(ordered) and ordered[k].last <= job.out_index:
+            window = ordered[k]
+            batch_jobs = [held[i] for i in window.frames]
+            batch = GenerationBatch([j.out_index for j in batch_jobs], [j.in_index for j in batch_jobs],
+                                    [j.frame for j in batch_jobs], [j.face for j in batch_jobs], features, n_out)
+            made = chain.generate(batch, window.keep)
+            for index in window.keep:  # a window that failed everywhere passes its frames through
+                done[index] = made.get(index, held[index].frame)
+            progress.advance("windows")
+            k += 1
+        while next_out in held and (not tags[next_out] or next_out in done):
+            yield next_out, done.pop(next_out, held[next_out].frame)
+            next_out += 1
+        for index in [i for i in held if i < min(next_out, need_from[k])]:
+            del held[index]
+    if next_out != n_out:
+        raise RuntimeError(f"only {next_out} of {n_out} output frames were written")

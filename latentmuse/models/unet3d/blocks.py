@@ -137,12 +137,20 @@ class UpBlock3D(nn.Module):
         audio: torch.Tensor,
         upsample_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        for i, resnet in enumerate(self.resnets):
-            x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
-            if self.attentions is not None:
-                x = self.attentions[i](x, audio)
-            if len(self.motion_modules):
-                x = self.motion_modules[i](x)
+        for i in range(len(self.resnets)):
+            x = self.layer(i, x, skips.pop(), temb, audio)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
+        return x
+
+    def layer(self, i: int, x: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``: ResNet on ``cat(x, skip)``, then the transformer and the motion module if any.
+
+        Exposed for DeepCache, which re-runs only the last layer of the final block on a cached ``x``.
+        """
+        x = self.resnets[i](torch.cat([x, skip], dim=1), temb)
+        if self.attentions is not None:
+            x = self.attentions[i](x, audio)
+        if len(self.motion_modules):
+            x = self.motion_modules[i](x)
         return x

@@ -109,21 +109,33 @@ class UNet3D(nn.Module):
             )
         return audio
 
+    def _inputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(conv_in output, time embedding, per-frame audio) for one call."""
+        if sample.ndim != 5 or sample.shape[1] != self.config.in_channels:
+            raise ValueError(f"sample must be (B, {self.config.in_channels}, F, h, w), got {tuple(sample.shape)}.")
+        batch, _, frames = sample.shape[:3]
+        audio = self._frame_audio(encoder_hidden_states, batch, frames).to(sample.dtype)
+        temb = self._time_embedding(timestep, batch, sample.device)
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        return self.conv_in(sample), temb, audio
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
     def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
-    ) -> torch.Tensor:
-        if sample.ndim != 5 or sample.shape[1] != self.config.in_channels:
-            raise ValueError(f"sample must be (B, {self.config.in_channels}, F, h, w), got {tuple(sample.shape)}.")
-        batch, _, frames, height, width = sample.shape
-        audio = self._frame_audio(encoder_hidden_states, batch, frames).to(sample.dtype)
-        temb = self._time_embedding(timestep, batch, sample.device)
-
-        if self.config.center_input_sample:
-            sample = 2 * sample - 1.0
-        x = self.conv_in(sample)
+        *,
+        return_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The predicted noise; with ``return_cache`` also DeepCache's feature (see :meth:`forward_shallow`)."""
+        x, temb, audio = self._inputs(sample, timestep, encoder_hidden_states)
+        height, width = sample.shape[-2:]
 
         skips: list[torch.Tensor] = [x]
         for block in self.down_blocks:
@@ -135,13 +147,38 @@ class UNet3D(nn.Module):
         # When h or w is not a multiple of 2**(levels-1), upsampling must land on the skip's size.
         factor = 2 ** (len(self.up_blocks) - 1)
         forward_size = height % factor != 0 or width % factor != 0
-        for i, block in enumerate(self.up_blocks):
+        last = len(self.up_blocks) - 1
+        for i, block in enumerate(self.up_blocks[:last]):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
-            size = tuple(skips[-1].shape[-2:]) if forward_size and i < len(self.up_blocks) - 1 else None
+            size = tuple(skips[-1].shape[-2:]) if forward_size else None
             x = block(x, block_skips, temb, audio, size)
+        final = self.up_blocks[last]
+        for i in range(len(final.resnets) - 1):
+            x = final.layer(i, x, skips.pop(), temb, audio)
+        cache = x
+        x = final.layer(len(final.resnets) - 1, x, skips.pop(), temb, audio)
+        eps = self._head(x)
+        return (eps, cache) if return_cache else eps
 
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+    def forward_shallow(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        cache: torch.Tensor,
+    ) -> torch.Tensor:
+        """DeepCache's cheap step: only ``conv_in``, the final decoder layer and the head run.
+
+        ``cache`` (B, block_out_channels[0], F, h, w) is the input of the final up block's last layer
+        from the last full step; its skip is this step's ``conv_in`` output, which is why the shallow
+        path still sees the new noisy latent (DeepCache with cache_interval 3, branch 0).
+        """
+        x, temb, audio = self._inputs(sample, timestep, encoder_hidden_states)
+        final = self.up_blocks[-1]
+        if final.upsamplers is not None:
+            raise ValueError("DeepCache needs a final up block without an upsampler")
+        return self._head(final.layer(len(final.resnets) - 1, cache, x, temb, audio))
 
 
 def build(config: Mapping[str, Any] | None = None) -> UNet3D:

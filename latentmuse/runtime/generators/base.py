@@ -1,4 +1,4 @@
-"""The generator interface and its typed failure."""
+"""The generator interface, its typed failure, and helpers every generator shares."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from ..audio import AudioFeatures
 from ..contracts import Face
+from ..datagen import Window
+from ..runners import Runner
 
 
 class GeneratorFailure(RuntimeError):
-    """A generator could not serve a batch (engine missing or failing, non-finite output, out of memory).
+    """A generator could not serve a window (engine missing or failing, non-finite output, ...).
 
-    The pipeline catches it, hands the frames to the fallback (or passes them through) and records
-    ``reason`` in the run report; it never changes the output length.
+    The generation chain catches it (and any other exception), hands the window to the fallback
+    generator or passes its frames through, and records ``reason`` in the run report; it never
+    changes the output length.
     """
 
     def __init__(self, reason: str) -> None:
@@ -26,18 +30,28 @@ class GeneratorFailure(RuntimeError):
 
 @dataclass
 class GenerationBatch:
-    """Process frames of consecutive output positions, with everything a generator may need."""
+    """One window's process frames, in the order the generator sees them, with what it may need.
+
+    Entries may repeat an output index (mirror padding of a short run): the generator treats each
+    entry as a frame and returns one result per entry.
+    """
 
     out_indices: Sequence[int]
+    in_indices: Sequence[int]  # the input frame behind each entry (per-input-frame caches use it)
     frames: Sequence[np.ndarray]  # BGR uint8 input frames (not modified)
     faces: Sequence[Face]
     audio: AudioFeatures
     n_out: int
 
+    def subset(self, positions: Sequence[int]) -> GenerationBatch:
+        pick = list(positions)
+        return GenerationBatch([self.out_indices[i] for i in pick], [self.in_indices[i] for i in pick],
+                               [self.frames[i] for i in pick], [self.faces[i] for i in pick], self.audio, self.n_out)
+
 
 @dataclass
 class StageClock:
-    """Seconds spent per named sub-stage, summed over batches (for the run report)."""
+    """Seconds spent per named sub-stage, summed over windows (for the run report)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -46,9 +60,34 @@ class StageClock:
 
 
 class Generator(Protocol):
+    """A lip-sync model behind one interface (docs/GENERATORS.md).
+
+    ``plan`` groups the process frames (``tags[i]`` true for output frame i) into the windows this
+    model wants; ``prepare`` sees every input frame's face once before generation (for per-video
+    caches such as smoothed alignments); ``generate`` returns one blended BGR uint8 frame per batch
+    entry, or raises.
+    """
+
     name: str
     clock: StageClock
+    audio_layout: str  # which AudioFeatures states it reads: "musetalk" or "latentsync"
 
-    def generate(self, batch: GenerationBatch) -> list[np.ndarray]:
-        """Blended output frames (BGR uint8, input size), one per input frame; or raise GeneratorFailure."""
-        ...
+    def plan(self, tags: Sequence[bool]) -> list[Window]: ...
+    def prepare(self, faces: Sequence[Face | None]) -> None: ...
+    def generate(self, batch: GenerationBatch) -> list[np.ndarray]: ...
+
+
+def run_chunked(runner: Runner, input_name: str, output_name: str, tensor: torch.Tensor, chunk: int,
+                device: torch.device) -> torch.Tensor:
+    """``runner`` over ``tensor`` in batches of at most ``chunk`` along dim 0, outputs float32 on ``device``.
+
+    Keeps a frame-batched graph inside its engine profile and its activations bounded.
+    """
+    parts = [runner({input_name: part})[output_name].to(device, torch.float32) for part in tensor.split(chunk)]
+    return torch.cat(parts) if len(parts) != 1 else parts[0]
+
+
+def require_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(tensor).all():
+        raise GeneratorFailure(f"{what} returned non-finite values")
+    return tensor

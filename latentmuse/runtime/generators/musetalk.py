@@ -18,8 +18,9 @@ import torch
 from ..audio import musetalk_audio_windows
 from ..blending import FaceParser, crop_geometry, parser_crop, paste_back
 from ..contracts import Face
+from ..datagen import Window, frame_windows
 from ..runners import Runner
-from .base import GenerationBatch, GeneratorFailure, StageClock
+from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite, run_chunked
 
 CROP = 256
 EXTRA_MARGIN = 10  # MuseTalk 1.5's default: the box reaches 10 px below the chin
@@ -55,15 +56,35 @@ def _to_tensor(crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 class MuseTalkGenerator:
-    """MuseTalk 1.5 over runners for the VAE encoder/decoder and the UNet, plus the face parser."""
+    """MuseTalk 1.5 over runners for the VAE encoder/decoder and the UNet, plus the face parser.
+
+    Frames are independent, so any ``batch_size`` process frames make a window (:func:`frame_windows`).
+    """
 
     name = "musetalk"
+    audio_layout = "musetalk"
 
-    def __init__(self, vae_encoder: Runner, vae_decoder: Runner, unet: Runner, parser: FaceParser) -> None:
+    def __init__(self, vae_encoder: Runner, vae_decoder: Runner, unet: Runner, parser: FaceParser,
+                 batch_size: int = 8) -> None:
         self.vae_encoder, self.vae_decoder, self.unet, self.parser = vae_encoder, vae_decoder, unet, parser
+        self.batch_size = batch_size
+        self.device = unet.device
         self.clock = StageClock()
 
+    def plan(self, tags: Sequence[bool]) -> list[Window]:
+        return frame_windows(tags, self.batch_size)
+
+    def prepare(self, faces: Sequence[Face | None]) -> None:
+        """Nothing to cache per video: the crop box comes from each frame's own landmarks."""
+
     def generate(self, batch: GenerationBatch) -> list[np.ndarray]:
+        """Any number of frames; network calls are chunked to ``batch_size`` frames."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(batch.frames), self.batch_size):
+            out.extend(self._generate(batch.subset(range(start, min(start + self.batch_size, len(batch.frames))))))
+        return out
+
+    def _generate(self, batch: GenerationBatch) -> list[np.ndarray]:
         boxes = [crop_box(face, frame.shape) for face, frame in zip(batch.faces, batch.frames)]
         if any(box is None for box in boxes):  # the pipeline filters these; be safe
             raise GeneratorFailure("a face has no usable crop box")
@@ -79,20 +100,18 @@ class MuseTalkGenerator:
         self.clock.add("crop", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        latents = self.vae_encoder({"image": stacked})["latent"]
+        latents = run_chunked(self.vae_encoder, "image", "latent", stacked, 2 * self.batch_size, self.device)
         n = len(crops)
         unet_in = torch.cat([latents[:n], latents[n:]], dim=1)  # masked 4 + reference 4
         self.clock.add("vae_encode", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        audio = musetalk_audio_windows(batch.audio.post_ln_states, batch.n_out, batch.audio.fps, frames=batch.out_indices)
+        audio = musetalk_audio_windows(batch.audio.musetalk_states, batch.n_out, batch.audio.fps, frames=batch.out_indices)
         pred = self.unet({"latents": unet_in, "audio": audio})["latent"]
         self.clock.add("unet", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        decoded = self.vae_decoder({"latent": pred})["image"]
-        if not torch.isfinite(decoded).all():
-            raise GeneratorFailure("MuseTalk produced non-finite pixels")
+        decoded = require_finite(self.vae_decoder({"latent": pred})["image"], "MuseTalk's VAE decoder")
         patches = (decoded.float().cpu().permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)[..., ::-1]
         self.clock.add("vae_decode", time.perf_counter() - tic)
 
@@ -105,4 +124,3 @@ class MuseTalkGenerator:
         ]
         self.clock.add("blend", time.perf_counter() - tic)
         return out
-

@@ -1,0 +1,40 @@
+"""Smoke weights: every network in its tiny configuration with seeded random weights.
+
+The one source of them, used by ``run --weights smoke``, ``export --weights smoke`` and the tests, so a
+graph exported from ``smoke`` holds exactly the weights a smoke run computes with. The same seed gives
+the same weights on every machine; each model draws from its own stream (seed + a per-model offset).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layouts import layout
+
+SMOKE = "smoke"
+SMOKE_WARNING = (
+    "SMOKE WEIGHTS: seeded random weights in test-size configurations. The pipeline, frame accounting "
+    "and timings are real; the generated mouth pixels are meaningless."
+)
+
+
+def randomise_zero_initialised(model: nn.Module) -> None:
+    """Give zero-initialised projections (the motion modules' ``proj_out``) small random values.
+
+    Otherwise whole sub-networks would contribute nothing and tests of them could not fail.
+    """
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 1 and param.is_floating_point() and not param.any() and "norm" not in name:
+                param.normal_(0.0, 0.02)
+
+
+def smoke_model(key: str, seed: int = 0) -> nn.Module:
+    """The tiny configuration of model ``key`` (a key of :mod:`latentmuse.models.layouts`), seeded."""
+    module = layout(key).load_module()
+    offset = sum(key.encode())  # a per-model offset so two models never share a random stream
+    torch.manual_seed(seed + offset)
+    model = module.build(module.tiny_config()).eval().requires_grad_(False)
+    randomise_zero_initialised(model)
+    return model

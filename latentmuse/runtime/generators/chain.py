@@ -1,0 +1,174 @@
+"""The generator a run holds: a primary generator, window by window falling back to MuseTalk.
+
+A window the primary cannot serve (its weights missing or failing to load, any exception, non-finite
+output, out of memory) goes to the fallback generator (MuseTalk on the PyTorch MuseTalk UNet); if that
+fails too, or there is none, its frames pass through unchanged and count as failed. Output length never
+changes. Each distinct reason is noted once; every fallback is recorded with its frames. With
+``allow_fallback=False`` the first failure is a :class:`~latentmuse.errors.LatentmuseError` instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...errors import LatentmuseError
+from ..contracts import Face
+from ..datagen import Window
+from .base import GenerationBatch, Generator, GeneratorFailure, StageClock
+
+PASSTHROUGH = "passthrough"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the report and the log: the failure's own reason, or the exception's first line."""
+    if isinstance(exc, GeneratorFailure):
+        return exc.reason
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        return f"out of memory ({text or type(exc).__name__})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def frame_ranges(frames: Sequence[int]) -> list[list[int]]:
+    """Sorted output indices as inclusive ``[first, last]`` runs: [0, 1, 2, 7] -> [[0, 2], [7, 7]]."""
+    runs: list[list[int]] = []
+    for f in sorted(set(frames)):
+        if runs and f == runs[-1][1] + 1:
+            runs[-1][1] = f
+        else:
+            runs.append([f, f])
+    return runs
+
+
+@dataclass
+class FallbackRecord:
+    """All windows that one reason sent from ``generator`` to ``to`` (a generator or "passthrough")."""
+
+    generator: str
+    reason: str
+    to: str
+    frames: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"generator": self.generator, "reason": self.reason, "to": self.to,
+                "frames": frame_ranges(self.frames), "count": len(set(self.frames))}
+
+
+class GeneratorChain:
+    """``primary`` with ``fallback`` behind it; ``primary`` may be None with ``unavailable`` saying why.
+
+    Plans windows the primary's way (the fallback's when there is no primary), so a run's windows do
+    not depend on which windows later fail.
+    """
+
+    def __init__(self, primary: Generator | None, fallback: Generator | None, *, unavailable: str | None = None,
+                 primary_name: str | None = None, allow_fallback: bool = True,
+                 note: Callable[[str], None] = lambda message: None) -> None:
+        if primary is None and fallback is None:
+            raise ValueError("a generator chain needs a primary or a fallback generator")
+        if primary is None and unavailable is None:
+            raise ValueError("say why the primary generator is unavailable")
+        self.primary, self.fallback = primary, fallback
+        self.primary_name = primary.name if primary is not None else (primary_name or "latentsync")
+        self.unavailable = unavailable
+        self.allow_fallback = allow_fallback
+        self.note = note
+        self.frames_by_generator: Counter[str] = Counter()
+        self.frames_failed = 0
+        self.records: dict[tuple[str, str, str], FallbackRecord] = {}
+
+    @property
+    def name(self) -> str:
+        return self.primary_name
+
+    @property
+    def planner(self) -> Generator:
+        return self.primary if self.primary is not None else self.fallback  # type: ignore[return-value]
+
+    @property
+    def audio_layouts(self) -> list[str]:
+        """The layouts the run will certainly read (the fallback's is computed if a window needs it)."""
+        return [self.planner.audio_layout]
+
+    @property
+    def clocks(self) -> dict[str, StageClock]:
+        return {g.name: g.clock for g in (self.primary, self.fallback) if g is not None}
+
+    def plan(self, tags: Sequence[bool]) -> list[Window]:
+        return self.planner.plan(tags)
+
+    def prepare(self, faces: Sequence[Face | None]) -> None:
+        for generator in (self.primary, self.fallback):
+            if generator is not None:
+                generator.prepare(faces)
+
+    def generate(self, batch: GenerationBatch, keep: Sequence[int]) -> dict[int, np.ndarray]:
+        """Blended frames for the window's ``keep`` output indices (each from its first batch entry)."""
+        positions = _first_positions(batch.out_indices, keep)
+        if self.primary is not None:
+            try:
+                frames = self.primary.generate(batch)
+            except Exception as exc:  # noqa: BLE001 - any failure of a window is that window's fallback
+                reason = describe(exc)
+                if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            else:
+                self.frames_by_generator[self.primary.name] += len(positions)
+                return {index: frames[i] for index, i in positions.items()}
+        else:
+            reason = self.unavailable or "unavailable"
+        return self._fall_back(batch, positions, self.primary_name, reason)
+
+    def _fall_back(self, batch: GenerationBatch, positions: dict[int, int], failed: str, reason: str) -> dict[int, np.ndarray]:
+        frames = sorted(positions)
+        if not self.allow_fallback:
+            raise LatentmuseError(
+                f"the {failed} generator failed on frames {_span(frames)}: {reason}.",
+                "fix the cause, or run without --no-fallback to hand such windows to the next generator.",
+            )
+        fallback = self.fallback
+        if fallback is not None and failed != fallback.name:
+            subset = batch.subset([positions[i] for i in frames])
+            try:
+                made = fallback.generate(subset)
+            except Exception as exc:  # noqa: BLE001
+                self._record(failed, reason, fallback.name, frames)
+                return self._fall_back(subset, {i: k for k, i in enumerate(frames)}, fallback.name, describe(exc))
+            self._record(failed, reason, fallback.name, frames)
+            self.frames_by_generator[fallback.name] += len(frames)
+            return dict(zip(frames, made))
+        self._record(failed, reason, PASSTHROUGH, frames)
+        self.frames_failed += len(frames)
+        return {}
+
+    def _record(self, generator: str, reason: str, to: str, frames: list[int]) -> None:
+        key = (generator, reason, to)
+        if key not in self.records:
+            self.records[key] = FallbackRecord(generator, reason, to)
+            target = "passed through unchanged" if to == PASSTHROUGH else f"sent to {to}"
+            self.note(f"{generator} failed ({reason}): frames {_span(frames)} {target}; "
+                      "later windows with this reason are counted in the report")
+        self.records[key].frames.extend(frames)
+
+    @property
+    def fallbacks(self) -> list[dict]:
+        return [record.as_dict() for record in self.records.values()]
+
+
+def _first_positions(out_indices: Sequence[int], keep: Sequence[int]) -> dict[int, int]:
+    wanted, positions = set(keep), {}
+    for position, index in enumerate(out_indices):
+        if index in wanted and index not in positions:
+            positions[index] = position
+    if len(positions) != len(wanted):
+        raise ValueError(f"window keeps frames {sorted(wanted - set(positions))} it is not fed")
+    return positions
+
+
+def _span(frames: Sequence[int]) -> str:
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in frame_ranges(frames))
