@@ -62,9 +62,18 @@ def memory_run(sample, tmp_path_factory):
     sink = media.MemorySink()
     out = tmp_path_factory.mktemp("out")
     options = RunOptions(video=sample.video, output=out / "unused.mp4", weights="smoke", face_detector="dlib",
-                         report=out / "report.json")
+                         generator="musetalk", report=out / "report.json")
     report = run(options, sink=sink)
     return report, sink.frames, list(media.iter_frames(sample.video)), out
+
+
+@pytest.fixture(scope="module")
+def latentsync_run(sample):
+    """The default generator on smoke weights (LatentSync, MuseTalk behind it), two DDIM steps."""
+    sink = media.MemorySink()
+    report = run(RunOptions(video=sample.video, output=Path("unused.mp4"), weights="smoke", face_detector="dlib",
+                            steps=2), sink=sink)
+    return report, sink.frames, list(media.iter_frames(sample.video))
 
 
 def test_every_frame_is_accounted_for(sample, memory_run):
@@ -75,12 +84,42 @@ def test_every_frame_is_accounted_for(sample, memory_run):
     assert report.frames_processed + report.frames_passthrough == report.frames_out
     assert report.frames_passthrough == 10 and report.frames_processed == 30
     assert report.fps == "25/1" and report.fallbacks == []
+    assert report.frames_by_generator == {"musetalk": 30} and report.frames_no_face == 10
 
 
-def test_passthrough_frames_are_unchanged(sample, memory_run):
-    _, frames, inputs, _ = memory_run
+@pytest.mark.parametrize("which", ["memory_run", "latentsync_run"])
+def test_passthrough_frames_are_unchanged(sample, which, request):
+    frames, inputs = request.getfixturevalue(which)[1:3]
     for i in sample.cutaway_frames:
         assert np.array_equal(frames[i], inputs[i]), i
+
+
+def test_latentsync_is_the_default_and_accounts_for_every_frame(sample, latentsync_run):
+    report, frames, _ = latentsync_run
+    assert report.generator == "latentsync" and report.frames_by_generator == {"latentsync": 30}
+    assert report.frames_out == len(frames) == 40 and report.frames_passthrough == report.frames_no_face == 10
+    assert report.windows == 2 and report.fallbacks == [] and report.frames_failed == 0
+    assert (report.steps, report.guidance, report.resolution, report.seed) == (2, 1.5, 256, 0)
+    assert report.stages["generate.latentsync.sampling"] > 0
+
+
+def test_latentsync_changes_pixels_only_inside_the_aligned_crop(sample, latentsync_run):
+    from latentmuse.runtime import alignment as al
+
+    _, frames, inputs = latentsync_run
+    front_end = DlibFrontEnd()
+    points = [al.alignment_points(front_end.detect([inputs[i]])[0].landmarks) for i in range(15)]
+    transforms = al.smoothed_transforms(points, al.face_template(256))  # the first run, smoothed in order
+    for i in (0, 7, 14):
+        changed = np.argwhere((frames[i] != inputs[i]).any(axis=2))
+        assert len(changed) > 100, "the generator left the frame untouched"
+        crop_xy = changed[:, ::-1] @ transforms[i][:, :2].T + transforms[i][:, 2]  # frame -> crop coordinates
+        # inside the 210 x 280 crop, give or take two frame pixels (about four crop pixels here)
+        assert crop_xy[:, 0].min() > -5 and crop_xy[:, 0].max() < 214 and crop_xy[:, 1].min() > -5 and crop_xy[:, 1].max() < 284
+        # the mouth region of the crop (rows 95..242 of the 256 mask = 104..265 of the 280-row crop) changed most
+        moved = np.abs(frames[i].astype(int) - inputs[i]).sum(axis=2)[changed[:, 0], changed[:, 1]]
+        mouth = (crop_xy[:, 1] > 110) & (crop_xy[:, 1] < 260) & (crop_xy[:, 0] > 20) & (crop_xy[:, 0] < 190)
+        assert moved[mouth].mean() > 5 * moved[~mouth].mean()
 
 
 def test_processed_frames_change_only_inside_the_face_box(sample, memory_run):
@@ -104,14 +143,14 @@ def test_report_json_has_the_contract_fields(memory_run):
     data = json.loads((out / "report.json").read_text())
     for key in ("frames_in", "frames_out", "frames_processed", "frames_passthrough", "fps", "generator", "fallbacks", "stages"):
         assert key in data
-    assert data["generator"] == "musetalk" and data["fps"] == "25/1"
+    assert data["generator"] == "musetalk" and data["fps"] == "25/1" and data["frames_by_generator"] == {"musetalk": 30}
     assert {"audio_features", "faces", "generate_and_write"} <= set(data["stages"])
     assert any("SMOKE" in w for w in data["warnings"])
 
 
 def test_encoded_output_keeps_fps_count_and_audio(sample, tmp_path):
     output = tmp_path / "out.mp4"
-    report = run(RunOptions(video=sample.video, output=output, weights="smoke", face_detector="dlib"))
+    report = run(RunOptions(video=sample.video, output=output, weights="smoke", face_detector="dlib", steps=1))
     info = media.probe(output)
     assert info.fps == Fraction(25) and info.frame_count == report.frames_out == 40
     with av.open(str(output)) as container:

@@ -1,0 +1,101 @@
+"""Stand-in runners of known function, so an output frame can be computed independently.
+
+* VAE encoder: 8 x 8 block means of the three colour channels, plus their mean as channel 4;
+  decoder: nearest x 8 upsampling of channels 1-3, mapped from [-1, 1] to [0, 1]. ``decode(encode(x))``
+  is the blocky image, known exactly.
+* UNet3D: a "landing" denoiser whose noise prediction makes every DDIM step land exactly on the
+  reference latent (channels 9-12 of its input); it ignores the audio, so with or without guidance the
+  final latent is the reference latent. It records every call's timestep and audio.
+* MuseTalk UNet: returns its reference latent (channels 5-8).
+* BiSeNet: "skin" everywhere. Whisper post-LayerNorm: identity.
+
+The scheduler constants here are the closed form, written independently of the runtime's DDIM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latentmuse.models.smoke import smoke_model
+from latentmuse.runtime import graphs
+from latentmuse.runtime.models import ModelSet
+from latentmuse.runtime.runners import TorchRunner
+
+
+class FnRunner:
+    def __init__(self, name: str, fn: Callable[..., dict]) -> None:
+        self.name, self.fn, self.device = name, fn, torch.device("cpu")
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.fn(**inputs)
+
+
+def block_encode(image: torch.Tensor) -> torch.Tensor:
+    pooled = F.avg_pool2d(image.float(), 8)
+    return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+
+
+def block_decode(latent: torch.Tensor) -> torch.Tensor:
+    return (F.interpolate(latent[:, :3].float(), scale_factor=8, mode="nearest") / 2 + 0.5).clamp(0, 1)
+
+
+def alphas_cumprod() -> np.ndarray:
+    s = np.arange(1000)
+    return np.cumprod(1 - (math.sqrt(0.00085) + s * (math.sqrt(0.012) - math.sqrt(0.00085)) / 999) ** 2)
+
+
+class LandingDenoiser:
+    """eps such that sqrt(a_prev) x0(eps) + sqrt(1 - a_prev) eps == reference latent, for ``steps`` steps."""
+
+    name, device = "unet3d", torch.device("cpu")
+
+    def __init__(self, steps: int) -> None:
+        self.ratio = 1000 // steps
+        self.a = alphas_cumprod()
+        self.calls: list[dict] = []
+        self.fail: Callable[[int], None] | None = None  # called with the call number; may raise
+        self.corrupt: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        number = len(self.calls)
+        self.calls.append({"t": inputs["timestep"].tolist(), "audio": inputs["audio"].clone()})
+        if self.fail is not None:
+            self.fail(number)
+        sample = inputs["sample"].double()
+        x, ref = sample[:, :4], sample[:, 9:13]
+        t = int(inputs["timestep"][0])
+        a_t = self.a[t]
+        a_prev = self.a[t - self.ratio] if t - self.ratio >= 0 else self.a[0]
+        k = math.sqrt(a_prev) / math.sqrt(a_t)
+        m = math.sqrt(1 - a_prev) - math.sqrt(a_prev) * math.sqrt(1 - a_t) / math.sqrt(a_t)
+        eps = ((ref - k * x) / m).float()
+        if self.corrupt is not None:
+            eps = self.corrupt(number, eps)
+        return {"eps": eps}
+
+
+def standin_models(steps: int, whisper_runner=None) -> tuple[ModelSet, LandingDenoiser]:
+    """A ModelSet of stand-ins (the real tiny Whisper unless ``whisper_runner`` is given)."""
+    denoiser = LandingDenoiser(steps)
+    whisper = whisper_runner or TorchRunner("whisper_encoder", graphs.WhisperEncoderGraph(smoke_model("whisper")))
+
+    def skin(image: torch.Tensor) -> dict:
+        logits = torch.zeros(image.shape[0], 19, *image.shape[2:])
+        logits[:, 1] = 1.0
+        return {"logits": logits}
+
+    runners = {
+        "whisper_encoder": whisper,
+        "whisper_post_ln": FnRunner("whisper_post_ln", lambda states: {"states": states}),
+        "vae_encoder": FnRunner("vae_encoder", lambda image: {"latent": block_encode(image)}),
+        "vae_decoder": FnRunner("vae_decoder", lambda latent: {"image": block_decode(latent)}),
+        "musetalk_unet": FnRunner("musetalk_unet", lambda latents, audio: {"latent": latents[:, 4:8].clone()}),
+        "bisenet": FnRunner("bisenet", skin),
+        "unet3d": denoiser,
+    }
+    return ModelSet(runners, None, "1.5"), denoiser
