@@ -63,7 +63,8 @@ class LandingDenoiser:
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         number = len(self.calls)
-        self.calls.append({"t": inputs["timestep"].tolist(), "audio": inputs["audio"].clone()})
+        self.calls.append({"t": inputs["timestep"].tolist(), "audio": inputs["audio"].clone(),
+                           "shape": tuple(inputs["sample"].shape)})
         if self.fail is not None:
             self.fail(number)
         sample = inputs["sample"].double()

@@ -328,3 +328,16 @@ def test_guidance_at_one_equals_the_batch_one_path(tiny_unet3d, monkeypatch):
     batch_two = generator.sample(condition, audio)
     torch.testing.assert_close(batch_two, batch_one, rtol=1e-4, atol=1e-5)
     assert math.isfinite(batch_one.abs().max().item())
+
+
+def test_resolution_512_uses_the_1_6_geometry(clip, tmp_path):
+    report, out, denoiser, _ = run_standins(clip, tmp_path, resolution="512")
+    assert report.resolution == 512 and report.frames_by_generator == {"latentsync": process_count(clip)}
+    assert any("trained at 256 px" in w for w in report.warnings)  # 1.5 weights run at 512: said
+    assert {c["shape"] for c in denoiser.calls} == {(2, 13, 16, 64, 64)}
+    sample, frames, faces, _ = clip
+    transform = al.smoothed_transforms([al.alignment_points(f.landmarks) if f else None for f in faces],
+                                       al.face_template(512))[30]
+    changed = np.argwhere((out[30] != frames[30]).any(axis=2))
+    crop_xy = changed[:, ::-1] @ transform[:, :2].T + transform[:, 2]  # in the 420 x 560 crop
+    assert crop_xy[:, 0].min() > -8 and crop_xy[:, 0].max() < 428 and crop_xy[:, 1].max() < 568

@@ -106,3 +106,13 @@ def test_unknown_generator_and_unavailable_backend(capsys, media_files, tmp_path
     assert "--generator wav2lip" in line
     line = expect_error(capsys, tmp_path / "o.mp4", str(media_files["with_audio"]), "--backend", "trt")
     assert "--backend trt" in line
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "--no-such-option"], "No such option: --no-such-option"),
+    (["run", "video.mp4"], "Missing option '--output'"),
+    (["bench", "--repeats", "many"], "Invalid value for '--repeats'"),
+])
+def test_usage_mistakes_are_a_usage_message_and_exit_2(capsys, argv, words):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and words in out + err and "Traceback" not in out + err

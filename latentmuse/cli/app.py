@@ -53,7 +53,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except click.ClickException as exc:  # usage errors: click's own message and exit code 2
+    except _click_exceptions() as exc:  # usage errors: click's own message and exit code 2
         exc.show()
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """click's exception base, and the copy of click that typer >= 0.25 vendors (``typer._click``),
+    whose usage errors are not ``click.ClickException`` instances."""
+    vendored = sys.modules.get("typer._click.exceptions")
+    extra = (vendored.ClickException,) if vendored is not None and hasattr(vendored, "ClickException") else ()
+    return (click.ClickException, *extra)

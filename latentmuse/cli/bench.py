@@ -30,6 +30,7 @@ def bench(
     deepcache: Annotated[bool, typer.Option("--deepcache/--no-deepcache", help="LatentSync DeepCache in the end-to-end run.")] = False,
     repeats: Annotated[int, typer.Option(help="Timed UNet3D calls per configuration (after one warm-up).")] = 3,
     end_to_end: Annotated[bool, typer.Option("--end-to-end/--no-end-to-end", help="Also run the whole pipeline once.")] = True,
+    unet3d: Annotated[bool, typer.Option("--unet3d/--no-unet3d", help="Time the UNet3D per DDIM step first (LatentSync).")] = True,
     batch_size: Annotated[int, typer.Option(help="Frames per MuseTalk batch.")] = 8,
     face_detector: Annotated[str, typer.Option(help="auto | s3fd | dlib")] = "dlib",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -41,10 +42,11 @@ def bench(
     if seconds <= 0.04:
         raise LatentmuseError(f"--seconds {seconds} is too short for one frame.", "use --seconds 5.")
     with RichProgress(console) as progress:
-        progress.note("benchmarking: UNet3D steps first (minutes per call at full size on a CPU), then the pipeline")
+        if unet3d:
+            progress.note("benchmarking: UNet3D steps first (about a minute per call at full size on a 2-core CPU)")
         result = benchmark(video, weights, backend=backend, generator=generator, batch_size=batch_size,
                            face_detector=face_detector, device=device, steps=steps, guidance=guidance,
-                           deepcache=deepcache, seconds=seconds, unet3d_repeats=repeats, end_to_end=end_to_end,
+                           deepcache=deepcache, seconds=seconds, unet3d_repeats=repeats, end_to_end=end_to_end, unet3d_timing=unet3d,
                            progress=progress)
     if "unet3d" in result:
         unet = result["unet3d"]

@@ -40,19 +40,22 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _timed(call: Callable[[], object], repeats: int, device: torch.device) -> list[float]:
+def _timed(call: Callable[[], object], repeats: int, device: torch.device,
+           tick: Callable[[], None] = lambda: None) -> list[float]:
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     call()  # warm-up (allocations, kernel selection)
     sync()
+    tick()
     seconds = []
     for _ in range(repeats):
         tic = time.perf_counter()
         call()
         sync()
         seconds.append(time.perf_counter() - tic)
+        tick()
     return seconds
 
 
@@ -61,9 +64,18 @@ def _summary(seconds: list[float]) -> dict:
             "max": round(max(seconds), 4), "calls": len(seconds)}
 
 
-def unet3d_step(models: ModelSet, resolution: int, repeats: int = 3, deepcache: bool = True) -> dict:
+def unet3d_step(models: ModelSet, resolution: int, repeats: int = 3, deepcache: bool = True,
+                progress: Progress | None = None) -> dict:
     """Seconds per DDIM step of one 16-frame window: CFG on and off (and DeepCache's shallow step)."""
     runner = models["unet3d"]
+    shallow_too = deepcache and "unet3d_shallow" in models.runners
+    if progress is not None:
+        progress.start("unet3d", 2 * (repeats + 1) * (2 if shallow_too else 1) + (2 if shallow_too else 0))
+
+    def tick() -> None:
+        if progress is not None:
+            progress.advance("unet3d")
+
     device = runner.device
     size = resolution // VAE_FACTOR
     generator = torch.Generator().manual_seed(0)
@@ -74,11 +86,13 @@ def unet3d_step(models: ModelSet, resolution: int, repeats: int = 3, deepcache: 
             "timestep": torch.full((batch,), 501, dtype=torch.int64),
             "audio": torch.randn((batch, WINDOW, 50, 384), generator=generator),
         }
-        results[label] = {"batch": batch, "seconds_per_step": _summary(_timed(lambda: runner(inputs), repeats, device))}
-        if deepcache and "unet3d_shallow" in models.runners:
+        seconds = _timed(lambda: runner(inputs), repeats, device, tick)
+        results[label] = {"batch": batch, "seconds_per_step": _summary(seconds)}
+        if shallow_too:
             cache = models["unet3d_caching"](inputs)["cache"]
+            tick()
             shallow = models["unet3d_shallow"]
-            seconds = _timed(lambda: shallow({**inputs, "cache": cache}), repeats, device)
+            seconds = _timed(lambda: shallow({**inputs, "cache": cache}), repeats, device, tick)
             results[f"{label}_deepcache_shallow"] = {"batch": batch, "seconds_per_step": _summary(seconds)}
     return {"resolution": resolution, "frames": WINDOW, "latent": [size, size], "runner": repr(runner),
             "steps": results}
@@ -87,7 +101,7 @@ def unet3d_step(models: ModelSet, resolution: int, repeats: int = 3, deepcache: 
 def benchmark(video: Path | None, weights: str, *, backend: str = "torch", generator: str = "auto",
               batch_size: int = 8, face_detector: str = "dlib", device: str = "auto", steps: int = 20,
               guidance: float = 1.5, deepcache: bool = False, seconds: float = 5.0, unet3d_repeats: int = 3,
-              end_to_end: bool = True, progress: Progress | None = None) -> dict:
+              end_to_end: bool = True, unet3d_timing: bool = True, progress: Progress | None = None) -> dict:
     """Run the pipeline once on ``video`` (default: the embedded demo sample, ``seconds`` long) and time
     every stage; for the LatentSync generator also time its UNet3D per step (:func:`unet3d_step`)."""
     with tempfile.TemporaryDirectory(prefix="latentmuse-bench-") as tmp:
@@ -108,8 +122,8 @@ def benchmark(video: Path | None, weights: str, *, backend: str = "torch", gener
         load_seconds = time.perf_counter() - tic
         result: dict = {"machine": machine(), "weights": str(weights), "generator": kind, "backend": "torch",
                         "load_seconds": round(load_seconds, 3)}
-        if kind == "latentsync" and models.has_unet3d:
-            result["unet3d"] = unet3d_step(models, models.native_resolution, unet3d_repeats)
+        if unet3d_timing and kind == "latentsync" and models.has_unet3d:
+            result["unet3d"] = unet3d_step(models, models.native_resolution, unet3d_repeats, progress=progress)
         if end_to_end:
             tic = time.perf_counter()
             report = run(options, progress, models=models)

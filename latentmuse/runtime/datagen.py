@@ -3,13 +3,15 @@
 The output follows the audio: n_out = floor(audio seconds x fps). A longer audio cycles the video
 ping-pong (0..N-1, N-1..0, ...), a shorter one cuts it. Frames without a usable face are
 *passthrough*: written unchanged, never sent to a model, never dropped (MuseTalk's ``continue`` on
-such frames shifted every later frame and truncated the video).
+such frames shifted every later frame and truncated the video). Which process frames a model sees
+together is its generator's choice: :func:`frame_windows` (MuseTalk) and :func:`clip_windows`
+(LatentSync), described in docs/GENERATORS.md, "Windows".
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -143,15 +145,3 @@ def clip_windows(tags: Sequence[bool], size: int = 16) -> list[Window]:
         if full < len(run):
             windows.append(Window(tuple(range(run.stop - size, run.stop)), tuple(range(run.start + full, run.stop))))
     return windows
-
-
-def batched(jobs: Iterable[FrameJob], size: int) -> Iterator[list[FrameJob]]:
-    """Consecutive output frames in groups of ``size`` (mixed tags; the generator sees process ones)."""
-    batch: list[FrameJob] = []
-    for job in jobs:
-        batch.append(job)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

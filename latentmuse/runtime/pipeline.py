@@ -4,6 +4,10 @@ Memory is bounded by a window of frames, not by the video: faces are found in on
 that keeps only landmarks, and generation streams the frames again in output order (ping-pong runs
 included) through the generator into the encoder. Every output frame is written exactly once, in
 order: process frames blended, passthrough frames as read.
+
+The generator decides which process frames it sees together (its windows) and how; the run holds a
+:class:`~.generators.chain.GeneratorChain` that sends a window LatentSync cannot serve to MuseTalk
+(docs/GENERATORS.md).
 """
 
 from __future__ import annotations
@@ -166,14 +170,15 @@ def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Prog
         return GeneratorChain(musetalk, None, allow_fallback=options.fallback, note=progress.note)
     if not models.has_unet3d and not options.fallback:
         raise LatentmuseError(
-            f"the LatentSync generator is unavailable: {models.unet3d_unavailable}.",
+            f"the LatentSync generator is unavailable: {models.unet3d_unavailable or 'no UNet3D runner was loaded'}.",
             "put latentsync_unet.pt into the weights folder (`latentmuse weights download`), "
             "or run without --no-fallback to use MuseTalk instead.",
         )
     primary = None
     if models.has_unet3d:
         primary = LatentSyncGenerator(models.runners, latentsync_settings(options, models))
-    return GeneratorChain(primary, musetalk, unavailable=models.unet3d_unavailable, primary_name="latentsync",
+    unavailable = None if primary is not None else models.unet3d_unavailable or "no UNet3D runner was loaded"
+    return GeneratorChain(primary, musetalk, unavailable=unavailable, primary_name="latentsync",
                           allow_fallback=options.fallback, note=progress.note)
 
 
@@ -242,7 +247,6 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     windows = chain.plan(tags)
     stages["faces"] = time.perf_counter() - tic
 
-    clocks_before = {name: dict(clock.seconds) for name, clock in chain.clocks.items()}
     tic = time.perf_counter()
     writer = sink if sink is not None else media.VideoWriter(
         options.output, info.width, info.height, info.fps, audio_path
@@ -256,7 +260,7 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     stages["generate_and_write"] = time.perf_counter() - tic
     for name, clock in chain.clocks.items():
         for stage, seconds in clock.seconds.items():
-            stages[f"generate.{name}.{stage}"] = seconds - clocks_before.get(name, {}).get(stage, 0.0)
+            stages[f"generate.{name}.{stage}"] = seconds
 
     report.windows = len(windows)
     report.frames_by_generator = dict(chain.frames_by_generator)

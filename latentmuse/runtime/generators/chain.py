@@ -151,8 +151,9 @@ class GeneratorChain:
         if key not in self.records:
             self.records[key] = FallbackRecord(generator, reason, to)
             target = "passed through unchanged" if to == PASSTHROUGH else f"sent to {to}"
-            self.note(f"{generator} failed ({reason}): frames {_span(frames)} {target}; "
-                      "later windows with this reason are counted in the report")
+            if reason != self.unavailable:  # an unavailable primary was announced when the run began
+                self.note(f"{generator} failed ({reason}): frames {_span(frames)} {target}; "
+                          "later windows with this reason are counted in the report")
         self.records[key].frames.extend(frames)
 
     @property
