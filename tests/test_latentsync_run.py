@@ -49,6 +49,16 @@ def test_auto_without_unet3d_weights_is_musetalk(sample, weights_without_unet3d,
     assert report.fallbacks == [] and report.steps is None
 
 
+def test_a_random_weights_folder_runs_the_hybrid_path_like_smoke(sample, weights_without_unet3d, tmp_path):
+    root = tmp_path / "weights"
+    shutil.copytree(weights_without_unet3d, root)
+    write_random_weights(root, models=["unet3d"])  # `latentmuse weights random` writes all seven
+    report = run(RunOptions(video=sample.video, output=tmp_path / "o.mp4", weights=root, face_detector="dlib",
+                            steps=1), sink=media.MemorySink())
+    assert report.generator == "latentsync" and report.frames_by_generator == {"latentsync": 30}
+    assert report.fallbacks == [] and report.resolution == 256
+
+
 def test_missing_unet3d_weights_fall_back_to_musetalk_for_every_frame(sample, weights_without_unet3d, tmp_path):
     report = run(RunOptions(video=sample.video, output=tmp_path / "o.mp4", weights=weights_without_unet3d,
                             face_detector="dlib", generator="latentsync"), sink=media.MemorySink())
