@@ -126,12 +126,14 @@ class GeneratorChain:
 
     def _fall_back(self, batch: GenerationBatch, positions: dict[int, int], failed: str, reason: str) -> dict[int, np.ndarray]:
         frames = sorted(positions)
+        fallback = self.fallback
         if not self.allow_fallback:
+            then = f"hand such windows to {fallback.name}" if fallback is not None and failed != fallback.name \
+                else "pass such frames through unchanged"
             raise LatentmuseError(
                 f"the {failed} generator failed on frames {_span(frames)}: {reason}.",
-                "fix the cause, or run without --no-fallback to hand such windows to the next generator.",
+                f"fix the cause, or run without --no-fallback to {then}.",
             )
-        fallback = self.fallback
         if fallback is not None and failed != fallback.name:
             subset = batch.subset([positions[i] for i in frames])
             try:
