@@ -59,7 +59,7 @@ def summary_table(result: RunReport, title: str) -> Table:
     table.add_row("fps", result.fps)
     table.add_row("generator / backend", f"{result.generator} / {result.backend} on {result.device}")
     if result.steps is not None:
-        table.add_row("latentsync", f"{result.resolution} px, {result.steps} steps, guidance {result.guidance}, "
+        table.add_row("latentsync", f"{result.resolution} px, {result.steps} step{'s' if result.steps != 1 else ''}, guidance {result.guidance}, "
                                     f"seed {result.seed}{', deepcache' if result.deepcache else ''}, {result.windows} windows")
     table.add_row("face front end", result.face_detector)
     fallbacks = "; ".join(f"{f['count']} frames {f['generator']} -> {f['to']}: {f['reason']}" for f in result.fallbacks)
