@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-_LABELS = {"audio": "audio features", "faces": "faces + landmarks", "generate": "generate + encode", "windows": "generator windows", "unet3d": "UNet3D timing calls"}
+_LABELS = {"audio": "audio features", "faces": "faces + landmarks", "generate": "generate + encode", "windows": "generator windows", "steps": "denoising steps", "unet3d": "UNet3D timing calls"}
 
 
 class RichProgress:

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -161,7 +161,8 @@ def choose_generator(options: RunOptions) -> str:
     return "latentsync" if unet3d_weights(options.weights) is not None else "musetalk"
 
 
-def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Progress) -> GeneratorChain:
+def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Progress,
+                on_step: Callable[[], None] | None = None) -> GeneratorChain:
     """The run's generator: MuseTalk alone, or LatentSync with MuseTalk as its window-level fallback."""
     parser = FaceParser(models["bisenet"])
     musetalk = MuseTalkGenerator(models["vae_encoder"], models["vae_decoder"], models["musetalk_unet"], parser,
@@ -176,7 +177,7 @@ def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Prog
         )
     primary = None
     if models.has_unet3d:
-        primary = LatentSyncGenerator(models.runners, latentsync_settings(options, models))
+        primary = LatentSyncGenerator(models.runners, latentsync_settings(options, models), on_step=on_step)
     unavailable = None if primary is not None else models.unet3d_unavailable or "no UNet3D runner was loaded"
     return GeneratorChain(primary, musetalk, unavailable=unavailable, primary_name="latentsync",
                           allow_fallback=options.fallback, note=progress.note)
@@ -219,7 +220,13 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     if models is None:
         models = load_torch_models(options.weights, device, SMOKE_SEED, unet3d=kind == "latentsync")
     front_end = make_front_end(options.face_detector, models.weights_root, device)
-    chain = build_chain(options, kind, models, progress)
+    steps_done = [0]
+
+    def on_step() -> None:
+        steps_done[0] += 1
+        progress.advance("steps")
+
+    chain = build_chain(options, kind, models, progress, on_step)
     if kind == "latentsync":
         settings = chain.primary.settings if chain.primary is not None else latentsync_settings(options, models)
         report.steps, report.guidance, report.resolution, report.deepcache = (
@@ -253,10 +260,15 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     )
     progress.start("generate", n_out)
     progress.start("windows", len(windows))
+    total_steps = len(windows) * chain.primary.settings.steps if isinstance(chain.primary, LatentSyncGenerator) else 0
+    if total_steps:
+        progress.start("steps", total_steps)
     with writer, media.FrameSource(options.video, info) as source:
         for out_index, frame in _execute(windows, tags, _jobs(source, schedule, faces), chain, features, n_out, progress):
             writer.write(frame)
             progress.advance("generate")
+    if total_steps > steps_done[0]:  # windows that fell back ran no DDIM steps
+        progress.advance("steps", total_steps - steps_done[0])
     stages["generate_and_write"] = time.perf_counter() - tic
     for name, clock in chain.clocks.items():
         for stage, seconds in clock.seconds.items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -96,8 +96,11 @@ class LatentSyncGenerator:
     name = "latentsync"
     audio_layout = "latentsync"
 
-    def __init__(self, runners: dict[str, Runner], settings: LatentSyncSettings | None = None) -> None:
+    def __init__(self, runners: dict[str, Runner], settings: LatentSyncSettings | None = None,
+                 on_step: Callable[[], None] | None = None) -> None:
+        """``on_step`` is called after every DDIM step (a progress bar: a window can take minutes on a CPU)."""
         self.settings = settings or LatentSyncSettings()
+        self.on_step = on_step
         missing = [n for n in ("vae_encoder", "vae_decoder", "unet3d") if n not in runners]
         if self.settings.deepcache:
             missing += [n for n in ("unet3d_caching", "unet3d_shallow") if n not in runners]
@@ -198,6 +201,8 @@ class LatentSyncGenerator:
             if cfg:
                 eps = guide(eps, guidance)
             latent = self.scheduler.step(eps, t, latent).prev_sample
+            if self.on_step is not None:
+                self.on_step()
         return latent
 
     def _transform(self, in_index: int) -> np.ndarray:
