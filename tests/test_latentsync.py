@@ -341,3 +341,24 @@ def test_resolution_512_uses_the_1_6_geometry(clip, tmp_path):
     changed = np.argwhere((out[30] != frames[30]).any(axis=2))
     crop_xy = changed[:, ::-1] @ transform[:, :2].T + transform[:, 2]  # in the 420 x 560 crop
     assert crop_xy[:, 0].min() > -8 and crop_xy[:, 0].max() < 428 and crop_xy[:, 1].max() < 568
+
+
+def test_ping_pong_reuses_each_input_frames_alignment(clip, tmp_path):
+    """Audio longer than the video: the reversed pass shows input frames again, with the transforms
+    computed once per input frame in input order (as the original), not re-smoothed backwards."""
+    from latentmuse.runtime.datagen import ping_pong_schedule
+
+    from .test_pipeline import write_wav
+
+    sample, frames, faces, transforms = clip
+    models, _ = standin_models(STEPS)
+    sink = media.MemorySink()
+    audio = write_wav(tmp_path / "long.wav", 3.2)  # 80 output frames from the clip's input frames
+    report = run(RunOptions(video=sample.video, audio=audio, output=tmp_path / "o.mp4", face_detector="dlib",
+                            generator="latentsync", steps=STEPS), sink=sink, models=models)
+    schedule = ping_pong_schedule(report.frames_in, report.frames_out)
+    assert report.frames_out == 80 and schedule[report.frames_in] == report.frames_in - 1  # the turn
+    all_frames = list(media.iter_frames(sample.video))
+    for j in (report.frames_in - 1, report.frames_in, report.frames_in + 5, 79):
+        i = schedule[j]
+        assert_frames_close(sink.frames[j], latentsync_expected(all_frames[i], transforms[i]), f"output {j} (input {i})")
