@@ -130,6 +130,6 @@ def _load_unet3d(weights: str | Path, seed: int) -> tuple[nn.Module | None, str 
         return None, f"UNet3D weights not found ({' or '.join(entry.targets)} in {root})"
     try:
         return load_model(root, "unet3d"), None
-    except (LatentmuseError, OSError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any load failure (bad pickle, zip, keys) is a fallback reason
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"UNet3D failed to load from {path}: {first}"
