@@ -94,7 +94,8 @@ def _mel_filter_bank(n_mels: int, n_fft: int, sample_rate: int) -> torch.Tensor:
         return hz
 
     fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(np.array([0.0]))[0], hz_to_mel(np.array([sample_rate / 2]))[0], n_mels + 2))
+    low, high = hz_to_mel(np.array([0.0, sample_rate / 2]))
+    edges = mel_to_hz(np.linspace(low, high, n_mels + 2))
     widths = np.diff(edges)
     ramps = edges[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / widths[:-1, None]

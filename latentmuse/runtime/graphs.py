@@ -62,15 +62,11 @@ class WhisperEncoderGraph(nn.Module):
         return self.whisper(mel)
 
 
-class WhisperPostLayerNormGraph(nn.Module):
+class WhisperPostLayerNormGraph(WhisperEncoderGraph):
     """states (..., 5, 384) -> the same with slot 4 through the encoder's final LayerNorm (MuseTalk)."""
 
     input_names = ("states",)
     output_names = ("states",)
-
-    def __init__(self, whisper: nn.Module) -> None:
-        super().__init__()
-        self.whisper = whisper
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.whisper.post_layer_norm(states)

@@ -71,10 +71,10 @@ class GeneratorChain:
                  note: Callable[[str], None] = lambda message: None) -> None:
         if primary is None and fallback is None:
             raise ValueError("a generator chain needs a primary or a fallback generator")
-        if primary is None and unavailable is None:
-            raise ValueError("say why the primary generator is unavailable")
+        if primary is None and (unavailable is None or primary_name is None):
+            raise ValueError("name the unavailable primary generator and say why it is unavailable")
         self.primary, self.fallback = primary, fallback
-        self.primary_name = primary.name if primary is not None else (primary_name or "latentsync")
+        self.primary_name = primary.name if primary is not None else primary_name
         self.unavailable = unavailable
         self.allow_fallback = allow_fallback
         self.note = note

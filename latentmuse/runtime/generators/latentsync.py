@@ -208,5 +208,5 @@ class LatentSyncGenerator:
     def _transform(self, in_index: int) -> np.ndarray:
         matrix = self.transforms[in_index] if in_index < len(self.transforms) else None
         if matrix is None:
-            raise GeneratorFailure(f"no alignment for input frame {in_index} (prepare() not called for it)")
+            raise GeneratorFailure(f"no alignment for input frame {in_index} (degenerate landmarks, or prepare() not run)")
         return matrix
