@@ -10,7 +10,7 @@ OUT    ?= out
 PYTEST_ARGS ?=
 WEIGHTS ?= smoke
 
-.PHONY: demo test test-slow engines env system-deps clean
+.PHONY: demo test test-slow test-gpu engines env system-deps clean
 
 env: $(STAMP)
 
@@ -57,11 +57,16 @@ engines: $(STAMP)
 	else $(BIN)/latentmuse build --onnx $(ENGINES)/onnx --out $(ENGINES); fi
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Full-size numeric checks (minutes, several GB of RAM).
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# On a GPU machine: every runner's parity on CUDA, the pipeline in fp16 on CUDA and the bench. Tests
+# marked `cuda` skip themselves without a GPU (and print why).
+test-gpu: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -m cuda -rs $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

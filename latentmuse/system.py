@@ -28,6 +28,25 @@ class SystemReport:
         self.probes.append(Probe(name, ok, detail))
 
 
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "9.0"
+
+
+def gpu_info() -> GpuInfo | None:
+    """The CUDA GPU torch sees (device 0), or None. Tests replace this function."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+        return GpuInfo(props.name, f"{props.major}.{props.minor}")
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU for us
+        return None
+
+
 def python_probe() -> Probe:
     return Probe("python", sys.version_info >= (3, 10), f"{platform.python_version()} ({sys.executable})")
 

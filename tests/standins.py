@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from latentmuse.models.smoke import smoke_model
-from latentmuse.runtime import graphs
+from latentmuse.graphs import wrappers as graphs
 from latentmuse.runtime.models import ModelSet
-from latentmuse.runtime.runners import TorchRunner
+from latentmuse.runners.torch_runner import TorchRunner
 
 
 class FnRunner:

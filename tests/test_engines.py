@@ -19,12 +19,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from latentmuse.engines import manifest as mf
+from latentmuse.artifacts import manifest as mf
 from latentmuse.engines import orchestrate
 from latentmuse.engines.orchestrate import GpuInfo, build_all, engines_unavailable_reason
 from latentmuse.errors import LatentmuseError
-from latentmuse.export.onnx_files import onnx_sha256
-from latentmuse.export.spec import DynamicDim, GraphSpec, TensorSpec
+from latentmuse.runners.base import RunnerError
+from latentmuse.artifacts.onnx_files import onnx_sha256
+from latentmuse.graphs.spec import DynamicDim, GraphSpec, TensorSpec
 
 FAKE = Path(__file__).parent / "fake_tensorrt"
 ROOT = Path(__file__).parent.parent
@@ -183,7 +184,7 @@ def test_entry_is_current_names_the_mismatch(fake_trt, onnx_dir, tmp_path):
 
 
 def test_other_tensorrt_version_rebuilds_and_old_plans_do_not_load(fake_trt, onnx_dir, tmp_path, monkeypatch):
-    from latentmuse.engines.trt_runner import TrtRunner
+    from latentmuse.runners.trt_runner import TrtRunner
 
     out = tmp_path / "engines"
     build_all(onnx_dir, out, SPECS, graphs=["alpha"])
@@ -192,7 +193,7 @@ def test_other_tensorrt_version_rebuilds_and_old_plans_do_not_load(fake_trt, onn
     new = importlib.import_module("tensorrt")
     assert new.__version__ == "10.13.0"
     with pytest.raises(LatentmuseError, match="could not deserialize"):  # None from deserialize_cuda_engine
-        TrtRunner("alpha", out / "alpha.plan", device="cpu")
+        TrtRunner("alpha", out / "alpha.plan", device="cpu").open()
     (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
     assert result.action == "built" and "10.13.0" in result.reason
     assert mf.load(out).graphs["alpha"].tensorrt_version == "10.13.0"
@@ -277,12 +278,12 @@ def test_broken_manifest_is_a_readable_error(tmp_path):
 def test_runner_matches_onnx_runtime_and_torch(fake_trt, onnx_dir, tmp_path):
     import onnxruntime as ort
 
-    from latentmuse.engines.trt_runner import EngineShapeError, TrtRunner
+    from latentmuse.runners.trt_runner import EngineShapeError, TrtRunner
 
     out = tmp_path / "engines"
     build_all(onnx_dir, out, SPECS)
-    alpha = TrtRunner("alpha", out / "alpha.plan", device="cpu")
-    beta = TrtRunner("beta", out / "beta.plan", device="cpu")
+    alpha = TrtRunner("alpha", out / "alpha.plan", device="cpu").open()
+    beta = TrtRunner("beta", out / "beta.plan", device="cpu").open()
     assert (alpha.input_names, alpha.output_names) == (("x",), ("y",))
     assert (beta.input_names, beta.output_names) == (("a", "b"), ("s", "p"))
     session = ort.InferenceSession(str(onnx_dir / "alpha.onnx"), providers=["CPUExecutionProvider"])
@@ -300,24 +301,29 @@ def test_runner_matches_onnx_runtime_and_torch(fake_trt, onnx_dir, tmp_path):
         alpha({"x": torch.randn(5, 4)})
     with pytest.raises(EngineShapeError):
         alpha({"x": torch.randn(2, 5)})
-    with pytest.raises(KeyError):
+    with pytest.raises(RunnerError, match=r"beta: missing inputs \['b'\]"):
         beta({"a": torch.randn(1, 2, 4, 4)})
 
 
 def test_runtime_refuses_engines_built_elsewhere(fake_trt, onnx_dir, tmp_path, monkeypatch):
-    from latentmuse.engines.trt_runner import TrtRunner
+    from latentmuse.runners.select import EngineStore
+    from latentmuse.runners.trt_runner import TrtRunner
 
     out = tmp_path / "engines"
     build_all(onnx_dir, out, SPECS, graphs=["alpha"])
-    runner = TrtRunner.from_manifest(out, "alpha", device="cpu")
-    assert runner({"x": torch.ones(2, 4)})["y"].shape == (2, 3)
-    with pytest.raises(LatentmuseError, match="engine refused: built for GPU NVIDIA H100.*NVIDIA L4"):
-        TrtRunner.from_manifest(out, "alpha", device="cpu", gpu=GpuInfo("NVIDIA L4", "8.9"))
-    with pytest.raises(LatentmuseError, match="beta: no engine"):
-        TrtRunner.from_manifest(out, "beta", device="cpu")
+    store, version = EngineStore(out, "smoke"), importlib.import_module("tensorrt").__version__
+    plan, why = store.plan("alpha", version, GPU)
+    assert plan == out / "alpha.plan" and "built" in why
+    assert TrtRunner("alpha", plan, device="cpu")({"x": torch.ones(2, 4)})["y"].shape == (2, 3)
+    plan, why = store.plan("alpha", version, GpuInfo("NVIDIA L4", "8.9"))
+    assert plan is None and why == "built for GPU NVIDIA H100 80GB HBM3, this machine has NVIDIA L4"
+    plan, why = store.plan("alpha", "10.9.0", GPU)
+    assert plan is None and "built with TensorRT 11.0.0.fake, this machine has 10.9.0" in why
+    plan, why = store.plan("beta", version, GPU)
+    assert plan is None and why.startswith("no engine in")
     (out / "alpha.plan").write_bytes(b"{}")
-    with pytest.raises(LatentmuseError, match="missing or changed"):
-        TrtRunner.from_manifest(out, "alpha", device="cpu")
+    plan, why = store.plan("alpha", version, GPU)
+    assert plan is None and "missing or changed" in why
 
 
 def test_without_tensorrt_one_line_reason(monkeypatch, tmp_path, onnx_dir):
@@ -364,7 +370,7 @@ def test_build_command_builds_exported_graphs(fake_trt, onnx_dir, monkeypatch, c
     from latentmuse.cli.build import build
 
     cli_app = importlib.import_module("latentmuse.cli.app")
-    monkeypatch.setitem(sys.modules, "latentmuse.export.specs", types.SimpleNamespace(GRAPHS=SPECS))
+    monkeypatch.setitem(sys.modules, "latentmuse.graphs.registry", types.SimpleNamespace(GRAPHS=SPECS))
     if not any(getattr(c, "name", None) == "build" for c in cli_app.app.registered_commands):
         test_app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
         test_app.command("build")(build)

@@ -13,12 +13,15 @@ import torch
 
 from latentmuse.export import onnx_export as oe
 from latentmuse.export import validate as v
-from latentmuse.export.report import read_report, write_report
-from latentmuse.export.spec import GraphSpec, TensorSpec
-from latentmuse.export.specs import GRAPHS
+from latentmuse.artifacts.export_report import read_report, write_report
+from latentmuse.runners.compare import compare, run_all
+from latentmuse.runners.ort_runner import OrtRunner
+from latentmuse.runners.torch_runner import TorchRunner
+from latentmuse.graphs.spec import GraphSpec, TensorSpec
+from latentmuse.graphs.registry import GRAPHS
 
 # Every graph but the UNet3D variants (exported once below, at a smaller test shape).
-TWO_D = ("vae_encoder", "vae_decoder", "whisper_encoder", "musetalk_unet", "s3fd", "fan68", "bisenet")
+TWO_D = ("vae_encoder", "vae_decoder", "whisper_encoder", "whisper_post_ln", "musetalk_unet", "s3fd", "fan68", "bisenet")
 
 
 def _unet3d_test_spec() -> GraphSpec:
@@ -83,12 +86,13 @@ def test_graph_exports_validates_and_converts(name: str, tmp_path: Path) -> None
         dim = spec.dynamic[0].name
         assert [v.sizes for v in r.validations] == [{dim: 1}, {dim: 3}]
         wrapper = spec.make_wrapper(model).eval()
-        session = v.session(tmp_path / f"{name}.onnx")
+        onnx_runner = OrtRunner(name, tmp_path / f"{name}.onnx", "cpu", spec)
+        torch_runner = TorchRunner(name, wrapper, "cpu", torch.float32, spec)
         for n in (1, 4):
-            args = v.random_inputs(spec, {dim: n}, seed=77 + n)
-            got, ref = v.run_onnx(session, spec, args), v.run_torch(wrapper, args)
-            assert got[0].shape[0] == n
-            max_abs, _, ok = v.compare(got, ref, spec.atol, spec.rtol)
+            feeds = spec.random_feeds({dim: n}, seed=77 + n)
+            got, ref = run_all([onnx_runner, torch_runner], feeds)
+            assert next(iter(got.values())).shape[0] == n
+            max_abs, _, ok = compare(got, ref, spec.atol, spec.rtol)
             assert ok and max_abs < 2e-5, max_abs
 
     # fp16: close to PyTorch fp32, float32 I/O, fp16 weights, casts around the fp32 islands.
@@ -116,13 +120,14 @@ def test_unet3d_external_data_reloads_and_runs(tmp_path: Path) -> None:
     loaded = onnx.load(str(out / "unet3d_256.onnx"))  # pulls the side file in
     assert sum(t.data_type == onnx.TensorProto.FLOAT for t in loaded.graph.initializer) > 0
     wrapper = spec.make_wrapper(model).eval()
-    args = v.random_inputs(spec, {}, seed=5)
-    got, ref = v.run_onnx(out / "unet3d_256.onnx", spec, args), v.run_torch(wrapper, args)
-    assert got[0].shape == (2, 4, 16, 8, 8)
-    assert float(np.abs(got[0] - ref[0]).max()) < 1e-4
+    feeds = spec.random_feeds({}, seed=5)
+    torch_runner = TorchRunner("unet3d_256", wrapper, "cpu", torch.float32)  # no spec: batch 1 below too
+    got, ref = run_all([OrtRunner("unet3d_256", out / "unet3d_256.onnx", "cpu", spec), torch_runner], feeds)
+    assert got["eps"].shape == (2, 4, 16, 8, 8)
+    assert float(np.abs(got["eps"] - ref["eps"]).max()) < 1e-4
     # CFG halves never mix: each batch item equals its own batch-1 run.
-    single = v.run_torch(wrapper, tuple(a[1:] for a in args))
-    assert float(np.abs(single[0] - ref[0][1:]).max()) < 1e-4
+    (single,) = run_all([torch_runner], {k: t[1:] for k, t in feeds.items()})
+    assert float(np.abs(single["eps"] - ref["eps"][1:]).max()) < 1e-4
 
     # fp16 (also with external data): close to fp32 PyTorch, I/O types as declared.
     assert r.fp16_pass and r.fp16_cosine >= 0.999, r.fp16_cosine

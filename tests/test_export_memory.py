@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from latentmuse.export import memory
-from latentmuse.export.onnx_files import check_onnx
+from latentmuse.artifacts.onnx_files import check_onnx
 
 
 def _lifetimes_graph() -> onnx.ModelProto:

@@ -63,12 +63,13 @@ def test_full_size_vae_decoder_and_musetalk_unet_export_validate_and_convert(tmp
     fp16 converter's own shape inference used to serialise the fp32 model past protobuf's 2 GiB.
     """
     from latentmuse.export.onnx_export import export_many
-    from latentmuse.export.report import read_report
-    from latentmuse.export.specs import GRAPHS
-    from latentmuse.export.validate import random_inputs, run_onnx
+    from latentmuse.artifacts.export_report import read_report
+    from latentmuse.graphs.registry import GRAPHS
+    from latentmuse.runners.compare import run_all
+    from latentmuse.runners.ort_runner import OrtRunner
     from latentmuse.models.folder import load_model
     from latentmuse.models.random_weights import write_random_weights
-    from latentmuse.runtime.graphs import VaeDecoderGraph
+    from latentmuse.graphs.wrappers import VaeDecoderGraph
 
     weights, out = tmp_path / "weights", tmp_path / "onnx"
     write_random_weights(weights, size="full", models=["vae", "musetalk_unet"])
@@ -91,10 +92,11 @@ def test_full_size_vae_decoder_and_musetalk_unet_export_validate_and_convert(tmp
 
     # The decoder's validation is not vacuous: most pixels are inside (0, 1), not at the clamp.
     spec = GRAPHS["vae_decoder"]
-    args = random_inputs(spec, {"N": 2}, seed=9)
-    (image,) = run_onnx(out / "vae_decoder.onnx", spec, args)
+    feeds = spec.random_feeds({"N": 2}, seed=9)
+    (got,) = run_all([OrtRunner("vae_decoder", out / "vae_decoder.onnx", "cpu", spec)], feeds)
+    image = got["image"]
     with torch.no_grad():
-        expected = VaeDecoderGraph(load_model(weights, "vae"))(*args).numpy()
+        expected = VaeDecoderGraph(load_model(weights, "vae"))(*feeds.values()).numpy()
     inside = float(((expected > 0) & (expected < 1)).mean())
     assert inside > 0.5, inside
     assert abs(image - expected).max() <= spec.atol

@@ -315,8 +315,8 @@ def test_deepcache_schedule_in_the_generator(clip, tmp_path):
 
 
 def test_guidance_at_one_equals_the_batch_one_path(tiny_unet3d, monkeypatch):
-    from latentmuse.runtime.graphs import UNet3DGraph
-    from latentmuse.runtime.runners import TorchRunner
+    from latentmuse.graphs.wrappers import UNet3DGraph
+    from latentmuse.runners.torch_runner import TorchRunner
 
     runners = {"unet3d": TorchRunner("unet3d", UNet3DGraph(tiny_unet3d)),
                "vae_encoder": None, "vae_decoder": None}

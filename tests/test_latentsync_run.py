@@ -124,7 +124,7 @@ def test_a_module_applied_to_a_tensor_of_another_dtype_fails(sample):
     """The proxy is sensitive: the old code path (the Whisper LayerNorm applied directly to CPU float32
     states while the model sat elsewhere) fails on dtype, as it failed on device on CUDA."""
     models = load_torch_models("smoke", torch.device("cpu"), unet3d=False, dtype=torch.float64)
-    whisper = models["whisper_post_ln"].graph.whisper
+    whisper = models["whisper_post_ln"].open().graph.whisper
     with pytest.raises(RuntimeError):
         whisper.post_layer_norm(torch.zeros(3, 5, whisper.encoder.layer_norm.normalized_shape[0]))
 

@@ -30,7 +30,7 @@ def build(
     if reason:
         raise LatentmuseError(reason + ".")
     try:
-        from ..export.specs import GRAPHS
+        from ..graphs.registry import GRAPHS
     except ImportError as exc:
         raise LatentmuseError(f"the graph declarations are unavailable ({exc}).") from exc
     names = [g.strip() for item in graphs or [] for g in item.split(",") if g.strip()]

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import LatentmuseError
-from ..export.report import FAIL, PASS, REPORT_NAME, UNVALIDATED
+from ..artifacts.export_report import FAIL, PASS, REPORT_NAME, UNVALIDATED
 from ..models.layouts import default_weights_dir
 from .console import make_console
 
@@ -18,7 +18,7 @@ console = make_console()
 
 def _default_graphs(weights: str) -> list[str]:
     """smoke: every graph; a folder: the graphs whose weights are present (UNet3D at its version's size)."""
-    from ..export.specs import GRAPHS
+    from ..graphs.registry import GRAPHS
     from ..models.folder import folder_layouts
     from ..models.layouts import LATENTSYNC_RESOLUTION, Sidecar
 
@@ -73,7 +73,7 @@ def export(
 ) -> None:
     """Export graphs to ONNX (fp32 + fp16), validate each on ONNX Runtime CPU against PyTorch. Exits 1 on any failure."""
     from ..export.onnx_export import SMOKE, export_many
-    from ..export.specs import GRAPHS
+    from ..graphs.registry import GRAPHS
 
     names = [g.strip() for g in graphs.split(",") if g.strip()] if graphs else _default_graphs(weights)
     unknown = [n for n in names if n not in GRAPHS]

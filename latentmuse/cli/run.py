@@ -23,7 +23,9 @@ def run(
     audio: Annotated[Optional[Path], typer.Option(help="Audio to lip-sync to (wav, mp3, m4a, flac or a video); default: the video's own track.")] = None,
     weights: Annotated[str, typer.Option(help="Weights folder, or 'smoke' for seeded random test-size weights (meaningless pixels).")] = str(default_weights_dir()),
     generator: Annotated[str, typer.Option(help="auto (latentsync when the weights have a UNet3D, else musetalk) | musetalk | latentsync")] = "auto",
-    backend: Annotated[str, typer.Option(help="auto | torch | ort | trt")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto (per graph: TensorRT if its engine fits this machine, else ONNX Runtime if validated, else PyTorch) | trt | ort | torch")] = "auto",
+    engines: Annotated[Optional[Path], typer.Option(help="Engines folder (`make engines`): manifest.json, plans, onnx/. Default: $LATENTMUSE_ENGINES or engines/.")] = None,
+    precision: Annotated[str, typer.Option(help="PyTorch runners: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16")] = "auto",
     face_detector: Annotated[str, typer.Option(help="auto (s3fd when its weights exist, else dlib) | s3fd | dlib")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Frames per MuseTalk batch.")] = 8,
     steps: Annotated[int, typer.Option(help="LatentSync: DDIM steps.")] = DEFAULT_STEPS,
@@ -40,6 +42,7 @@ def run(
         video=video, output=output, audio=audio, weights=weights, generator=generator, backend=backend,
         face_detector=face_detector, batch_size=batch_size, seed=seed, device=device, report=report,
         steps=steps, guidance=guidance, resolution=resolution, deepcache=deepcache, fallback=fallback,
+        engines=engines, precision=precision,
     )
     with RichProgress(console) as progress:
         result = run_pipeline(options, progress)
@@ -62,6 +65,8 @@ def summary_table(result: RunReport, title: str) -> Table:
         table.add_row("latentsync", f"{result.resolution} px, {result.steps} step{'s' if result.steps != 1 else ''}, guidance {result.guidance}, "
                                     f"seed {result.seed}{', deepcache' if result.deepcache else ''}, {result.windows} windows")
     table.add_row("face front end", result.face_detector)
+    if result.runners:
+        table.add_row("runners", ", ".join(f"{role} {r['backend']}" for role, r in result.runners.items()))
     fallbacks = "; ".join(f"{f['count']} frames {f['generator']} -> {f['to']}: {f['reason']}" for f in result.fallbacks)
     table.add_row("fallbacks", fallbacks or "none")
     table.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stages.items() if "." not in k))

@@ -4,8 +4,9 @@ Nothing here imports ``tensorrt`` at module import time: the package works witho
 is actually built or loaded.
 """
 
-from .manifest import EngineEntry, Manifest, entry_is_current
-from .orchestrate import BuildResult, GpuInfo, build_all, engines_unavailable_reason, gpu_info
+from ..artifacts.manifest import EngineEntry, Manifest, entry_is_current
+from ..system import GpuInfo, gpu_info
+from .orchestrate import BuildResult, build_all, engines_unavailable_reason
 
 __all__ = [
     "BuildResult", "EngineEntry", "GpuInfo", "Manifest", "build_all", "engines_unavailable_reason",

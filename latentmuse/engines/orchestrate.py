@@ -23,28 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LatentmuseError
-from ..export.onnx_files import onnx_sha256
-from ..export.report import REPORT_NAME, entry_for_file, read_report, validated_entry
-from . import manifest as mf
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "9.0"
-
-
-def gpu_info() -> GpuInfo | None:
-    """The CUDA GPU torch sees (device 0), or None. Tests replace this function."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        props = torch.cuda.get_device_properties(0)
-        return GpuInfo(props.name, f"{props.major}.{props.minor}")
-    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU for us
-        return None
+from ..artifacts import manifest as mf
+from ..artifacts.export_report import REPORT_NAME, entry_for_file, read_report, validated_entry
+from ..artifacts.onnx_files import onnx_sha256
+from ..system import GpuInfo, gpu_info
 
 
 def tensorrt_version() -> str | None:

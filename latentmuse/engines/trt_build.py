@@ -24,31 +24,10 @@ from pathlib import Path
 
 from ..errors import LatentmuseError
 from ..files import atomic_write
+from ..runners.trt_support import deserialize_engine, get_logger, import_tensorrt
 
 Shape = Sequence[int]
 Profiles = Mapping[str, tuple[Shape, Shape, Shape]]
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install raising anything
-        raise LatentmuseError(f"TensorRT is not importable ({type(exc).__name__}: {exc}).",
-                              "install the 'tensorrt' extra on a GPU machine.") from exc
-    if not hasattr(trt, "Builder"):
-        raise LatentmuseError("the 'tensorrt' module has no Builder (stub or broken install).")
-    return trt
-
-
-_LOGGER = None
-
-
-def get_logger():
-    global _LOGGER
-    if _LOGGER is None:
-        trt = import_tensorrt()
-        _LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _LOGGER
 
 
 def network_flags(trt) -> int:
@@ -155,17 +134,6 @@ class save_bytes:  # noqa: N801
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, bytes(payload))
         return self.path
-
-
-def deserialize_engine(plan: bytes, runtime=None):
-    """``Runtime.deserialize_cuda_engine`` returns None on failure instead of raising: turn that into an error."""
-    trt = import_tensorrt()
-    runtime = runtime or trt.Runtime(get_logger())
-    engine = runtime.deserialize_cuda_engine(bytes(plan))
-    if engine is None:
-        raise LatentmuseError("TensorRT could not deserialize the engine (wrong TensorRT version or GPU, "
-                              "or a damaged plan file).", "rebuild it: `latentmuse build --force`.")
-    return engine, runtime
 
 
 def build_plan(onnx: str | Path, plan: str | Path, profiles: Profiles, timing_cache: str | Path | None = None,

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import LatentmuseError
-from .onnx_files import check_onnx, external_data_files, save_onnx
+from ..artifacts.onnx_files import check_onnx, external_data_files, save_onnx
 
 #: Ops kept in float32 in the fp16 graph: normalisation statistics (GroupNorm exports as
 #: InstanceNormalization), softmax, mean/variance reductions, and the timestep sinusoids.

@@ -26,12 +26,14 @@ import torch
 from torch import nn
 
 from ..errors import LatentmuseError
-from ..models.smoke import SMOKE, smoke_model
+from ..models.smoke import SMOKE, model_for, smoke_model
 from . import validate as v
 from .fp16 import convert_fp16
-from .onnx_files import check_onnx, onnx_bytes, onnx_sha256, remove_onnx, save_onnx
-from .report import REPORT_NAME, ExportResult, Validation, write_report
-from .spec import GraphSpec
+from ..artifacts.onnx_files import check_onnx, onnx_bytes, onnx_sha256, remove_onnx, save_onnx
+from ..artifacts.export_report import REPORT_NAME, ExportResult, Validation, write_report
+from ..graphs.spec import GraphSpec
+from ..runners.compare import compare, cosine, max_abs_error, run_all
+from ..runners.torch_runner import TorchRunner
 
 #: Above this many bytes of parameters the weights go to one side file ``NAME.onnx.data``
 #: (protobuf cannot serialise a message over 2 GiB).
@@ -50,11 +52,7 @@ __all__ = ["EXTERNAL_DATA_THRESHOLD", "REPORT_NAME", "SMOKE", "export_graph", "e
 
 def load_graph_model(spec: GraphSpec, weights: str | Path, seed: int = 0) -> nn.Module:
     """The model feeding ``spec``: from a weights folder, or ``"smoke"`` tiny seeded weights."""
-    if str(weights) == SMOKE:
-        return smoke_model(spec.model_key, seed)
-    from ..models.folder import load_model
-
-    return load_model(Path(weights), spec.model_key).eval().requires_grad_(False)
+    return model_for(spec.model_key, weights, seed)
 
 
 def _plain_attention(model: nn.Module) -> None:
@@ -173,13 +171,14 @@ class _References:
 
     def __init__(self, spec: GraphSpec, wrapper: nn.Module, seed: int) -> None:
         self.spec, self.wrapper, self.seed = spec, wrapper, seed
-        self._cache: dict[int, tuple[tuple[torch.Tensor, ...], list[np.ndarray]]] = {}
+        self.runner = TorchRunner(spec.name, wrapper, "cpu", torch.float32, spec)
+        self._cache: dict[int, tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]] = {}
 
-    def __call__(self, index: int) -> tuple[tuple[torch.Tensor, ...], list[np.ndarray]]:
+    def __call__(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         if index not in self._cache:
             sizes = v.validation_sizes(self.spec)[index]
-            args = v.random_inputs(self.spec, sizes, self.seed + 1000 + index)
-            self._cache[index] = (args, v.run_torch(self.wrapper, args))
+            feeds = self.spec.random_feeds(sizes, self.seed + 1000 + index)
+            self._cache[index] = (feeds, run_all([self.runner], feeds)[0])
         return self._cache[index]
 
 
@@ -191,13 +190,12 @@ def _validate_fp32(result: ExportResult, spec: GraphSpec, path: Path, refs: _Ref
     if shortfall:
         result.skipped.append(f"fp32 validation: {shortfall}")
         return
-    session = v.session(path)
-    for i, vs in enumerate(sizes):
-        say(f"validating fp32 on ONNX Runtime{_sizes_text(vs)}")
-        args, ref = refs(i)
-        max_abs, rel, ok = v.compare(v.run_onnx(session, spec, args), ref, spec.atol, spec.rtol)
-        result.validations.append(Validation(vs, max_abs, rel, ok))
-    del session
+    with v.ort_runner(spec, path) as onnx_runner:
+        for i, vs in enumerate(sizes):
+            say(f"validating fp32 on ONNX Runtime{_sizes_text(vs)}")
+            feeds, ref = refs(i)
+            max_abs, rel, ok = compare(run_all([onnx_runner], feeds)[0], ref, spec.atol, spec.rtol)
+            result.validations.append(Validation(vs, max_abs, rel, ok))
     result.fp32_max_abs = max(x.max_abs for x in result.validations)
     result.fp32_rel = max(x.rel for x in result.validations)
     result.fp32_pass = all(x.passed for x in result.validations)
@@ -211,10 +209,11 @@ def _validate_fp16(result: ExportResult, spec: GraphSpec, half: Path, refs: _Ref
         result.skipped.append(f"fp16 validation: {shortfall}")
         return
     say(f"validating fp16 on ONNX Runtime{_sizes_text(sizes[0])}")
-    args, ref = refs(0)
-    got = v.run_onnx(half, spec, args)
-    result.fp16_cosine = v.cosine(got, ref)
-    result.fp16_max_abs = v.max_abs_error(got, ref)
+    feeds, ref = refs(0)
+    with v.ort_runner(spec, half) as onnx_runner:
+        got = run_all([onnx_runner], feeds)[0]
+    result.fp16_cosine = cosine(got, ref)
+    result.fp16_max_abs = max_abs_error(got, ref)
     result.fp16_pass = bool(np.isfinite(result.fp16_cosine) and result.fp16_cosine >= spec.min_cosine_fp16)
 
 
@@ -268,7 +267,7 @@ def export_graph(
     small = [name for name, n in traced.items() if n < 2]
     if small:
         raise LatentmuseError(f"{spec.name}: dynamic dims {small} traced below 2.", "trace at size 2 or more.")
-    args = v.random_inputs(spec, traced, seed)
+    args = tuple(spec.random_feeds(traced, seed).values())
     weight_bytes = parameter_bytes(model)
     path = out_dir / f"{spec.name}.onnx"
     remove_onnx(path)
@@ -333,7 +332,7 @@ def export_many(
     The report ``out_dir/export_report.json`` (and ``also_report`` when given) is merged after each
     graph, stamped with the weights, seed and torch version, so an interrupted run keeps what it did.
     """
-    from .specs import GRAPHS
+    from ..graphs.registry import GRAPHS
 
     unknown = [n for n in names if n not in GRAPHS]
     if unknown:

@@ -1,4 +1,5 @@
-"""Validation of an exported graph: the same fresh seeded inputs through PyTorch and ONNX Runtime CPU.
+"""Validation of an exported graph: the same fresh seeded inputs through the PyTorch runner and the ONNX
+Runtime CPU runner, compared with :mod:`latentmuse.runners.compare`.
 
 fp32 graphs must agree with the PyTorch wrapper within the spec's tolerance
 (``|onnx - torch| <= atol + rtol * |torch|`` element-wise, Optimum's criterion); fp16 graphs are
@@ -15,12 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
+from ..graphs.spec import GraphSpec
+from ..runners.ort_runner import OrtRunner
 from . import memory
-from .spec import GraphSpec
 
 GB = 1e9
 
@@ -40,70 +38,9 @@ def validation_sizes(spec: GraphSpec) -> list[dict[str, int]]:
     return [low, high] if low != high else [low]
 
 
-def random_inputs(spec: GraphSpec, sizes: Mapping[str, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Fresh seeded inputs: float tensors N(0, 1), integer tensors (timesteps) in [0, 1000)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for t in spec.inputs:
-        shape = t.concrete(sizes)
-        if t.dtype.is_floating_point:
-            out.append(torch.randn(shape, generator=g, dtype=torch.float32).to(t.dtype))
-        else:
-            out.append(torch.randint(0, 1000, shape, generator=g, dtype=t.dtype))
-    return tuple(out)
-
-
-def session(path: str | Path):
-    """An ONNX Runtime CPU session over the graph as written (see the module doc)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(path_or_session, spec: GraphSpec, args: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    sess = session(path_or_session) if isinstance(path_or_session, (str, Path)) else path_or_session
-    feeds = {t.name: a.detach().cpu().numpy() for t, a in zip(spec.inputs, args)}
-    return sess.run([t.name for t in spec.outputs], feeds)
-
-
-def run_torch(wrapper: nn.Module, args: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = wrapper(*args)
-    out = out if isinstance(out, (tuple, list)) else (out,)
-    return [o.detach().float().cpu().numpy() for o in out]
-
-
-def compare(onnx_out: Sequence[np.ndarray], torch_out: Sequence[np.ndarray], atol: float,
-            rtol: float) -> tuple[float, float, bool]:
-    """(max-abs error, max-abs error / max |torch|, every element within atol + rtol * |torch| and finite)."""
-    max_abs, scale, ok = 0.0, 0.0, True
-    for a, b in zip(onnx_out, torch_out):
-        if a.shape != b.shape:
-            return float("inf"), float("inf"), False
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        diff = np.abs(a - b)
-        ok &= bool(np.isfinite(a).all()) and bool((diff <= atol + rtol * np.abs(b)).all())
-        max_abs = max(max_abs, float(diff.max(initial=0.0)))
-        scale = max(scale, float(np.abs(b).max(initial=0.0)))
-    return max_abs, max_abs / scale if scale > 0 else max_abs, ok
-
-
-def cosine(onnx_out: Sequence[np.ndarray], torch_out: Sequence[np.ndarray]) -> float:
-    """Cosine similarity of all outputs flattened together; NaN when the ONNX side is not finite."""
-    a = np.concatenate([o.astype(np.float64).ravel() for o in onnx_out])
-    b = np.concatenate([o.astype(np.float64).ravel() for o in torch_out])
-    if not np.isfinite(a).all():
-        return float("nan")
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
-
-
-def max_abs_error(onnx_out: Sequence[np.ndarray], torch_out: Sequence[np.ndarray]) -> float:
-    return max(float(np.abs(a.astype(np.float64) - b).max(initial=0.0)) for a, b in zip(onnx_out, torch_out))
+def ort_runner(spec: GraphSpec, path: str | Path) -> OrtRunner:
+    """ONNX Runtime CPU over the graph as written (see the module doc)."""
+    return OrtRunner(spec.name, path, "cpu", spec, optimization="none", arena=False)
 
 
 def memory_shortfall(path: str | Path, sizes: Sequence[Mapping[str, int]],

@@ -38,3 +38,18 @@ def smoke_model(key: str, seed: int = 0) -> nn.Module:
     model = module.build(module.tiny_config()).eval().requires_grad_(False)
     randomise_zero_initialised(model)
     return model
+
+
+def model_for(key: str, weights, seed: int = 0) -> nn.Module:
+    """Model ``key`` from a weights folder, or its seeded tiny configuration when ``weights`` is ``"smoke"``.
+
+    The one place both export and the runtime get a PyTorch model from: graphs exported from ``smoke``
+    at seed s are the very weights ``run --weights smoke`` (seed s) computes with.
+    """
+    if str(weights) == SMOKE:
+        return smoke_model(key, seed)
+    from pathlib import Path
+
+    from .folder import load_model
+
+    return load_model(Path(weights), key).eval().requires_grad_(False)

@@ -26,7 +26,7 @@ NAME = "VAE (sd-vae-ft-mse)"
 CONFIG_FILENAME = "config.json"
 #: Weight files of the official folder, in order of preference.
 WEIGHTS_FILENAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-SCALING_FACTOR = 0.18215
+from .constants import SCALING_FACTOR  # noqa: E402,F401 - re-exported
 
 _FULL: dict[str, Any] = {
     "act_fn": "silu",

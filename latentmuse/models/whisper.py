@@ -34,8 +34,7 @@ CONFIG_FILENAME = "config.json"
 WEIGHTS_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 OPENAI_FILENAME = "tiny.pt"
 #: Whisper's encoder takes exactly 30 s of audio: 3000 mel frames in, 1500 states out (50 per second).
-MEL_FRAMES = 3000
-STATES_PER_SECOND = 50
+from .constants import MEL_FRAMES, STATES_PER_SECOND  # noqa: E402,F401 - re-exported
 NUM_SLOTS = 5
 
 # Only the encoder's hyper-parameters; WhisperConfig's defaults are whisper-tiny's for the rest.

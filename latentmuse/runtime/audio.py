@@ -4,9 +4,10 @@ One encoder graph serves both generators (docs/GENERATORS.md, "Audio"): it retur
 states with slot 4 *before* the final LayerNorm. What differs is the log-mel it is fed and how its
 states are laid out per video frame:
 
-* MuseTalk: transformers' WhisperFeatureExtractor per 30 s segment (each segment padded to 30 s of
-  silence before the transform), slot 4 *after* the final LayerNorm, zero-padded window edges, plus a
-  sinusoidal positional encoding;
+* MuseTalk: :func:`whisper_log_mel`, our re-implementation of transformers' WhisperFeatureExtractor
+  (equal to it within 2e-5, tests/test_whisper_mel.py), per 30 s segment (each segment padded to 30 s
+  of silence before the transform), slot 4 *after* the final LayerNorm, zero-padded window edges, plus
+  a sinusoidal positional encoding;
 * LatentSync: one log-mel of the whole file normalised with the whole file's maximum, each 3000-frame
   segment padded with 0.0 in log-mel space, slot 4 *before* the LayerNorm, clamped window edges, no PE.
 
@@ -24,8 +25,8 @@ from functools import cached_property, lru_cache
 import numpy as np
 import torch
 
-from ..models.whisper import MEL_FRAMES, STATES_PER_SECOND
-from .runners import Runner
+from ..models.constants import MEL_FRAMES, STATES_PER_SECOND
+from ..runners.base import Runner
 
 SAMPLE_RATE = 16_000
 SEGMENT_SECONDS = 30
@@ -40,19 +41,38 @@ HOP = 160
 N_MELS = 80
 
 
-def mel_segments(audio: np.ndarray) -> list[torch.Tensor]:
-    """Log-mel (1, 80, 3000) per 30 s segment, as transformers' WhisperFeatureExtractor computes it
-    (MuseTalk's front end: each segment is padded to 30 s with silence before the transform)."""
-    from transformers import WhisperFeatureExtractor
+def whisper_log_mel(waveform: np.ndarray) -> torch.Tensor:
+    """MuseTalk's log-mel: (n_segments, 80, 3000) float32, one 30 s segment per row.
 
-    extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
-    segments = [audio[i : i + SEGMENT_SAMPLES] for i in range(0, max(len(audio), 1), SEGMENT_SAMPLES)]
-    mels = []
-    for segment in segments:
-        features = extractor(segment, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        assert features.shape[-1] == MEL_FRAMES
-        mels.append(features)
-    return mels
+    Equal (within float32 rounding) to transformers' ``WhisperFeatureExtractor(feature_size=80,
+    sampling_rate=16000)(segment, sampling_rate=16000, return_tensors="pt").input_features`` on each
+    segment ``audio[i : i + 480000]``, i.e. its default torch path (tests/test_whisper_mel.py):
+    the waveform is cast to float32 and cut into ``max(1, ceil(len / 480000))`` segments, each padded
+    with zeros to 480000 samples *before* the transform (empty audio gives one all-silence segment);
+    centred STFT (reflect padding) with a periodic Hann window, 400-point FFT, hop 160; power of all
+    but the last of the 3001 frames; Slaney mel filters; ``log10`` floored at 1e-10, then at *each
+    segment's* maximum minus 8; then ``(x + 4) / 4``. No dithering, no normalisation.
+    """
+    audio = np.asarray(waveform, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"expected a mono waveform (1-D), got shape {audio.shape}")
+    n_segments = max(1, -(-len(audio) // SEGMENT_SAMPLES))
+    padded = np.zeros(n_segments * SEGMENT_SAMPLES, dtype=np.float32)
+    padded[: len(audio)] = audio
+    batch = torch.from_numpy(padded).view(n_segments, SEGMENT_SAMPLES)
+    # 8 segments (4 minutes) per STFT: about 100 MB of spectra at a time, however long the audio.
+    return torch.cat([_segment_log_mel(part) for part in batch.split(8)])
+
+
+def _segment_log_mel(batch: torch.Tensor) -> torch.Tensor:
+    stft = torch.stft(batch, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True)
+    power = (stft[..., :-1].abs() ** 2).contiguous()  # (n, 201, 3000)
+    del stft
+    log_spec = torch.clamp(_mel_filter_bank(N_MELS, N_FFT, SAMPLE_RATE) @ power, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
+    log_spec = (log_spec + 4.0) / 4.0
+    assert log_spec.shape[-1] == MEL_FRAMES
+    return log_spec
 
 
 def encode_states(whisper: Runner, audio: np.ndarray) -> torch.Tensor:
@@ -60,7 +80,7 @@ def encode_states(whisper: Runner, audio: np.ndarray) -> torch.Tensor:
 
     T50 = floor(seconds x 50): the padding that fills the last segment to 30 s is cut off.
     """
-    states = [whisper({"mel": mel})["states"][0].float().cpu() for mel in mel_segments(audio)]
+    states = [whisper({"mel": mel[None]})["states"][0].float().cpu() for mel in whisper_log_mel(audio)]
     steps = math.floor(len(audio) / SAMPLE_RATE * STATES_PER_SECOND)
     return torch.cat(states, dim=0)[:steps]
 

@@ -32,8 +32,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .graphs import BiSeNetGraph
-from .runners import Runner, TorchRunner
+from ..graphs.wrappers import BiSeNetGraph
+from ..runners.base import Runner
+from ..runners.torch_runner import TorchRunner
 
 #: CelebAMask-HQ labels used by the jaw mask.
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP = 1, 10, 11, 12, 13

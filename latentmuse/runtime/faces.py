@@ -24,7 +24,7 @@ border legitimately has jaw points outside it); the generators decide what to do
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -36,7 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LatentmuseError
+from ..graphs.wrappers import S3FD_OUTPUTS, FANGraph, S3FDGraph
+from ..runners.base import Runner, run_chunked
+from ..runners.torch_runner import TorchRunner
 from .contracts import Face, FaceFrontEnd
+
 
 __all__ = [
     "DEFAULT_DLIB_PREDICTOR",
@@ -442,10 +446,6 @@ def heatmaps_to_landmarks(
     return torch.trunc(out) if quantize else out
 
 
-def _last(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    return output[-1] if isinstance(output, (list, tuple)) else output
-
-
 class S3FDFanFrontEnd:
     """S3FD face detection + FAN 68-point landmarks, as face-alignment runs them, batched.
 
@@ -467,8 +467,8 @@ class S3FDFanFrontEnd:
 
     def __init__(
         self,
-        s3fd_model: nn.Module,
-        fan_model: nn.Module,
+        s3fd: Runner | nn.Module,
+        fan: Runner | nn.Module,
         device: str | torch.device = "cpu",
         *,
         batch_size: int = 8,
@@ -477,8 +477,9 @@ class S3FDFanFrontEnd:
         score_threshold: float = S3FD_SCORE_THRESHOLD,
     ) -> None:
         self.device = torch.device(device)
-        self.s3fd = s3fd_model.to(self.device).eval()
-        self.fan = fan_model.to(self.device).eval()
+        # Both networks run through runners (a bare module is wrapped in a PyTorch runner on ``device``).
+        self.s3fd = s3fd if not isinstance(s3fd, nn.Module) else TorchRunner("s3fd_frames", S3FDGraph(s3fd), self.device)
+        self.fan = fan if not isinstance(fan, nn.Module) else TorchRunner("fan68", FANGraph(fan), self.device)
         self.batch_size = max(1, int(batch_size))
         self.flip_input = flip_input
         self.quantize = quantize
@@ -509,7 +510,9 @@ class S3FDFanFrontEnd:
     def _detect_batch(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
         batch = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float()  # BGR 0..255
         mean = torch.tensor(S3FD_MEAN_BGR, device=self.device).view(1, 3, 1, 1)
-        boxes, scores, found = s3fd_best(self.s3fd(batch - mean), score_threshold=self.score_threshold)
+        heads = self.s3fd({"image": batch - mean})
+        boxes, scores, found = s3fd_best([heads[name].to(self.device, torch.float32) for name in S3FD_OUTPUTS],
+                                         score_threshold=self.score_threshold)
         out: list[Face | None] = [None] * len(frames)
         # boxes mostly outside the frame are unusable: do not spend a FAN pass on them
         height, width = frames[0].shape[:2]
@@ -522,15 +525,18 @@ class S3FDFanFrontEnd:
             return out
         centers, scales = fan_center_scale(boxes[hits])
         crops = fan_crop(batch[hits], centers, scales)
-        heatmaps = _last(self.fan(crops)).float()
+        heatmaps = self._heatmaps(crops)
         if self.flip_input:
-            mirrored = _last(self.fan(crops.flip(-1))).float()
+            mirrored = self._heatmaps(crops.flip(-1))
             heatmaps = heatmaps + mirrored[:, list(IBUG_FLIP)].flip(-1)
         landmarks = heatmaps_to_landmarks(heatmaps, centers, scales, quantize=self.quantize).cpu().numpy()
         boxes_np, scores_np = boxes[hits].cpu().numpy(), scores[hits].cpu().numpy()
         for k, i in enumerate(hits.tolist()):
             out[i] = _face_or_none(landmarks[k], boxes_np[k], scores_np[k], frames[i].shape)
         return out
+
+    def _heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
+        return run_chunked(self.fan, {"image": crops}, "heatmaps", len(crops), self.device)
 
 
 # ---------------------------------------------------------------------------------------- factory
@@ -549,28 +555,39 @@ def _missing_face_weights(weights_root: Path | None) -> list[str]:
     return [" or ".join(e.targets) for e in folder_layouts(root, ["s3fd", "fan68"]) if e.locate(root) is None]
 
 
-def make_front_end(
-    kind: FrontEndKind | str = "auto", weights_root: str | Path | None = None, device: str | torch.device = "cpu"
-) -> FaceFrontEnd:
-    """The face front end for ``kind``.
-
-    ``"auto"``: S3FD + FAN when both weight files are in ``weights_root``, else dlib (the offline
-    default). ``"s3fd"``: S3FD + FAN, a :class:`LatentmuseError` naming the missing file otherwise.
-    ``"dlib"``: dlib HOG + shape predictor.
-    """
+def front_end_kind(kind: FrontEndKind | str = "auto", weights_root: str | Path | None = None) -> str:
+    """``"s3fd"`` or ``"dlib"`` for ``kind`` (see :func:`make_front_end`); raises when s3fd lacks weights."""
     root = Path(weights_root) if weights_root is not None else None
     if kind == "dlib":
-        return DlibFrontEnd()
+        return "dlib"
     if kind not in ("auto", "s3fd"):
         raise LatentmuseError(f"unknown face front end {kind!r}.", "use auto, s3fd or dlib.")
     missing = _missing_face_weights(root)
     if not missing:
-        return S3FDFanFrontEnd.from_weights(root, device)  # type: ignore[arg-type]
+        return "s3fd"
     if kind == "auto":
-        return DlibFrontEnd()
+        return "dlib"
     where = root if root is not None else "the weights folder (none given)"
     target = root if root is not None else "WEIGHTS_DIR"
     raise LatentmuseError(
         f"face front end s3fd needs {' and '.join(missing)} in {where}.",
         f"run `latentmuse weights download --dir {target} -m s3fd -m fan68`, or use the dlib front end.",
     )
+
+
+def make_front_end(
+    kind: FrontEndKind | str = "auto", weights_root: str | Path | None = None, device: str | torch.device = "cpu",
+    runners: Mapping[str, Runner] | None = None,
+) -> FaceFrontEnd:
+    """The face front end for ``kind``.
+
+    ``"auto"``: S3FD + FAN when both weight files are in ``weights_root``, else dlib (the offline
+    default). ``"s3fd"``: S3FD + FAN, a :class:`LatentmuseError` naming the missing file otherwise.
+    ``"dlib"``: dlib HOG + shape predictor. ``runners`` (a run's model set) supplies the ``s3fd`` and
+    ``fan68`` runners; without them the networks load from ``weights_root`` onto ``device``.
+    """
+    if front_end_kind(kind, weights_root) == "dlib":
+        return DlibFrontEnd()
+    if runners is not None and "s3fd" in runners:
+        return S3FDFanFrontEnd(runners["s3fd"], runners["fan68"], device)
+    return S3FDFanFrontEnd.from_weights(Path(weights_root), device)

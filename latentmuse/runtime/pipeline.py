@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from ..errors import LatentmuseError
 from . import media
@@ -29,21 +30,24 @@ from .audio import AudioFeatures
 from .blending import FaceParser
 from .contracts import Face, VideoInfo
 from .datagen import FrameJob, Window, output_frame_count, ping_pong_schedule
-from .faces import make_front_end
+from .faces import front_end_kind, make_front_end
 from .generators.base import GenerationBatch
 from .generators.chain import GeneratorChain
 from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
 from .generators.musetalk import MuseTalkGenerator, crop_box
-from .models import SMOKE, SMOKE_WARNING, ModelSet, load_torch_models, resolve_device, unet3d_weights
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ..models.layouts import LATENTSYNC_RESOLUTION
+from ..runners.select import BACKENDS
+from ..runners.torch_runner import PRECISIONS, torch_dtype
+from .models import SMOKE, SMOKE_WARNING, ModelSet, load_models, resolve_device, run_graphs, unet3d_weights, weights_version
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, uses_guidance
 
 GENERATORS = ("auto", "musetalk", "latentsync")
-BACKENDS = ("auto", "torch", "ort", "trt")
 FACE_DETECTORS = ("auto", "s3fd", "dlib")
 RESOLUTIONS = ("auto", "256", "512")
 #: Smoke weights are always drawn with this seed (``--seed`` is the sampling seed), so graphs exported
 #: from ``smoke`` hold the very weights a smoke run computes with.
 SMOKE_SEED = 0
+PRECISION_NAMES = {torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
 class Progress(Protocol):
@@ -84,6 +88,8 @@ class RunOptions:
     resolution: str = "auto"
     deepcache: bool = False
     fallback: bool = True
+    engines: Path | None = None  # default: $LATENTMUSE_ENGINES or engines/
+    precision: str = "auto"
 
 
 @dataclass
@@ -102,7 +108,8 @@ class RunReport:
     fps: str = ""
     audio_seconds: float = 0.0
     generator: str = "musetalk"
-    backend: str = "torch"
+    backend: str = "torch"  # one backend name, or "mixed" (see runners)
+    precision: str = "fp32"
     face_detector: str = ""
     device: str = "cpu"
     weights: str = SMOKE
@@ -112,6 +119,7 @@ class RunReport:
     deepcache: bool | None = None
     seed: int = 0
     fallbacks: list[dict] = field(default_factory=list)
+    runners: dict[str, dict] = field(default_factory=dict)  # role -> graph, backend, reason, skipped
     stages: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -127,6 +135,7 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
         raise LatentmuseError(f"--batch-size {options.batch_size} is not positive.", "use --batch-size 8.")
     for value, allowed, flag in ((options.generator, GENERATORS, "--generator"), (options.backend, BACKENDS, "--backend"),
                                  (options.face_detector, FACE_DETECTORS, "--face-detector"),
+                                 (options.precision, PRECISIONS, "--precision"),
                                  (str(options.resolution), RESOLUTIONS, "--resolution")):
         if value not in allowed:
             raise LatentmuseError(f"{flag} {value} is not known.", f"use one of {', '.join(allowed)}.")
@@ -136,11 +145,6 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
         raise LatentmuseError(
             f"--guidance {options.guidance} is below 1.",
             f"use --guidance 1 to turn classifier-free guidance off, or {DEFAULT_GUIDANCE} (LatentSync's default).",
-        )
-    if options.backend in ("ort", "trt"):
-        raise LatentmuseError(
-            f"--backend {options.backend} needs exported engines, which this version does not run yet.",
-            "use --backend torch.",
         )
     info = media.probe(options.video)
     audio_path = options.audio if options.audio is not None else options.video
@@ -163,9 +167,11 @@ def choose_generator(options: RunOptions) -> str:
 
 def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Progress,
                 on_step: Callable[[], None] | None = None) -> GeneratorChain:
-    """The run's generator: MuseTalk alone, or LatentSync with MuseTalk as its window-level fallback."""
+    """The run's generator: MuseTalk alone, or LatentSync with MuseTalk as its window-level fallback
+    (on the PyTorch MuseTalk UNet, loaded only if a window falls back)."""
     parser = FaceParser(models["bisenet"])
-    musetalk = MuseTalkGenerator(models["vae_encoder"], models["vae_decoder"], models["musetalk_unet"], parser,
+    unet = models.runners.get("musetalk_unet") or models.pytorch_runner("musetalk_unet")
+    musetalk = MuseTalkGenerator(models["vae_encoder"], models["vae_decoder"], unet, parser,
                                  batch_size=options.batch_size)
     if kind == "musetalk":
         return GeneratorChain(musetalk, None, allow_fallback=options.fallback, note=progress.note)
@@ -177,16 +183,33 @@ def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Prog
         )
     primary = None
     if models.has_unet3d:
-        primary = LatentSyncGenerator(models.runners, latentsync_settings(options, models), on_step=on_step)
+        primary = LatentSyncGenerator(models.runners, latentsync_settings(options, models.latentsync_version),
+                                      on_step=on_step)
     unavailable = None if primary is not None else models.unet3d_unavailable or "no UNet3D runner was loaded"
     return GeneratorChain(primary, musetalk, unavailable=unavailable, primary_name="latentsync",
                           allow_fallback=options.fallback, note=progress.note)
 
 
-def latentsync_settings(options: RunOptions, models: ModelSet) -> LatentSyncSettings:
-    resolution = models.native_resolution if str(options.resolution) == "auto" else int(options.resolution)
+def latentsync_settings(options: RunOptions, version: str) -> LatentSyncSettings:
+    native = LATENTSYNC_RESOLUTION[version]
+    resolution = native if str(options.resolution) == "auto" else int(options.resolution)
     return LatentSyncSettings(resolution=resolution, steps=options.steps, guidance=options.guidance,
                               seed=options.seed, deepcache=options.deepcache, vae_batch=max(2 * options.batch_size, 16))
+
+
+def load_run_models(options: RunOptions, kind: str, face_kind: str, device, note: Callable[[str], None]) -> ModelSet:
+    """The runners this run needs, each graph on the backend ``options.backend`` chooses for it."""
+    settings = latentsync_settings(options, weights_version(options.weights))
+    roles = run_graphs(kind, resolution=settings.resolution, guided=uses_guidance(settings.guidance),
+                       deepcache=settings.deepcache, face_detector=face_kind)
+    return load_models(options.weights, device, roles, seed=SMOKE_SEED, backend=options.backend,
+                       engines=options.engines, precision=options.precision, note=note)
+
+
+def backend_summary(models: ModelSet) -> str:
+    """One backend name when every selected graph got it, else ``mixed`` (the report's ``runners`` say which)."""
+    used = {c.backend for c in models.choices.values()}
+    return used.pop() if len(used) == 1 else "mixed" if used else "torch"
 
 
 def run(options: RunOptions, progress: Progress | None = None, sink: media.FrameSink | None = None,
@@ -216,10 +239,13 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
 
     tic = time.perf_counter()
     device = resolve_device(options.device)
+    torch_dtype(options.precision, device)  # a precision this device cannot run fails before any loading
     kind = choose_generator(options)
+    weights_root = None if str(options.weights) == SMOKE else Path(options.weights)
+    face_kind = front_end_kind(options.face_detector, weights_root if weights_root and weights_root.is_dir() else None)
     if models is None:
-        models = load_torch_models(options.weights, device, SMOKE_SEED, unet3d=kind == "latentsync")
-    front_end = make_front_end(options.face_detector, models.weights_root, device)
+        models = load_run_models(options, kind, face_kind, device, progress.note)
+    front_end = make_front_end(face_kind, models.weights_root, device, models.runners)
     steps_done = [0]
 
     def on_step() -> None:
@@ -228,7 +254,7 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
 
     chain = build_chain(options, kind, models, progress, on_step)
     if kind == "latentsync":
-        settings = chain.primary.settings if chain.primary is not None else latentsync_settings(options, models)
+        settings = chain.primary.settings if chain.primary is not None else latentsync_settings(options, models.latentsync_version)
         report.steps, report.guidance, report.resolution, report.deepcache = (
             settings.steps, settings.guidance, settings.resolution, settings.deepcache)
         if settings.resolution != models.native_resolution:
@@ -236,7 +262,8 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
                  f"running them at {settings.resolution} px.")
         if chain.primary is None:
             warn(f"LatentSync unavailable ({chain.unavailable}): every window goes to MuseTalk.")
-    report.device, report.face_detector, report.backend, report.generator = str(device), front_end.name, "torch", chain.name
+    report.device, report.face_detector, report.generator = str(device), front_end.name, chain.name
+    report.backend, report.precision = backend_summary(models), PRECISION_NAMES.get(models.dtype, str(models.dtype))
     stages["load_models"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
@@ -274,6 +301,7 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
         for stage, seconds in clock.seconds.items():
             stages[f"generate.{name}.{stage}"] = seconds
 
+    report.runners = models.report()  # after the run: says whether the PyTorch fallback UNet was loaded
     report.windows = len(windows)
     report.frames_by_generator = dict(chain.frames_by_generator)
     report.frames_processed = sum(chain.frames_by_generator.values())

@@ -12,7 +12,7 @@ import torch
 from ..audio import AudioFeatures
 from ..contracts import Face
 from ..datagen import Window
-from ..runners import Runner
+from ...runners.base import Runner
 
 
 class GeneratorFailure(RuntimeError):
@@ -75,16 +75,6 @@ class Generator(Protocol):
     def plan(self, tags: Sequence[bool]) -> list[Window]: ...
     def prepare(self, faces: Sequence[Face | None]) -> None: ...
     def generate(self, batch: GenerationBatch) -> list[np.ndarray]: ...
-
-
-def run_chunked(runner: Runner, input_name: str, output_name: str, tensor: torch.Tensor, chunk: int,
-                device: torch.device) -> torch.Tensor:
-    """``runner`` over ``tensor`` in batches of at most ``chunk`` along dim 0, outputs float32 on ``device``.
-
-    Keeps a frame-batched graph inside its engine profile and its activations bounded.
-    """
-    parts = [runner({input_name: part})[output_name].to(device, torch.float32) for part in tensor.split(chunk)]
-    return torch.cat(parts) if len(parts) != 1 else parts[0]
 
 
 def require_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:

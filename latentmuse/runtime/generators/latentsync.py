@@ -31,9 +31,10 @@ from .. import alignment
 from ..audio import latentsync_audio_windows
 from ..contracts import Face
 from ..datagen import Window, clip_windows
-from ..runners import Runner
+from ...runners.base import Runner
 from ..sampling import DDIM, DEFAULT_GUIDANCE, DEFAULT_STEPS, deepcache_full_steps, guide, uses_guidance
-from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite, run_chunked
+from ...runners.base import run_chunked
+from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite
 
 #: Frames per UNet3D window (the motion modules' training length; the engines are static at 16).
 WINDOW = 16
@@ -101,13 +102,12 @@ class LatentSyncGenerator:
         """``on_step`` is called after every DDIM step (a progress bar: a window can take minutes on a CPU)."""
         self.settings = settings or LatentSyncSettings()
         self.on_step = on_step
-        missing = [n for n in ("vae_encoder", "vae_decoder", "unet3d") if n not in runners]
-        if self.settings.deepcache:
-            missing += [n for n in ("unet3d_caching", "unet3d_shallow") if n not in runners]
+        unet = ("unet3d_caching", "unet3d_shallow") if self.settings.deepcache else ("unet3d",)
+        missing = [n for n in ("vae_encoder", "vae_decoder", *unet) if n not in runners]
         if missing:
             raise ValueError(f"LatentSync generator needs runners {missing}")
         self.runners = runners
-        self.device = runners["unet3d"].device
+        self.device = runners[unet[0]].device
         self.scheduler = DDIM(self.settings.steps)
         res = self.settings.resolution
         self.template = alignment.face_template(res)
@@ -145,7 +145,7 @@ class LatentSyncGenerator:
 
         tic = time.perf_counter()
         frames = len(crops)
-        latents = run_chunked(self.runners["vae_encoder"], "image", "latent", torch.cat([masked, pixels]),
+        latents = run_chunked(self.runners["vae_encoder"], {"image": torch.cat([masked, pixels])}, "latent",
                               self.settings.vae_batch, self.device)
         masked_latent, reference_latent = latents[:frames], latents[frames:]
         size = res // VAE_FACTOR
@@ -161,7 +161,7 @@ class LatentSyncGenerator:
         self.clock.add("sampling", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        images = run_chunked(self.runners["vae_decoder"], "latent", "image", latent[0].transpose(0, 1),
+        images = run_chunked(self.runners["vae_decoder"], {"latent": latent[0].transpose(0, 1)}, "image",
                              self.settings.vae_batch, self.device)
         decoded = require_finite(images, "the VAE decoder") * 2.0 - 1.0  # [0, 1] -> [-1, 1]
         self.clock.add("vae_decode", time.perf_counter() - tic)

@@ -19,8 +19,9 @@ from ..audio import musetalk_audio_windows
 from ..blending import FaceParser, crop_geometry, parser_crop, paste_back
 from ..contracts import Face
 from ..datagen import Window, frame_windows
-from ..runners import Runner
-from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite, run_chunked
+from ...runners.base import Runner
+from ...runners.base import run_chunked
+from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite
 
 CROP = 256
 EXTRA_MARGIN = 10  # MuseTalk 1.5's default: the box reaches 10 px below the chin
@@ -100,18 +101,19 @@ class MuseTalkGenerator:
         self.clock.add("crop", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        latents = run_chunked(self.vae_encoder, "image", "latent", stacked, 2 * self.batch_size, self.device)
+        latents = run_chunked(self.vae_encoder, {"image": stacked}, "latent", 2 * self.batch_size, self.device)
         n = len(crops)
         unet_in = torch.cat([latents[:n], latents[n:]], dim=1)  # masked 4 + reference 4
         self.clock.add("vae_encode", time.perf_counter() - tic)
 
         tic = time.perf_counter()
         audio = musetalk_audio_windows(batch.audio.musetalk_states, batch.n_out, batch.audio.fps, frames=batch.out_indices)
-        pred = self.unet({"latents": unet_in, "audio": audio})["latent"]
+        pred = run_chunked(self.unet, {"latents": unet_in, "audio": audio}, "latent", self.batch_size, self.device)
         self.clock.add("unet", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        decoded = require_finite(self.vae_decoder({"latent": pred})["image"], "MuseTalk's VAE decoder")
+        decoded = require_finite(run_chunked(self.vae_decoder, {"latent": pred}, "image", self.batch_size, self.device),
+                                 "MuseTalk's VAE decoder")
         patches = (decoded.float().cpu().permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)[..., ::-1]
         self.clock.add("vae_decode", time.perf_counter() - tic)
 

@@ -1,7 +1,7 @@
 """The declaration of one exportable graph (Optimum-style): written once, read by every tool.
 
-Export, validation, TensorRT optimisation profiles and the runtime's input binding all read the
-same :class:`GraphSpec`, so a shape or a dynamic range is written down exactly once.
+Export, validation, TensorRT optimisation profiles and every runner's input checks read the same
+:class:`GraphSpec`, so a shape or a dynamic range is written down exactly once.
 """
 
 from __future__ import annotations
@@ -54,6 +54,18 @@ class GraphSpec:
 
     def sizes(self, which: str = "opt") -> dict[str, int]:
         return {d.name: getattr(d, which) for d in self.dynamic}
+
+    def random_feeds(self, sizes: Mapping[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
+        """Fresh seeded inputs in input order: float tensors N(0, 1), integer tensors (timesteps) in [0, 1000)."""
+        g = torch.Generator().manual_seed(seed)
+        feeds = {}
+        for t in self.inputs:
+            shape = t.concrete(sizes)
+            if t.dtype.is_floating_point:
+                feeds[t.name] = torch.randn(shape, generator=g, dtype=torch.float32).to(t.dtype)
+            else:
+                feeds[t.name] = torch.randint(0, 1000, shape, generator=g, dtype=t.dtype)
+        return feeds
 
     def profiles(self) -> dict[str, tuple[Shape, Shape, Shape]]:
         """TensorRT optimisation profile per input: (min, opt, max) shapes."""

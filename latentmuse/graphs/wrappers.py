@@ -1,8 +1,9 @@
-"""The networks as graphs with plain named tensor inputs and outputs.
+"""The networks as graphs with plain named tensor inputs and outputs: the one home of the wrappers.
 
 Each wrapper folds the conventions around a network into the graph (the VAE's 0.18215 scale and
 posterior mean, the decoder's affine + clamp, MuseTalk's t = 0), so that the PyTorch runner, the
-ONNX export and a TensorRT engine all compute the same function of the same named tensors.
+ONNX export and a TensorRT engine all compute the same function of the same named tensors. Their
+shapes are declared in :mod:`latentmuse.graphs.registry`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.vae import SCALING_FACTOR
+from ..models.constants import SCALING_FACTOR
 
 
 class VaeEncoderGraph(nn.Module):
@@ -135,3 +136,37 @@ class UNet3DShallowGraph(UNet3DGraph):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, audio: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         return self.unet.forward_shallow(sample, timestep, audio, cache)
+
+
+#: S3FD's detection heads, in the order the network returns them (score then box per level).
+S3FD_LEVELS = ("3_3", "4_3", "5_3", "fc7", "6_2", "7_2")
+S3FD_OUTPUTS = tuple(name for level in S3FD_LEVELS for name in (f"conf_{level}", f"loc_{level}"))
+
+
+class S3FDGraph(nn.Module):
+    """image (1, 3, H, W) BGR minus the VGG mean -> 12 head maps (conf_*: 2 channels, loc_*: 4)."""
+
+    input_names = ("image",)
+    output_names = S3FD_OUTPUTS
+
+    def __init__(self, s3fd: nn.Module) -> None:
+        super().__init__()
+        self.s3fd = s3fd
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.s3fd(image))
+
+
+class FANGraph(nn.Module):
+    """image (N, 3, 256, 256) RGB in [0, 1] -> heatmaps (N, 68, 64, 64) of the last hourglass stack."""
+
+    input_names = ("image",)
+    output_names = ("heatmaps",)
+
+    def __init__(self, fan: nn.Module) -> None:
+        super().__init__()
+        self.fan = fan
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.fan(image)
+        return out[-1] if isinstance(out, (list, tuple)) else out

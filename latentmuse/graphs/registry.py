@@ -1,4 +1,4 @@
-"""The registry of exportable graphs: one :class:`GraphSpec` per graph, keyed by name.
+"""The registry of graphs: one :class:`GraphSpec` per graph, keyed by name (exported ones in ``GRAPHS``).
 
 Tolerances (fp32 ONNX Runtime CPU vs PyTorch, ``|onnx - torch| <= atol + rtol * |torch|``) follow
 Hugging Face Optimum where it has a value: 3e-4 for the VAE encoder/decoder, 1e-3 for diffusion UNets
@@ -14,14 +14,19 @@ Choices worth knowing:
 * ``s3fd`` is static at 1 x 3 x 640 x 640 (the detector's usual letterbox). The dynamo exporter does
   export it with dynamic H/W (verified), but its output sizes are expressions of H and W
   (fc7: H/32 + 4 ...) that a :class:`TensorSpec` cannot state yet; add a variant for other sizes.
-* The variable batch dims (``N``/``B``) run 1..32, optimum 8 (the runtime's frame batch).
+* The variable batch dims (``N``/``B``) run 1..32, optimum 8 (the runtime's frame batch); callers chunk
+  to a runner's :meth:`~latentmuse.runners.base.BaseRunner.max_batch` (a TensorRT profile's maximum).
+* ``whisper_post_ln`` is the encoder's final LayerNorm on slot 4 alone (MuseTalk's layout), its own
+  small graph so that an engines-only run needs no PyTorch Whisper (and no transformers) for it;
+  ``T`` (encoder steps, 50 per second) is chunked to 1500 (30 s) per call.
+* ``TORCH_ONLY`` holds ``s3fd_frames`` (S3FD on whole frames, as the front end runs it) and DeepCache's pair (full step returning the feature to reuse, and the shallow
+  step): they run on PyTorch; ``cache``'s channel count ``C`` is the model's first block width.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..runtime import graphs
 from . import wrappers
 from .spec import DynamicDim, GraphSpec, TensorSpec
 
@@ -37,15 +42,35 @@ def _unet3d(name: str, batch: int, latent: int) -> GraphSpec:
     return GraphSpec(
         name=name,
         model_key="unet3d",
-        make_wrapper=graphs.UNet3DGraph,
-        inputs=(
-            TensorSpec("sample", (batch, 13, _FRAMES, latent, latent)),
-            TensorSpec("timestep", (batch,), torch.int64),
-            TensorSpec("audio", (batch, _FRAMES, _AUDIO_TOKENS, _AUDIO_DIM)),
-        ),
+        make_wrapper=wrappers.UNet3DGraph,
+        inputs=_unet3d_inputs(batch, latent),
         outputs=(TensorSpec("eps", (batch, 4, _FRAMES, latent, latent)),),
         atol=1e-3,
         rtol=1e-3,
+    )
+
+
+def _unet3d_inputs(batch: int | str, latent: int) -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec("sample", (batch, 13, _FRAMES, latent, latent)),
+        TensorSpec("timestep", (batch,), torch.int64),
+        TensorSpec("audio", (batch, _FRAMES, _AUDIO_TOKENS, _AUDIO_DIM)),
+    )
+
+
+_B2 = DynamicDim("B", 1, 2, 2)
+_C = DynamicDim("C", 1, 320, 4096)
+
+
+def _deepcache(resolution: int) -> tuple[GraphSpec, GraphSpec]:
+    latent = resolution // 8
+    cache = TensorSpec("cache", ("B", "C", _FRAMES, latent, latent))
+    eps = TensorSpec("eps", ("B", 4, _FRAMES, latent, latent))
+    return (
+        GraphSpec(name=f"unet3d_caching_{resolution}", model_key="unet3d", make_wrapper=wrappers.UNet3DCachingGraph,
+                  inputs=_unet3d_inputs("B", latent), outputs=(eps, cache), dynamic=(_B2, _C), atol=1e-3, rtol=1e-3),
+        GraphSpec(name=f"unet3d_shallow_{resolution}", model_key="unet3d", make_wrapper=wrappers.UNet3DShallowGraph,
+                  inputs=(*_unet3d_inputs("B", latent), cache), outputs=(eps,), dynamic=(_B2, _C), atol=1e-3, rtol=1e-3),
     )
 
 
@@ -66,7 +91,7 @@ _SPECS = (
     GraphSpec(
         name="vae_encoder",
         model_key="vae",
-        make_wrapper=graphs.VaeEncoderGraph,
+        make_wrapper=wrappers.VaeEncoderGraph,
         inputs=(TensorSpec("image", ("N", 3, 256, 256)),),
         outputs=(TensorSpec("latent", ("N", 4, 32, 32)),),
         dynamic=(_N,),
@@ -76,7 +101,7 @@ _SPECS = (
     GraphSpec(
         name="vae_decoder",
         model_key="vae",
-        make_wrapper=graphs.VaeDecoderGraph,
+        make_wrapper=wrappers.VaeDecoderGraph,
         inputs=(TensorSpec("latent", ("N", 4, 32, 32)),),
         outputs=(TensorSpec("image", ("N", 3, 256, 256)),),
         dynamic=(_N,),
@@ -86,16 +111,26 @@ _SPECS = (
     GraphSpec(
         name="whisper_encoder",
         model_key="whisper",
-        make_wrapper=graphs.WhisperEncoderGraph,
+        make_wrapper=wrappers.WhisperEncoderGraph,
         inputs=(TensorSpec("mel", (1, 80, 3000)),),
         outputs=(TensorSpec("states", (1, 1500, 5, 384)),),
         atol=1e-3,
         rtol=1e-3,
     ),
     GraphSpec(
+        name="whisper_post_ln",
+        model_key="whisper",
+        make_wrapper=wrappers.WhisperPostLayerNormGraph,
+        inputs=(TensorSpec("states", ("T", 5, 384)),),
+        outputs=(TensorSpec("states", ("T", 5, 384)),),
+        dynamic=(DynamicDim("T", 1, 1500, 1500),),
+        atol=1e-4,
+        rtol=1e-4,
+    ),
+    GraphSpec(
         name="musetalk_unet",
         model_key="musetalk_unet",
-        make_wrapper=graphs.MuseTalkUNetGraph,
+        make_wrapper=wrappers.MuseTalkUNetGraph,
         inputs=(TensorSpec("latents", ("B", 8, 32, 32)), TensorSpec("audio", ("B", _AUDIO_TOKENS, _AUDIO_DIM))),
         outputs=(TensorSpec("latent", ("B", 4, 32, 32)),),
         dynamic=(_B,),
@@ -128,7 +163,7 @@ _SPECS = (
     GraphSpec(
         name="bisenet",
         model_key="bisenet",
-        make_wrapper=graphs.BiSeNetGraph,
+        make_wrapper=wrappers.BiSeNetGraph,
         inputs=(TensorSpec("image", ("N", 3, 512, 512)),),
         outputs=(TensorSpec("logits", ("N", 19, 512, 512)),),
         dynamic=(_N,),
@@ -137,4 +172,31 @@ _SPECS = (
     ),
 )
 
+#: S3FD as the face front end runs it: whole frames at their own size (face-alignment's way), so PyTorch
+#: only; the exported ``s3fd`` is the 640 x 640 letterbox variant.
+_S3FD_FRAMES = GraphSpec(
+    name="s3fd_frames",
+    model_key="s3fd",
+    make_wrapper=wrappers.S3FDGraph,
+    inputs=(TensorSpec("image", ("N", 3, "H", "W")),),
+    outputs=tuple(TensorSpec(name, ("N", 2 if name.startswith("conf") else 4, "h", "w")) for name in wrappers.S3FD_OUTPUTS),
+    dynamic=(DynamicDim("N", 1, 8, 32), DynamicDim("H", 32, 720, 4096), DynamicDim("W", 32, 1280, 4096)),
+    atol=1e-4,
+    rtol=1e-4,
+)
+
+#: The exported graphs (``latentmuse export`` writes, ``latentmuse build`` builds these).
 GRAPHS: dict[str, GraphSpec] = {spec.name: spec for spec in _SPECS}
+#: Graphs that only the PyTorch runner runs.
+TORCH_ONLY: dict[str, GraphSpec] = {spec.name: spec for r in (256, 512) for spec in _deepcache(r)}
+TORCH_ONLY[_S3FD_FRAMES.name] = _S3FD_FRAMES
+ALL_GRAPHS: dict[str, GraphSpec] = {**GRAPHS, **TORCH_ONLY}
+
+
+def unet3d_graph(resolution: int, guided: bool) -> str:
+    """The UNet3D graph for a LatentSync run: batch 2 (unconditional + conditional) with guidance, else 1."""
+    return f"unet3d_{resolution}" if guided else f"unet3d_{resolution}_b1"
+
+
+def deepcache_graphs(resolution: int) -> tuple[str, str]:
+    return f"unet3d_caching_{resolution}", f"unet3d_shallow_{resolution}"

@@ -1,0 +1,292 @@
+"""Backend choice per graph: TensorRT, else ONNX Runtime, else PyTorch, each skip with its reason.
+
+An engines folder (``make engines``) holds ``manifest.json`` and the TensorRT plans beside it, and
+``onnx/`` with the ONNX files and ``export_report.json``. ``--backend auto`` takes, per graph:
+
+1. TensorRT when the device is CUDA, ``tensorrt`` imports, the manifest has an entry for the graph
+   built for this TensorRT version, GPU and compute capability from these weights, the plan file is
+   the one recorded, and it deserialises;
+2. else ONNX Runtime when the export report lists the graph's file (this sha256, these weights and
+   seed) as validated against PyTorch and a session opens on the device (CUDA: the fp16 file if it
+   validated; the provider must really be CUDA);
+3. else PyTorch, from the weights folder (or smoke weights), loaded only when first called.
+
+``--backend trt|ort`` asks for that backend for every exported graph and is an error naming the graph,
+the reason and the fix when one cannot have it; graphs no engine runs (DeepCache's pair) stay on
+PyTorch. ``--backend torch`` never looks at the engines folder. Every graph's :class:`Choice` records
+the runner used, why, and each option skipped with its reason; the run report lists them.
+
+Nothing here imports diffusers or transformers: only a PyTorch runner's first call does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..artifacts import manifest as mf
+from ..artifacts.export_report import REPORT_NAME, read_report, validated_entry
+from ..artifacts.onnx_files import onnx_sha256
+from ..errors import LatentmuseError
+from ..graphs.registry import ALL_GRAPHS, GRAPHS
+from ..graphs.spec import GraphSpec
+from ..models.smoke import SMOKE
+from ..system import GpuInfo, gpu_info
+from .base import Runner, RunnerError
+from .ort_runner import OrtRunner
+from .torch_runner import TorchRunner
+
+BACKENDS = ("auto", "trt", "ort", "torch")
+NAMES = {"trt": "TensorRT", "ort": "ONNX Runtime", "torch": "PyTorch"}
+DEFAULT_ENGINES = Path("engines")
+
+
+@dataclass
+class Choice:
+    """The runner a graph got, why, and every option skipped on the way with its reason."""
+
+    graph: str
+    backend: str
+    reason: str
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "reason": self.reason, "skipped": list(self.skipped)}
+
+
+class TorchModels:
+    """PyTorch modules by model key, each loaded once on first use and shared by its graphs (the VAE's
+    encoder and decoder, Whisper's encoder and final LayerNorm, the UNet3D and its DeepCache pair)."""
+
+    def __init__(self, weights: str | Path, seed: int = 0) -> None:
+        self.weights, self.seed = weights, seed
+        self._modules: dict[str, nn.Module] = {}
+
+    def module(self, key: str) -> nn.Module:
+        if key not in self._modules:
+            from ..models.smoke import model_for
+
+            self._modules[key] = model_for(key, self.weights, self.seed)
+        return self._modules[key]
+
+    def runner(self, spec: GraphSpec, device: torch.device, dtype: torch.dtype) -> TorchRunner:
+        return TorchRunner(spec.name, lambda: spec.make_wrapper(self.module(spec.model_key)), device, dtype, spec)
+
+    @property
+    def loaded(self) -> list[str]:
+        return sorted(self._modules)
+
+
+class EngineStore:
+    """What an engines folder offers for these weights: plans by the manifest, ONNX by the export report."""
+
+    def __init__(self, root: str | Path, weights: str | Path, seed: int = 0) -> None:
+        self.root = Path(root)
+        self.onnx_dir = self.root / "onnx"
+        self.weights, self.seed = weights, seed
+        self._report: dict | None = None
+        self._manifest: mf.Manifest | None = None
+        self._manifest_error: str | None = None
+        self._sha: dict[Path, str] = {}
+
+    @property
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def report(self) -> dict:
+        if self._report is None:
+            self._report = read_report(self.onnx_dir / REPORT_NAME)
+        return self._report
+
+    def manifest(self) -> tuple[mf.Manifest | None, str | None]:
+        if self._manifest is None and self._manifest_error is None:
+            try:
+                self._manifest = mf.load(self.root)
+            except LatentmuseError as exc:
+                self._manifest_error = exc.message
+        return self._manifest, self._manifest_error
+
+    def same_weights(self, record: dict) -> str | None:
+        """None when ``record`` (an export entry) was made from this run's weights, else why not."""
+        made_from = record.get("weights")
+        if made_from is None:
+            return None  # older records do not say; the sha256 still ties file to report
+        smoke = str(self.weights) == SMOKE
+        if smoke != (str(made_from) == SMOKE):
+            return f"exported from {'smoke weights' if made_from == SMOKE else made_from}, this run uses {self.weights}"
+        if smoke and int(record.get("seed", self.seed)) != self.seed:
+            return f"exported from smoke weights of seed {record.get('seed')}, this run uses seed {self.seed}"
+        if not smoke and Path(str(made_from)).resolve() != Path(self.weights).resolve():
+            return f"exported from {made_from}, this run uses {self.weights}"
+        return None
+
+    def sha256(self, path: Path) -> str:
+        if path not in self._sha:
+            self._sha[path] = onnx_sha256(path)
+        return self._sha[path]
+
+    def onnx(self, graph: str, precision: str) -> tuple[Path | None, str]:
+        """The validated ONNX file of ``graph`` at ``precision`` ("fp32"/"fp16"), or None and why not."""
+        path = self.onnx_dir / (f"{graph}.onnx" if precision == "fp32" else f"{graph}.fp16.onnx")
+        if not path.is_file():
+            return None, f"no {path}"
+        entry, why = validated_entry(self.report(), graph, precision, self.sha256(path))
+        if entry is None:
+            return None, f"{path.name}: {why}"
+        other = self.same_weights(entry)
+        if other:
+            return None, f"{path.name}: {other}"
+        return path, f"{path.name} validated against PyTorch (max-abs {entry.get('fp32_max_abs', entry.get('fp16_max_abs'))})"
+
+    def plan(self, graph: str, trt_version: str, gpu: GpuInfo) -> tuple[Path | None, str]:
+        """The plan for ``graph`` usable on this machine, or None and why not."""
+        manifest, error = self.manifest()
+        if manifest is None:
+            return None, error or "no manifest"
+        entry = manifest.graphs.get(graph)
+        if entry is None:
+            return None, f"no engine in {mf.manifest_path(self.root)}"
+        ok, reason = mf.entry_is_current(entry, entry.onnx_sha256, trt_version, gpu.name, gpu.compute_capability)
+        if not ok:
+            return None, reason
+        other = self.same_weights(entry.export)
+        if other:
+            return None, other
+        plan = self.root / entry.plan
+        if not plan.is_file() or plan.stat().st_size != entry.plan_bytes:
+            return None, f"plan file {plan} missing or changed since it was built"
+        return plan, f"{entry.plan} built {entry.built_at} for {gpu.name}"
+
+
+@dataclass
+class Selector:
+    """Chooses and opens one runner per graph (see the module doc).
+
+    ``gpu`` and ``trt_version`` default to this machine's; a ``gpu`` given is trusted even on a CPU device
+    (the tests' TensorRT double runs there). ``note`` hears one line per skipped option worth a user's
+    attention.
+    """
+
+    backend: str
+    device: torch.device
+    dtype: torch.dtype
+    store: EngineStore | None
+    torch_models: TorchModels
+    note: Callable[[str], None] = lambda message: None
+    gpu: GpuInfo | None = None
+    trt_version: str | None = None
+    choices: dict[str, Choice] = field(default_factory=dict)
+    _trt_unavailable: str | None = None
+    _said: set = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise LatentmuseError(f"--backend {self.backend} is not known.", f"use one of {', '.join(BACKENDS)}.")
+        if self.backend in ("trt", "ort") and (self.store is None or not self.store.exists):
+            where = self.store.root if self.store is not None else DEFAULT_ENGINES
+            raise LatentmuseError(f"--backend {self.backend} needs an engines folder and {where} does not exist.",
+                                  "run `make engines` (or `latentmuse export`), pass --engines DIR, or use --backend auto.")
+        if self.backend in ("auto", "trt"):
+            self._trt_unavailable = self._why_no_trt()
+
+    def _why_no_trt(self) -> str | None:
+        self.gpu = self.gpu or trt_gpu(self.device)
+        if self.gpu is None:
+            return "the device is not CUDA" if self.device.type != "cuda" else "no CUDA GPU visible to torch"
+        from .trt_support import import_tensorrt
+
+        try:
+            trt = import_tensorrt()
+        except LatentmuseError as exc:
+            return exc.message
+        self.trt_version = self.trt_version or str(getattr(trt, "__version__", "unknown"))
+        return None
+
+    def _say_once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.note(message)
+
+    def select(self, graph: str) -> Runner:
+        """The opened runner for ``graph`` (its :class:`Choice` lands in ``choices``)."""
+        spec = ALL_GRAPHS[graph]
+        skipped: list[str] = []
+        if graph not in GRAPHS or self.backend == "torch":
+            why = "--backend torch" if self.backend == "torch" else "no engine runs it (PyTorch only)"
+            return self._chose(graph, self.torch_models.runner(spec, self.device, self.dtype), "torch", why, skipped)
+        if self.backend == "auto" and not self.store.exists:
+            self._say_once("no-store", f"no engines folder {self.store.root}: every graph runs on PyTorch "
+                                       "(build engines with `make engines`, or pass --engines DIR)")
+            return self._chose(graph, self.torch_models.runner(spec, self.device, self.dtype), "torch",
+                               f"no engines folder {self.store.root}", [])
+        for backend in (("trt", "ort") if self.backend == "auto" else (self.backend,)):
+            runner, why = self._try(backend, spec)
+            if runner is not None:
+                return self._chose(graph, runner, backend, why, skipped)
+            skipped.append(f"{NAMES[backend]}: {why}")
+            if self.backend != "auto":
+                raise LatentmuseError(f"{graph} cannot run on {NAMES[backend]}: {why}.",
+                                      "run `make engines` for these weights, or use --backend auto "
+                                      "(PyTorch where no engine is usable).")
+            if backend == "trt" and why == self._trt_unavailable:
+                self._say_once("no-trt", f"TensorRT skipped for every graph: {why}")
+            else:
+                self.note(f"{graph}: {NAMES[backend]} skipped: {why}")
+        return self._chose(graph, self.torch_models.runner(spec, self.device, self.dtype), "torch",
+                           "no usable engine", skipped)
+
+    def _try(self, backend: str, spec: GraphSpec) -> tuple[Runner | None, str]:
+        if backend == "trt":
+            if self._trt_unavailable:
+                return None, self._trt_unavailable
+            plan, why = self.store.plan(spec.name, self.trt_version, self.gpu)
+            if plan is None:
+                return None, why
+            from .trt_runner import TrtRunner
+
+            return self._open(TrtRunner(spec.name, plan, self.device, spec), why)
+        precisions = ("fp16", "fp32") if self.device.type == "cuda" else ("fp32",)
+        reasons = []
+        for precision in precisions:
+            path, why = self.store.onnx(spec.name, precision)
+            if path is None:
+                reasons.append(why)
+                continue
+            runner, why = self._open(OrtRunner(spec.name, path, self.device, spec), why)
+            if runner is not None:
+                return runner, why
+            reasons.append(why)
+        return None, "; ".join(reasons)
+
+    @staticmethod
+    def _open(runner: Runner, why: str) -> tuple[Runner | None, str]:
+        try:
+            runner.open()
+        except RunnerError as exc:
+            return None, exc.message
+        return runner, why
+
+    def _chose(self, graph: str, runner: Runner, backend: str, why: str, skipped: list[str]) -> Runner:
+        self.choices[graph] = Choice(graph, backend, why, skipped)
+        return runner
+
+    def select_all(self, graphs: Iterable[str]) -> dict[str, Runner]:
+        return {graph: self.select(graph) for graph in graphs}
+
+
+def trt_gpu(device: torch.device) -> GpuInfo | None:
+    """The GPU a TensorRT engine would run on for ``device`` (None off CUDA). Tests replace it: the
+    TensorRT double runs on the CPU."""
+    return gpu_info() if device.type == "cuda" else None
+
+
+def engines_dir(value: str | Path | None) -> Path:
+    """``--engines``: the flag, else ``$LATENTMUSE_ENGINES``, else ``engines/``."""
+    if value is not None:
+        return Path(value)
+    return Path(os.environ.get("LATENTMUSE_ENGINES", DEFAULT_ENGINES))
