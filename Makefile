@@ -57,7 +57,7 @@ engines: $(STAMP)
 	else $(BIN)/latentmuse build --onnx $(ENGINES)/onnx --out $(ENGINES); fi
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 # Full-size numeric checks (minutes, several GB of RAM).
 test-slow: $(STAMP)

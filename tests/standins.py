@@ -92,7 +92,7 @@ def standin_models(steps: int, whisper_runner=None) -> tuple[ModelSet, LandingDe
 
     runners = {
         "whisper_encoder": whisper,
-        "whisper_post_ln": FnRunner("whisper_post_ln", lambda states: {"states": states}),
+        "whisper_post_ln": FnRunner("whisper_post_ln", lambda states: {"normed": states}),
         "vae_encoder": FnRunner("vae_encoder", lambda image: {"latent": block_encode(image)}),
         "vae_decoder": FnRunner("vae_decoder", lambda latent: {"image": block_decode(latent)}),
         "musetalk_unet": FnRunner("musetalk_unet", lambda latents, audio: {"latent": latents[:, 4:8].clone()}),

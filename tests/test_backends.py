@@ -3,7 +3,7 @@ its reasons, a UNet3D engine failing mid-run (TensorRT test double) handed to Mu
 import set of an engines-only run.
 
 One smoke export (fp32 ONNX of the graphs a run needs, seed 0 = the runtime's smoke seed) is shared by
-the module; pytest-xdist keeps the module on one worker (``xdist_group``) so it is exported once.
+the whole session (a file lock makes the first xdist worker export it, the others wait and reuse it).
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from latentmuse.system import GpuInfo
 
 from .conftest import run_cli
 
-pytestmark = pytest.mark.xdist_group("smoke_engines")
-
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).parent / "fake_tensorrt"
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -41,14 +39,21 @@ RUN_GRAPHS = ("whisper_encoder", "whisper_post_ln", "vae_encoder", "vae_decoder"
               "unet3d_256")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def engines(tmp_path_factory) -> Path:
-    """An engines folder with the smoke ONNX of every graph a run needs (no plans yet)."""
+    """An engines folder with the smoke ONNX of every graph a run needs (no plans), exported once per
+    test session: the first xdist worker exports under a file lock, the others reuse it."""
+    from filelock import FileLock
+
     from latentmuse.export.onnx_export import export_many
 
-    root = tmp_path_factory.mktemp("engines")
-    results = export_many(list(RUN_GRAPHS), "smoke", root / "onnx", fp16=False, seed=0)
-    assert all(r.status == "pass" for r in results), [r.to_dict() for r in results]
+    root = tmp_path_factory.getbasetemp().parent / "smoke_engines"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            results = export_many(list(RUN_GRAPHS), "smoke", root / "onnx", fp16=False, seed=0)
+            assert all(r.status == "pass" for r in results), [r.to_dict() for r in results]
+            (root / "done").write_text("ok\n")
     return root
 
 
@@ -110,9 +115,11 @@ def test_a_run_on_onnx_runtime_matches_pytorch(engines, clip, tmp_path, generato
     assert psnr(ort_frames, torch_frames) >= 40.0
     processed = [i for i in range(40) if not np.array_equal(torch_frames[i], np.asarray(ort_frames[i]))]
     assert ort.backend == "ort" and ref.backend == "torch"
-    exported = {role: r for role, r in ort.runners.items() if r["graph"] in GRAPHS}
+    exported = {role: r for role, r in ort.runners.items() if r["graph"] in GRAPHS and "fallback" not in role}
     assert exported and all(r["backend"] == "ort" and "validated" in r["reason"] for r in exported.values())
     assert len(processed) <= 30  # the 10 cutaway frames are passed through identically on both
+    if generator == "latentsync":  # its MuseTalk fallback's UNet is PyTorch, and was never needed
+        assert ort.runners["musetalk_unet (fallback)"]["reason"].endswith("(not loaded: no window fell back)")
 
 
 def test_backend_ort_without_engines_is_one_clear_error(clip, tmp_path, capsys):
@@ -147,7 +154,7 @@ def test_engines_only_run_imports_neither_diffusers_nor_transformers(engines, cl
 
 def test_help_and_doctor_import_only_what_they_use():
     script = ("import sys\nfrom latentmuse.cli import app\n"
-              "print(sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers', 'onnxruntime',"
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers', 'onnxruntime',"
               " 'matplotlib', 'tensorrt', 'polygraphy', 'cv2', 'av'}))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
@@ -212,8 +219,7 @@ def test_auto_falls_through_tensorrt_onnx_runtime_and_pytorch_with_reasons(built
     assert c["vae_decoder"].skipped[0].startswith("TensorRT: vae_decoder: TensorRT could not deserialize the engine")
     assert c["musetalk_unet"].skipped[0].startswith("TensorRT: no engine in")
     assert c["bisenet"].skipped[1].startswith("ONNX Runtime: no ") and c["bisenet"].reason == "no usable engine"
-    assert all(ch.reason.endswith("validated against PyTorch (max-abs " + ch.reason.split("(max-abs ")[1])
-               for g, ch in c.items() if ch.backend == "ort")
+    assert all(f"{g}.onnx validated against PyTorch (max-abs " in ch.reason for g, ch in c.items() if ch.backend == "ort")
     assert len(notes) == 5  # one line per skipped option
     assert not runners["bisenet"].is_open  # PyTorch weights load on first call only
 

@@ -24,7 +24,7 @@ from latentmuse.samples import build_sample
 from .conftest import run_cli
 from .test_backends import RUN_GRAPHS, engines, psnr  # noqa: F401 - the shared smoke export fixture
 
-pytestmark = [pytest.mark.cuda, pytest.mark.xdist_group("smoke_engines")]
+pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 
 

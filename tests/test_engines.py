@@ -10,6 +10,7 @@ import importlib
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,9 +99,9 @@ def fake_trt(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     sys.modules.pop("tensorrt", None)
     monkeypatch.setattr(orchestrate, "gpu_info", lambda: GPU)
-    import latentmuse.engines.trt_build as trt_build
+    import latentmuse.runners.trt_support as trt_support
 
-    monkeypatch.setattr(trt_build, "_LOGGER", None)
+    monkeypatch.setattr(trt_support, "_LOGGER", None)  # its logger belongs to the tensorrt module popped above
     yield importlib.import_module("tensorrt")
     sys.modules.pop("tensorrt", None)
 
@@ -266,6 +267,111 @@ def test_auto_precision_takes_fp32_when_only_fp32_validated(fake_trt, onnx_dir, 
     alpha_onnx(onnx_dir / "alpha.fp16.onnx")  # re-exported, now validated: auto prefers it again
     (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
     assert result.action == "built" and result.reason == "precision changed (fp32 -> fp16)"
+
+
+@pytest.fixture
+def polygraphy_here(fake_trt):
+    """Polygraphy imported afresh in this process, so its lazy ``tensorrt`` is this test's fake; dropped after."""
+
+    def drop() -> None:
+        for name in [m for m in sys.modules if m == "polygraphy" or m.startswith("polygraphy.")]:
+            del sys.modules[name]
+
+    drop()
+    yield importlib.import_module("polygraphy.backend.trt")
+    drop()
+
+
+ALPHA_PROFILE = {"x": [[1, 4], [2, 4], [4, 4]]}
+
+
+def test_build_plan_runs_polygraphy_loaders(polygraphy_here, fake_trt, onnx_dir, tmp_path, monkeypatch, capsys):
+    from latentmuse.engines.trt_build import build_plan
+
+    loaders, calls, built = polygraphy_here, [], []
+
+    def spy(name: str) -> None:
+        real = getattr(loaders, name)
+
+        def make(*args, **kwargs):
+            calls.append((name, args, kwargs))
+            loader = real(*args, **kwargs)
+            if name != "EngineBytesFromNetwork":
+                return loader
+
+            def run():
+                payload = loader()
+                built.append(bytes(payload))
+                return payload
+            return run
+
+        monkeypatch.setattr(loaders, name, make)
+
+    for name in ("NetworkFromOnnxPath", "CreateConfig", "EngineBytesFromNetwork"):
+        spy(name)
+    cache, plan = tmp_path / "timing.cache", tmp_path / "engines" / "alpha.plan"
+    result = build_plan(onnx_dir / "alpha.onnx", plan, ALPHA_PROFILE, cache, workspace_bytes=1 << 20)
+    assert [c[0] for c in calls] == ["NetworkFromOnnxPath", "EngineBytesFromNetwork", "CreateConfig"]
+    (_, args, kwargs), = (c for c in calls if c[0] == "NetworkFromOnnxPath")
+    assert args == (str(onnx_dir / "alpha.onnx"),) and kwargs == {"strongly_typed": True}
+    (_, _, options), = (c for c in calls if c[0] == "CreateConfig")
+    (profile,) = options["profiles"]
+    assert {k: [list(s) for s in v] for k, v in profile.items()} == ALPHA_PROFILE
+    assert options["memory_pool_limits"] == {fake_trt.MemoryPoolType.WORKSPACE: 1 << 20}
+    assert options["tf32"] is True and "load_timing_cache" not in options  # no cache file yet
+    assert built == [plan.read_bytes()] and result["plan_bytes"] == len(built[0])
+    data = json.loads(plan.read_text())
+    assert data["strongly_typed"] and data["flags"] == ["TF32"]  # TensorRT's default kept (Polygraphy clears it)
+    assert data["profile"] == ALPHA_PROFILE
+    assert json.loads(cache.read_text()) == {"builds": 1}
+    calls.clear()
+    build_plan(onnx_dir / "alpha.onnx", plan, ALPHA_PROFILE, cache)
+    (_, _, options), = (c for c in calls if c[0] == "CreateConfig")
+    assert options["memory_pool_limits"] is None and options["load_timing_cache"].name == str(cache)
+    assert json.loads(cache.read_text()) == {"builds": 2}  # loaded by CreateConfig, written back by us
+    assert [p.name for p in plan.parent.iterdir()] == ["alpha.plan"] and not list(tmp_path.rglob("*.lock"))
+    assert capsys.readouterr() == ("", "")  # Polygraphy kept quiet
+
+
+def test_build_plan_errors_name_the_onnx(polygraphy_here, fake_trt, onnx_dir, tmp_path, monkeypatch, capsys):
+    from latentmuse.engines.trt_build import build_plan
+
+    plan = tmp_path / "engines" / "alpha.plan"
+    (onnx_dir / "bad.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(LatentmuseError, match=r"TensorRT could not parse .*bad\.onnx: cannot read"):
+        build_plan(onnx_dir / "bad.onnx", plan, ALPHA_PROFILE)
+    with pytest.raises(LatentmuseError, match=r"ONNX file .*gone\.onnx does not exist"):
+        build_plan(onnx_dir / "gone.onnx", plan, ALPHA_PROFILE)
+    with pytest.raises(LatentmuseError, match=r"profile max shape \(4, 5\) of input x does not fit"):
+        build_plan(onnx_dir / "alpha.onnx", plan, {"x": [[1, 4], [2, 4], [4, 5]]})
+    with pytest.raises(LatentmuseError, match=r"input x has dynamic shape \(-1, 4\) but no optimisation profile"):
+        build_plan(onnx_dir / "alpha.onnx", plan, {})
+
+    def refuse(self, network, config):
+        self.logger.log(fake_trt.Logger.ERROR, "out of tactics")
+        return None
+
+    monkeypatch.setattr(fake_trt.Builder, "build_serialized_network", refuse)
+    with pytest.raises(LatentmuseError, match=r"failed to build the engine from .*alpha\.onnx.*: out of tactics"):
+        build_plan(onnx_dir / "alpha.onnx", plan, ALPHA_PROFILE)
+    assert not plan.exists()
+    assert "\n" not in capsys.readouterr().out  # Polygraphy's lines went to stderr, not the result channel
+
+
+def test_build_without_polygraphy_is_a_clean_error(fake_trt, onnx_dir, tmp_path, monkeypatch):
+    from latentmuse.engines.trt_build import build_plan
+
+    monkeypatch.setitem(sys.modules, "polygraphy", None)  # import polygraphy -> ImportError
+    with pytest.raises(LatentmuseError, match=r"polygraphy is not importable .*install the 'gpu' extra"):
+        build_plan(onnx_dir / "alpha.onnx", tmp_path / "alpha.plan", ALPHA_PROFILE)
+    assert not (tmp_path / "alpha.plan").exists()
+    # importing the engine code needs no polygraphy, and neither does the builder's --help
+    script = ("import sys\nimport latentmuse.engines, latentmuse.engines.trt_build as b\n"
+              "print(sorted(m for m in sys.modules if m.startswith('polygraphy')))\n"
+              "sys.modules['polygraphy'] = None\nb.main(['--help'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[]\nusage: python -m latentmuse.engines.trt_build")
 
 
 def test_broken_manifest_is_a_readable_error(tmp_path):

@@ -8,11 +8,15 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from typing import TYPE_CHECKING
+
 from ..models.layouts import default_weights_dir
-from ..runtime.pipeline import RunOptions, RunReport, run as run_pipeline
-from ..runtime.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .console import make_console
 from .progress import RichProgress
+
+if TYPE_CHECKING:
+    from ..runtime.pipeline import RunReport
 
 console = make_console()
 
@@ -38,6 +42,8 @@ def run(
     report: Annotated[Optional[Path], typer.Option(help="Write the run report (JSON) here.")] = None,
 ) -> None:
     """Re-generate the mouth in VIDEO to match the audio; every input frame is accounted for."""
+    from ..runtime.pipeline import RunOptions, run as run_pipeline
+
     options = RunOptions(
         video=video, output=output, audio=audio, weights=weights, generator=generator, backend=backend,
         face_detector=face_detector, batch_size=batch_size, seed=seed, device=device, report=report,

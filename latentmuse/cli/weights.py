@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from ..errors import LatentmuseError
-from ..models import folder
 from ..models.layouts import LATENTSYNC_REPOS, default_weights_dir
 from .console import make_console
 
@@ -34,6 +33,8 @@ def download(
     """Download the official weights (resumable; files already present are kept), then verify them."""
     if latentsync not in LATENTSYNC_REPOS:
         raise LatentmuseError(f"--latentsync {latentsync} is not a known version.", f"use one of {', '.join(LATENTSYNC_REPOS)}.")
+    from ..models import folder
+
     fetched = folder.download(
         dir, latentsync_version=latentsync, models=model, client=folder.HubClient(endpoint=endpoint),
         verify=verify, report=lambda line: console.print(line),
@@ -53,6 +54,8 @@ def check(
 ) -> None:
     """Find and strictly load every model; print a table. Exits 1 if a needed model is missing or broken."""
     with console.status("checking weights") as status:  # transient: the table is what stays
+        from ..models import folder
+
         rows = folder.check_folder(dir, model, report=status.update)
     table = Table(title=f"weights check (strict loading): {dir}")
     table.add_column("model")
@@ -81,6 +84,8 @@ def convert(
     model: ModelsOption = None,
 ) -> None:
     """Write safetensors copies of the pickled checkpoints (loaded strictly first); loaders prefer them."""
+    from ..models import folder
+
     written = folder.convert(dir, model, report=lambda line: console.print(line))
     console.print(f"{len(written)} file(s) written.")
 

@@ -46,6 +46,10 @@ def engines_unavailable_reason() -> str | None:
         return f"TensorRT engines not built: tensorrt {probe.detail}"
     if gpu_info() is None:
         return "TensorRT engines not built: no CUDA GPU visible to torch"
+    import importlib.util
+
+    if importlib.util.find_spec("polygraphy") is None:
+        return "TensorRT engines not built: polygraphy is not installed (install the 'gpu' extra)"
     return None
 
 

@@ -1,67 +1,111 @@
-"""Build one TensorRT engine from an ONNX path: small composable loaders in Polygraphy's style.
+"""Build one TensorRT engine from an ONNX path with Polygraphy's loaders.
 
-Each loader is a callable; wrapping one in another composes the build::
+The build is Polygraphy's loader chain::
 
-    network = network_from_onnx_path("unet.fp16.onnx")
-    plan = engine_bytes_from_network(network, profiles, timing_cache="engines/timing.cache")
-    save_bytes(plan, "engines/unet.plan")()
+    network = NetworkFromOnnxPath("unet.fp16.onnx", strongly_typed=True)
+    config = CreateConfig(profiles=[Profile().add("x", min, opt, max)], load_timing_cache=..., ...)
+    plan = EngineBytesFromNetwork(network, config)()
 
-TensorRT is imported lazily (when a loader is called), and only the TensorRT 10/11 name-based API is
-used: strongly typed networks (TensorRT 11 has no ``BuilderFlag.FP16``; fp16 comes from an fp16-typed
+Strongly typed networks only (TensorRT 11 has no ``BuilderFlag.FP16``; fp16 comes from an fp16-typed
 ONNX), parsing by path (external data), one optimisation profile with min/opt/max per input.
-Because TensorRT can crash the process on a machine without a working GPU, the orchestrator runs this
-module in a subprocess: ``python -m latentmuse.engines.trt_build --onnx ... --plan ... --profiles ...``.
+
+What stays ours, and why:
+
+* ``check_profiles``: Polygraphy does not check that a profile fits the network (rank, static dims,
+  min <= opt <= max); TensorRT's own complaint comes late and is obscure.
+* errors: Polygraphy raises ``PolygraphyException`` with generic texts ("Could not parse ONNX
+  correctly"); they become :class:`LatentmuseError` naming the ONNX file, with the parser's or
+  builder's error lines (collected from Polygraphy's logger).
+* the timing cache write-back: ``EngineBytesFromNetwork(save_timing_cache=)`` rewrites the file in
+  place (``open(path, "wb")``: a build killed mid-write leaves a truncated cache), leaves a ``.lock``
+  file beside it, and merges the old file with ``ignore_mismatch=True``. The cache is loaded by
+  ``CreateConfig(load_timing_cache=)`` (from an open file, so no ``.lock`` file) and written back here
+  with :func:`latentmuse.files.atomic_write`.
+* the plan write: Polygraphy's ``SaveBytes`` is not atomic either; :func:`atomic_write` is.
+* the smoke load: :func:`latentmuse.runners.trt_support.deserialize_engine` (a clear error).
+* TF32: Polygraphy's ``CreateConfig`` clears ``BuilderFlag.TF32`` unless ``tf32=True``; TensorRT sets
+  it by default, so it is asked for where the flag exists (the engine is what TensorRT would build).
+
+Neither TensorRT nor Polygraphy is imported at module import time: only when a build is attempted.
+Polygraphy prints to stdout by default; here its messages (warnings and worse) go to stderr, so stdout
+carries only the result line. Because TensorRT can crash the process on a machine without a working
+GPU, the orchestrator runs this module in a subprocess:
+``python -m latentmuse.engines.trt_build --onnx ... --plan ... --profiles ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..errors import LatentmuseError
 from ..files import atomic_write
-from ..runners.trt_support import deserialize_engine, get_logger, import_tensorrt
+from ..runners.trt_support import deserialize_engine, import_tensorrt
 
 Shape = Sequence[int]
 Profiles = Mapping[str, tuple[Shape, Shape, Shape]]
 
 
-def network_flags(trt) -> int:
-    """STRONGLY_TYPED always; EXPLICIT_BATCH too where it still exists (TensorRT 10; gone in 11)."""
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    if explicit is not None:
-        flags |= 1 << int(explicit)
-    return flags
+def import_polygraphy() -> SimpleNamespace:
+    """Polygraphy's TensorRT loaders, its logger and its exception type; a clean error when missing."""
+    try:
+        import polygraphy  # noqa: F401 - first, so a missing or blocked top-level package fails here
+        from polygraphy.backend import trt as loaders
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
+    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install raising anything
+        raise LatentmuseError(f"polygraphy is not importable ({type(exc).__name__}: {exc}); building TensorRT "
+                              "engines needs it.", "install the 'gpu' extra (pip install 'latentmuse[gpu]').") from exc
+    return SimpleNamespace(loaders=loaders, PolygraphyException=PolygraphyException, G_LOGGER=G_LOGGER)
 
 
-class network_from_onnx_path:  # noqa: N801 - a loader reads like a function (Polygraphy's convention)
-    """Loader: ``() -> (builder, network, parser)``; the parser must outlive the network (it owns weights)."""
+class _Relay(logging.Handler):
+    """Polygraphy's warnings and errors to stderr; the errors also kept for our error message."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
 
-    def __call__(self):
-        trt = import_tensorrt()
-        if not self.path.is_file():
-            raise LatentmuseError(f"ONNX file {self.path} does not exist.", "run the export first.")
-        logger = get_logger()
-        builder = trt.Builder(logger)
-        network = builder.create_network(network_flags(trt))
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(self.path)):
-            errors = [_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise LatentmuseError(f"TensorRT could not parse {self.path}: {'; '.join(errors) or 'no details'}.")
-        return builder, network, parser
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.CRITICAL:
+            return  # Polygraphy raises it as PolygraphyException, which we turn into a LatentmuseError
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.errors.append(text.removeprefix("[E] ").strip())
+        print(text, file=sys.stderr)
+
+    def details(self, exc: Exception) -> str:
+        """The errors logged so far (TensorRT may log one twice), else the exception's text, on one line."""
+        lines = [" ".join(e.split()) for e in dict.fromkeys(self.errors)] or [" ".join(str(exc).split())]
+        return "; ".join(lines)
 
 
-def _error_text(error) -> str:
-    desc = getattr(error, "desc", None)
-    return str(desc() if callable(desc) else error)
+@contextlib.contextmanager
+def quiet_polygraphy(G_LOGGER) -> Iterator[_Relay]:  # noqa: N803 - Polygraphy's name
+    """Polygraphy's logger at WARNING, through Python logging to stderr, no colours; restored afterwards."""
+    logger = logging.getLogger("Polygraphy")
+    saved = (G_LOGGER.module_severity, G_LOGGER.colors, G_LOGGER.use_python_logging_system, logger.propagate,
+             logger.level)
+    relay = _Relay()
+    G_LOGGER.module_severity = G_LOGGER.WARNING
+    G_LOGGER.colors = False  # else it prints "'colored' module is not installed" on stdout
+    G_LOGGER.use_python_logging_system = True
+    logger.addHandler(relay)
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    try:
+        yield relay
+    finally:
+        logger.removeHandler(relay)
+        G_LOGGER.module_severity, G_LOGGER.colors, G_LOGGER.use_python_logging_system = saved[:3]
+        logger.propagate, logger.level = saved[3], saved[4]
 
 
 def network_inputs(network) -> list[tuple[str, tuple[int, ...]]]:
@@ -83,69 +127,85 @@ def check_profiles(inputs: Sequence[tuple[str, tuple[int, ...]]], profiles: Prof
             raise LatentmuseError(f"profile of input {name} is not min <= opt <= max: {lo}, {opt}, {hi}.")
 
 
-class engine_bytes_from_network:  # noqa: N801
-    """Loader: ``() -> bytes`` of a serialized engine (plan) with one optimisation profile.
+class _Network:
+    """``NetworkFromOnnxPath`` with our errors: a missing file, or parser errors naming the file."""
 
-    ``timing_cache``: a file loaded when present and written back after the build (reuse it only on
-    the same GPU model and TensorRT version: the orchestrator names it so).
+    def __init__(self, poly: SimpleNamespace, path: Path, relay: _Relay) -> None:
+        self.poly, self.path, self.relay = poly, path, relay
+        self.loader = poly.loaders.NetworkFromOnnxPath(str(path), strongly_typed=True)
+
+    def __call__(self):
+        if not self.path.is_file():
+            raise LatentmuseError(f"ONNX file {self.path} does not exist.", "run the export first.")
+        try:
+            return self.loader()
+        except self.poly.PolygraphyException as exc:
+            raise LatentmuseError(f"TensorRT could not parse {self.path}: {self.relay.details(exc)}") from exc
+
+
+class _Config:
+    """``CreateConfig`` for the parsed network: our profile check, then one Polygraphy ``Profile``.
+
+    Static inputs get their own shape as min = opt = max (what Polygraphy would fill in, without its
+    warning); profiles naming inputs the network does not have are ignored, as before. The created
+    ``IBuilderConfig`` is kept: its timing cache is written back after the build.
     """
 
-    def __init__(self, network_loader: Callable, profiles: Profiles, timing_cache: str | Path | None = None,
-                 workspace_bytes: int | None = None) -> None:
-        self.network_loader = network_loader
-        self.profiles = profiles
-        self.timing_cache = Path(timing_cache) if timing_cache else None
-        self.workspace_bytes = workspace_bytes
+    def __init__(self, poly: SimpleNamespace, trt, profiles: Profiles, timing_cache: Path | None,
+                 workspace_bytes: int | None) -> None:
+        self.poly, self.trt, self.profiles = poly, trt, profiles
+        self.timing_cache, self.workspace_bytes = timing_cache, workspace_bytes
+        self.config = None
 
-    def __call__(self) -> bytes:
-        trt = import_tensorrt()
-        builder, network, _parser = self.network_loader()
-        check_profiles(network_inputs(network), self.profiles)
-        config = builder.create_builder_config()
-        if self.workspace_bytes:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(self.workspace_bytes))
-        profile = builder.create_optimization_profile()
-        for name, _shape in network_inputs(network):
-            if name in self.profiles:
-                lo, opt, hi = (tuple(int(d) for d in s) for s in self.profiles[name])
-                profile.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-        if self.timing_cache is not None:
-            previous = self.timing_cache.read_bytes() if self.timing_cache.is_file() else b""
-            cache = config.create_timing_cache(previous)
-            config.set_timing_cache(cache, ignore_mismatch=False)
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise LatentmuseError("TensorRT failed to build the engine (build_serialized_network returned None).")
-        if self.timing_cache is not None:
-            atomic_write(self.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-        return bytes(memoryview(plan))
-
-
-class save_bytes:  # noqa: N801
-    """Loader: ``() -> Path``; writes what ``obj`` (bytes or a loader of bytes) gives, atomically."""
-
-    def __init__(self, obj: bytes | Callable[[], bytes], path: str | Path) -> None:
-        self.obj = obj
-        self.path = Path(path)
-
-    def __call__(self) -> Path:
-        payload = self.obj() if callable(self.obj) else self.obj
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, bytes(payload))
-        return self.path
+    def __call__(self, builder, network):
+        inputs = network_inputs(network)
+        check_profiles(inputs, self.profiles)
+        profile = self.poly.loaders.Profile()
+        for name, shape in inputs:
+            lo, opt, hi = self.profiles[name] if name in self.profiles else (shape, shape, shape)
+            profile.add(name, *(tuple(int(d) for d in s) for s in (lo, opt, hi)))
+        trt = self.trt
+        options = {
+            "profiles": [profile],
+            "tf32": hasattr(getattr(trt, "BuilderFlag", None), "TF32"),  # TensorRT's default; Polygraphy's is off
+            "memory_pool_limits": ({trt.MemoryPoolType.WORKSPACE: int(self.workspace_bytes)}
+                                   if self.workspace_bytes else None),
+        }
+        with contextlib.ExitStack() as stack:
+            if self.timing_cache is not None and self.timing_cache.is_file():
+                options["load_timing_cache"] = stack.enter_context(open(self.timing_cache, "rb"))
+            self.config = self.poly.loaders.CreateConfig(**options)(builder, network)
+        return self.config
 
 
 def build_plan(onnx: str | Path, plan: str | Path, profiles: Profiles, timing_cache: str | Path | None = None,
                workspace_bytes: int | None = None) -> dict:
-    """Build, save and smoke-load one engine; return what the manifest needs."""
+    """Build, save and smoke-load one engine; return what the manifest needs.
+
+    ``timing_cache``: a file loaded when present and written back after the build (reuse it only on
+    the same GPU model and TensorRT version: the orchestrator names it so).
+    """
     trt = import_tensorrt()
+    poly = import_polygraphy()
+    onnx, plan = Path(onnx), Path(plan)
+    cache = Path(timing_cache) if timing_cache else None
     start = time.perf_counter()
-    loader = engine_bytes_from_network(network_from_onnx_path(onnx), profiles, timing_cache, workspace_bytes)
-    payload = loader()
-    path = save_bytes(payload, plan)()
+    with quiet_polygraphy(poly.G_LOGGER) as relay:
+        config = _Config(poly, trt, profiles, cache, workspace_bytes)
+        build = poly.loaders.EngineBytesFromNetwork(_Network(poly, onnx, relay), config=config)
+        try:
+            payload = bytes(memoryview(build()))
+        except poly.PolygraphyException as exc:
+            details = relay.details(exc)  # one line: the orchestrator reports the last line of stderr
+            if config.config is None:  # CreateConfig failed (say, an option this TensorRT lacks)
+                raise LatentmuseError(f"Polygraphy could not configure the build of {onnx}: {details}") from exc
+            raise LatentmuseError(f"TensorRT failed to build the engine from {onnx}: {details}") from exc
+    if cache is not None:
+        atomic_write(cache, bytes(memoryview(config.config.get_timing_cache().serialize())))
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(plan, payload)
     deserialize_engine(payload)  # smoke load: a plan that does not load is no engine
-    return {"plan": str(path), "plan_bytes": len(payload), "build_seconds": round(time.perf_counter() - start, 3),
+    return {"plan": str(plan), "plan_bytes": len(payload), "build_seconds": round(time.perf_counter() - start, 3),
             "tensorrt_version": str(getattr(trt, "__version__", "unknown"))}
 
 

@@ -19,7 +19,8 @@ Choices worth knowing:
 * ``whisper_post_ln`` is the encoder's final LayerNorm on slot 4 alone (MuseTalk's layout), its own
   small graph so that an engines-only run needs no PyTorch Whisper (and no transformers) for it;
   ``T`` (encoder steps, 50 per second) is chunked to 1500 (30 s) per call.
-* ``TORCH_ONLY`` holds ``s3fd_frames`` (S3FD on whole frames, as the front end runs it) and DeepCache's pair (full step returning the feature to reuse, and the shallow
+* ``TORCH_ONLY`` holds ``s3fd_frames`` (S3FD on whole frames, as the front end runs it), the VAE pair at
+  512 px (LatentSync 1.6; not exported yet) and DeepCache's pair (full step returning the feature to reuse, and the shallow
   step): they run on PyTorch; ``cache``'s channel count ``C`` is the model's first block width.
 """
 
@@ -122,7 +123,7 @@ _SPECS = (
         model_key="whisper",
         make_wrapper=wrappers.WhisperPostLayerNormGraph,
         inputs=(TensorSpec("states", ("T", 5, 384)),),
-        outputs=(TensorSpec("states", ("T", 5, 384)),),
+        outputs=(TensorSpec("normed", ("T", 5, 384)),),
         dynamic=(DynamicDim("T", 1, 1500, 1500),),
         atol=1e-4,
         rtol=1e-4,
@@ -185,11 +186,25 @@ _S3FD_FRAMES = GraphSpec(
     rtol=1e-4,
 )
 
+def _vae_512() -> tuple[GraphSpec, GraphSpec]:
+    """The VAE pair at LatentSync 1.6's 512 px crops (the exported pair is MuseTalk's and LatentSync
+    1.5's 256 px)."""
+    return (
+        GraphSpec(name="vae_encoder_512", model_key="vae", make_wrapper=wrappers.VaeEncoderGraph,
+                  inputs=(TensorSpec("image", ("N", 3, 512, 512)),), outputs=(TensorSpec("latent", ("N", 4, 64, 64)),),
+                  dynamic=(_N,), atol=3e-4, rtol=3e-4),
+        GraphSpec(name="vae_decoder_512", model_key="vae", make_wrapper=wrappers.VaeDecoderGraph,
+                  inputs=(TensorSpec("latent", ("N", 4, 64, 64)),), outputs=(TensorSpec("image", ("N", 3, 512, 512)),),
+                  dynamic=(_N,), atol=3e-4, rtol=3e-4),
+    )
+
+
 #: The exported graphs (``latentmuse export`` writes, ``latentmuse build`` builds these).
 GRAPHS: dict[str, GraphSpec] = {spec.name: spec for spec in _SPECS}
 #: Graphs that only the PyTorch runner runs.
 TORCH_ONLY: dict[str, GraphSpec] = {spec.name: spec for r in (256, 512) for spec in _deepcache(r)}
 TORCH_ONLY[_S3FD_FRAMES.name] = _S3FD_FRAMES
+TORCH_ONLY.update({spec.name: spec for spec in _vae_512()})
 ALL_GRAPHS: dict[str, GraphSpec] = {**GRAPHS, **TORCH_ONLY}
 
 

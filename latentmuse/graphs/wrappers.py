@@ -64,10 +64,10 @@ class WhisperEncoderGraph(nn.Module):
 
 
 class WhisperPostLayerNormGraph(WhisperEncoderGraph):
-    """states (..., 5, 384) -> the same with slot 4 through the encoder's final LayerNorm (MuseTalk)."""
+    """states (T, 5, 384) -> normed: the same with slot 4 through the encoder's final LayerNorm (MuseTalk)."""
 
     input_names = ("states",)
-    output_names = ("states",)
+    output_names = ("normed",)  # ONNX names are single-assignment: not ``states`` again
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.whisper.post_layer_norm(states)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..models.constants import MEL_FRAMES, STATES_PER_SECOND
-from ..runners.base import Runner
+from ..runners.base import Runner, run_chunked
 
 SAMPLE_RATE = 16_000
 SEGMENT_SECONDS = 30
@@ -173,7 +173,10 @@ class AudioFeatures:
     def musetalk_states(self) -> torch.Tensor:
         """(T50, 5, 384): MuseTalk's mel, slot 4 through the final LayerNorm."""
         states = encode_states(self.whisper, self.waveform)
-        return self.post_layer_norm({"states": states})["states"].float().cpu()
+        if len(states) == 0:
+            return states
+        # chunked to the graph's profile (1500 steps = 30 s per call on TensorRT), one call elsewhere
+        return run_chunked(self.post_layer_norm, {"states": states}, "normed", len(states), torch.device("cpu"))
 
     @cached_property
     def latentsync_states(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LatentmuseError
-from ..graphs.registry import ALL_GRAPHS, deepcache_graphs, unet3d_graph
+from ..graphs.registry import ALL_GRAPHS
 from ..models.layouts import LATENTSYNC_RESOLUTION, Sidecar, layout
 from ..models.smoke import SMOKE, SMOKE_WARNING
 from ..runners.base import Runner
@@ -30,10 +30,6 @@ from ..runners.torch_runner import torch_dtype
 
 __all__ = ["SMOKE", "SMOKE_WARNING", "ModelSet", "load_models", "load_torch_models", "resolve_device", "run_graphs",
            "unet3d_weights"]
-
-#: Roles of the MuseTalk generator (and of its audio layout).
-MUSETALK_ROLES = ("vae_encoder", "vae_decoder", "musetalk_unet", "bisenet", "whisper_encoder", "whisper_post_ln")
-
 
 @dataclass
 class ModelSet:
@@ -120,19 +116,20 @@ def unet3d_weights(weights: str | Path) -> Path | None:
 
 def run_graphs(kind: str, *, resolution: int = 256, guided: bool = True, deepcache: bool = False,
                face_detector: str = "dlib") -> dict[str, str]:
-    """Role -> graph for a run of generator ``kind`` ("musetalk" or "latentsync").
+    """Role -> graph for a run of generator ``kind`` ("musetalk" or "latentsync"): what its generators
+    declare (``graphs()``), Whisper's graphs, and the S3FD front end's.
 
-    LatentSync's roles are its VAE pair and the UNet3D graph for ``resolution`` and guidance (or the
-    DeepCache pair); its MuseTalk fallback adds the face parser and Whisper's final LayerNorm (the PyTorch
-    MuseTalk UNet is outside the selection: :meth:`ModelSet.pytorch_runner`).
+    A LatentSync run also declares its MuseTalk fallback's face parser and Whisper LayerNorm; the PyTorch
+    MuseTalk UNet behind it is outside the selection (:meth:`ModelSet.pytorch_runner`).
     """
-    roles = {role: role for role in MUSETALK_ROLES}
+    from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
+    from .generators.musetalk import MuseTalkGenerator
+
+    roles = {"whisper_encoder": "whisper_encoder", "whisper_post_ln": "whisper_post_ln", **MuseTalkGenerator.graphs()}
     if kind == "latentsync":
         roles.pop("musetalk_unet")
-        if deepcache:
-            roles["unet3d_caching"], roles["unet3d_shallow"] = deepcache_graphs(resolution)
-        else:
-            roles["unet3d"] = unet3d_graph(resolution, guided)
+        settings = LatentSyncSettings(resolution=resolution, guidance=2.0 if guided else 1.0, deepcache=deepcache)
+        roles.update(LatentSyncGenerator.graphs(settings))
     if face_detector == "s3fd":
         roles["s3fd"], roles["fan68"] = "s3fd_frames", "fan68"
     return roles
@@ -218,11 +215,11 @@ def load_torch_models(
     guided: bool = True,
     deepcache: bool = False,
 ) -> ModelSet:
-    """Every runner on PyTorch (tests, and ``--backend torch``): the MuseTalk roles, plus the UNet3D's
-    with ``unet3d`` (at ``resolution``, default the weights' native one)."""
+    """Every runner on PyTorch (tests): the MuseTalk roles, plus LatentSync's with ``unet3d`` (at
+    ``resolution``, default the weights' native one)."""
     roles = run_graphs("musetalk")
     if unet3d:
         res = resolution or LATENTSYNC_RESOLUTION[weights_version(weights)]
         roles.update({k: v for k, v in run_graphs("latentsync", resolution=res, guided=guided,
-                                                   deepcache=deepcache).items() if ALL_GRAPHS[v].model_key == "unet3d"})
+                                                   deepcache=deepcache).items() if k not in roles})
     return load_models(weights, device, roles, seed=seed, backend="torch", dtype=dtype)

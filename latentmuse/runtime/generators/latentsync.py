@@ -31,9 +31,9 @@ from .. import alignment
 from ..audio import latentsync_audio_windows
 from ..contracts import Face
 from ..datagen import Window, clip_windows
-from ...runners.base import Runner
+from ...graphs.registry import deepcache_graphs, unet3d_graph
+from ...runners.base import Runner, run_chunked
 from ..sampling import DDIM, DEFAULT_GUIDANCE, DEFAULT_STEPS, deepcache_full_steps, guide, uses_guidance
-from ...runners.base import run_chunked
 from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite
 
 #: Frames per UNet3D window (the motion modules' training length; the engines are static at 16).
@@ -97,6 +97,20 @@ class LatentSyncGenerator:
     name = "latentsync"
     audio_layout = "latentsync"
 
+    @staticmethod
+    def graphs(settings: LatentSyncSettings) -> dict[str, str]:
+        """Role -> graph of the runners it needs: the UNet3D graph for the resolution and guidance (or
+        DeepCache's pair), and the VAE pair (its own roles at 512 px, where MuseTalk's stay at 256)."""
+        res = settings.resolution
+        roles = {"vae_encoder": "vae_encoder", "vae_decoder": "vae_decoder"}
+        if res != 256:
+            roles.update(vae_encoder_latentsync=f"vae_encoder_{res}", vae_decoder_latentsync=f"vae_decoder_{res}")
+        if settings.deepcache:
+            roles["unet3d_caching"], roles["unet3d_shallow"] = deepcache_graphs(res)
+        else:
+            roles["unet3d"] = unet3d_graph(res, uses_guidance(settings.guidance))
+        return roles
+
     def __init__(self, runners: dict[str, Runner], settings: LatentSyncSettings | None = None,
                  on_step: Callable[[], None] | None = None) -> None:
         """``on_step`` is called after every DDIM step (a progress bar: a window can take minutes on a CPU)."""
@@ -107,6 +121,9 @@ class LatentSyncGenerator:
         if missing:
             raise ValueError(f"LatentSync generator needs runners {missing}")
         self.runners = runners
+        # At 512 px the VAE pair is its own graphs (``*_latentsync`` roles); the MuseTalk fallback keeps 256.
+        self.vae_encoder = runners.get("vae_encoder_latentsync", runners["vae_encoder"])
+        self.vae_decoder = runners.get("vae_decoder_latentsync", runners["vae_decoder"])
         self.device = runners[unet[0]].device
         self.scheduler = DDIM(self.settings.steps)
         res = self.settings.resolution
@@ -145,7 +162,7 @@ class LatentSyncGenerator:
 
         tic = time.perf_counter()
         frames = len(crops)
-        latents = run_chunked(self.runners["vae_encoder"], {"image": torch.cat([masked, pixels])}, "latent",
+        latents = run_chunked(self.vae_encoder, {"image": torch.cat([masked, pixels])}, "latent",
                               self.settings.vae_batch, self.device)
         masked_latent, reference_latent = latents[:frames], latents[frames:]
         size = res // VAE_FACTOR
@@ -161,7 +178,7 @@ class LatentSyncGenerator:
         self.clock.add("sampling", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        images = run_chunked(self.runners["vae_decoder"], {"latent": latent[0].transpose(0, 1)}, "image",
+        images = run_chunked(self.vae_decoder, {"latent": latent[0].transpose(0, 1)}, "image",
                              self.settings.vae_batch, self.device)
         decoded = require_finite(images, "the VAE decoder") * 2.0 - 1.0  # [0, 1] -> [-1, 1]
         self.clock.add("vae_decode", time.perf_counter() - tic)

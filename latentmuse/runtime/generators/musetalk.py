@@ -65,6 +65,12 @@ class MuseTalkGenerator:
     name = "musetalk"
     audio_layout = "musetalk"
 
+    @staticmethod
+    def graphs() -> dict[str, str]:
+        """Role -> graph of the runners it needs (the model set is built from these)."""
+        return {"vae_encoder": "vae_encoder", "vae_decoder": "vae_decoder", "musetalk_unet": "musetalk_unet",
+                "bisenet": "bisenet"}
+
     def __init__(self, vae_encoder: Runner, vae_decoder: Runner, unet: Runner, parser: FaceParser,
                  batch_size: int = 8) -> None:
         self.vae_encoder, self.vae_decoder, self.unet, self.parser = vae_encoder, vae_decoder, unet, parser

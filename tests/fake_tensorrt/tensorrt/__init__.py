@@ -4,6 +4,13 @@ The "plan" is a small JSON naming the ONNX file; an engine's execution reads its
 addresses given to ``set_tensor_address`` (CPU torch tensors here), runs the ONNX graph with ONNX
 Runtime, and writes the outputs to their addresses, as a real engine writes device memory.
 
+It also has what Polygraphy's build loaders (``NetworkFromOnnxPath``, ``CreateConfig``,
+``EngineBytesFromNetwork``) touch: ``ILogger``, ``init_libnvinfer_plugins``, ``BuilderFlag`` (TF32 only, set
+by default as in TensorRT; plans record the flags), ``DeviceType`` and the config's DLA fields (read when
+Polygraphy prints the config), ``is_shape_tensor``, and a network that iterates over its (no) layers.
+Optional features Polygraphy probes under ``except AttributeError`` (ProfilingVerbosity, TacticSource,
+PreviewFeature, QuantizationFlag, calibrators, memory pool read-back) are left out on purpose.
+
 Environment knobs (tests only):
   FAKE_TENSORRT_VERSION   the version it reports (default 11.0.0.fake)
   FAKE_TENSORRT_CRASH     builder calls os.abort(): "1" always, else when the ONNX file name contains it
@@ -23,7 +30,17 @@ __version__ = os.environ.get("FAKE_TENSORRT_VERSION", "11.0.0.fake")
 _PLAN_MAGIC = "fake-tensorrt-plan"
 
 
-class Logger:
+class ILogger:
+    """Base of loggers (Polygraphy subclasses it)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def log(self, severity: int, msg: str) -> None:
+        pass
+
+
+class Logger(ILogger):
     INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
 
     def __init__(self, min_severity: int = 2) -> None:
@@ -34,8 +51,21 @@ class Logger:
         self.messages.append(msg)
 
 
+def init_libnvinfer_plugins(logger, namespace: str) -> bool:
+    return True  # no plugins in the fake
+
+
 class NetworkDefinitionCreationFlag(enum.IntEnum):
     STRONGLY_TYPED = 1
+
+
+class BuilderFlag(enum.IntEnum):
+    TF32 = 6
+
+
+class DeviceType(enum.Enum):
+    GPU = 0
+    DLA = 1
 
 
 class DataType(enum.Enum):
@@ -68,6 +98,7 @@ _NUMPY = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: 
 class ITensor:
     def __init__(self, name: str, shape: tuple[int, ...], dtype: DataType) -> None:
         self.name, self.shape, self.dtype = name, shape, dtype
+        self.is_shape_tensor = False
 
 
 class INetworkDefinition:
@@ -87,12 +118,18 @@ class INetworkDefinition:
     def get_output(self, i: int) -> ITensor:
         return self._outputs[i]
 
+    def __iter__(self):
+        return iter(())  # the fake keeps the ONNX file, not layers
+
 
 class ParserError:
     def __init__(self, text: str) -> None:
         self._text = text
 
     def desc(self) -> str:
+        return self._text
+
+    def __str__(self) -> str:
         return self._text
 
 
@@ -155,6 +192,20 @@ class IBuilderConfig:
         self.profiles: list[IOptimizationProfile] = []
         self.timing_cache: ITimingCache | None = None
         self.pool_limits: dict = {}
+        self.flags = {BuilderFlag.TF32}  # TensorRT's default
+        self.DLA_core = -1
+        self.default_device_type = DeviceType.GPU
+
+    num_optimization_profiles = property(lambda self: len(self.profiles))
+
+    def set_flag(self, flag: BuilderFlag) -> None:
+        self.flags.add(BuilderFlag(flag))
+
+    def clear_flag(self, flag: BuilderFlag) -> None:
+        self.flags.discard(BuilderFlag(flag))
+
+    def get_flag(self, flag: BuilderFlag) -> bool:
+        return BuilderFlag(flag) in self.flags
 
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
         self.profiles.append(profile)
@@ -200,7 +251,7 @@ class Builder:
             config.timing_cache.data["builds"] = config.timing_cache.data.get("builds", 0) + 1
         plan = {
             "magic": _PLAN_MAGIC, "version": __version__, "onnx": network.onnx_path,
-            "strongly_typed": network.strongly_typed,
+            "strongly_typed": network.strongly_typed, "flags": sorted(f.name for f in config.flags),
             "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network._inputs],
             "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
             "profile": {t.name: profile.get(t.name, [list(t.shape)] * 3) for t in network._inputs},
