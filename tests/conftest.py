@@ -60,3 +60,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+#: The graphs a smoke run needs (both generators), exported once per session by ``engines``.
+RUN_GRAPHS = ("whisper_encoder", "whisper_post_ln", "vae_encoder", "vae_decoder", "musetalk_unet", "bisenet",
+              "unet3d_256")
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory) -> Path:
+    """An engines folder with the smoke ONNX (fp32, validated, seed 0 = the runtime's smoke seed) of
+    every graph a run needs, no plans. Exported once per test session: the first xdist worker exports
+    under a file lock, the others wait and reuse it. Tests must not change it (copy it first)."""
+    import shutil
+
+    from filelock import FileLock
+
+    from latentmuse.export.onnx_export import export_many
+
+    root = tmp_path_factory.getbasetemp().parent / "smoke_engines"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            results = export_many(list(RUN_GRAPHS), "smoke", root / "onnx", fp16=False, seed=0)
+            assert all(r.status == "pass" for r in results), [r.to_dict() for r in results]
+            (root / "done").write_text("ok\n")
+    return root

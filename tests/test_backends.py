@@ -2,8 +2,7 @@
 its reasons, a UNet3D engine failing mid-run (TensorRT test double) handed to MuseTalk, and the lean
 import set of an engines-only run.
 
-One smoke export (fp32 ONNX of the graphs a run needs, seed 0 = the runtime's smoke seed) is shared by
-the whole session (a file lock makes the first xdist worker export it, the others wait and reuse it).
+The smoke export of the graphs a run needs (``engines``, tests/conftest.py) is shared by the session.
 """
 
 from __future__ import annotations
@@ -30,31 +29,11 @@ from latentmuse.runtime.pipeline import RunOptions, run
 from latentmuse.samples import build_sample
 from latentmuse.system import GpuInfo
 
-from .conftest import run_cli
+from .conftest import RUN_GRAPHS, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).parent / "fake_tensorrt"
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
-RUN_GRAPHS = ("whisper_encoder", "whisper_post_ln", "vae_encoder", "vae_decoder", "musetalk_unet", "bisenet",
-              "unet3d_256")
-
-
-@pytest.fixture(scope="session")
-def engines(tmp_path_factory) -> Path:
-    """An engines folder with the smoke ONNX of every graph a run needs (no plans), exported once per
-    test session: the first xdist worker exports under a file lock, the others reuse it."""
-    from filelock import FileLock
-
-    from latentmuse.export.onnx_export import export_many
-
-    root = tmp_path_factory.getbasetemp().parent / "smoke_engines"
-    with FileLock(str(root) + ".lock"):
-        if not (root / "done").is_file():
-            shutil.rmtree(root, ignore_errors=True)
-            results = export_many(list(RUN_GRAPHS), "smoke", root / "onnx", fp16=False, seed=0)
-            assert all(r.status == "pass" for r in results), [r.to_dict() for r in results]
-            (root / "done").write_text("ok\n")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from latentmuse.runtime import media
 from latentmuse.runtime.pipeline import RunOptions, run
 from latentmuse.samples import build_sample
 
-from .conftest import run_cli
-from .test_backends import RUN_GRAPHS, engines, psnr  # noqa: F401 - the shared smoke export fixture
+from .conftest import RUN_GRAPHS, run_cli
+from .test_backends import psnr
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -47,7 +47,7 @@ def test_torch_fp16_on_cuda_matches_fp32_on_cpu(graph):
 
 
 @pytest.mark.parametrize("graph", RUN_GRAPHS)
-def test_onnx_runtime_cuda_matches_torch(engines, graph):  # noqa: F811
+def test_onnx_runtime_cuda_matches_torch(engines, graph):
     from latentmuse.runners.base import RunnerError
     from latentmuse.runners.ort_runner import OrtRunner
 
@@ -66,7 +66,7 @@ def test_onnx_runtime_cuda_matches_torch(engines, graph):  # noqa: F811
         np.testing.assert_allclose(got[name], ref[name], atol=spec.atol * 10, rtol=spec.rtol * 10)
 
 
-def test_tensorrt_runner_replays_cuda_graphs_correctly(engines, tmp_path):  # noqa: F811
+def test_tensorrt_runner_replays_cuda_graphs_correctly(engines, tmp_path):
     pytest.importorskip("tensorrt")
     from latentmuse.engines.orchestrate import build_all
     from latentmuse.runners.trt_runner import TrtRunner

@@ -149,18 +149,3 @@ def test_pipeline_runs_with_every_runner_in_float64(short_sample, tmp_path, gene
     wide, narrow = frames_with(torch.float64), frames_with(torch.float32)
     diff = np.abs(np.stack(wide).astype(int) - np.stack(narrow).astype(int))
     assert diff.max() <= 2 and (diff > 0).mean() < 0.002  # the same computation, only rounding differs
-
-
-def test_bench_times_the_unet3d_per_step_and_the_pipeline(capsys, tmp_path):
-    out = tmp_path / "bench.json"
-    code, stdout, err = run_cli(capsys, "bench", "--weights", "smoke", "--generator", "latentsync", "--seconds", "1.6",
-                                "--steps", "1", "--repeats", "1", "--json", str(out))
-    assert code == 0, err
-    data = json.loads(out.read_text())
-    steps = data["unet3d"]["steps"]
-    assert set(steps) == {"cfg_on", "cfg_off", "cfg_on_deepcache_shallow", "cfg_off_deepcache_shallow"}
-    assert steps["cfg_on"]["batch"] == 2 and steps["cfg_off"]["batch"] == 1
-    assert all(s["seconds_per_step"]["median"] > 0 and s["seconds_per_step"]["calls"] == 1 for s in steps.values())
-    assert data["generator"] == "latentsync" and data["steps"] == 1
-    assert data["stages"]["generate.latentsync.sampling"]["seconds"] > 0 and data["end_to_end"]["frames_per_s"] > 0
-    assert "seconds per DDIM step" in stdout and "end to end" in stdout

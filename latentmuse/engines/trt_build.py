@@ -62,7 +62,7 @@ def import_polygraphy() -> SimpleNamespace:
         from polygraphy.logger import G_LOGGER
     except Exception as exc:  # noqa: BLE001 - ImportError or a broken install raising anything
         raise LatentmuseError(f"polygraphy is not importable ({type(exc).__name__}: {exc}); building TensorRT "
-                              "engines needs it.", "install the 'gpu' extra (pip install 'latentmuse[gpu]').") from exc
+                              "engines needs it.", "install the 'gpu' extra of latentmuse.") from exc
     return SimpleNamespace(loaders=loaders, PolygraphyException=PolygraphyException, G_LOGGER=G_LOGGER)
 
 

@@ -193,6 +193,10 @@ class Selector:
                                   "run `make engines` (or `latentmuse export`), pass --engines DIR, or use --backend auto.")
         if self.backend in ("auto", "trt"):
             self._trt_unavailable = self._why_no_trt()
+        if self.backend == "trt" and self._trt_unavailable:
+            raise LatentmuseError(f"--backend trt: TensorRT cannot run here: {self._trt_unavailable}.",
+                                  "run on a CUDA GPU with the 'gpu' extra of latentmuse installed, "
+                                  "or use --backend auto (ONNX Runtime or PyTorch where no plan is usable).")
 
     def _why_no_trt(self) -> str | None:
         self.gpu = self.gpu or trt_gpu(self.device)
