@@ -238,3 +238,17 @@ def test_a_unet3d_engine_failing_mid_run_sends_its_window_to_musetalk(built, fak
     # windows of 16 consecutive process frames: 0-14 before the cutaway, 25-39 after it (mirror padded)
     assert record["frames"] == [[25, 39]] and record["count"] == 15
     assert report.frames_by_generator == {"latentsync": 15, "musetalk": 15} and len(sink.frames) == 40
+
+
+def test_an_unchanged_onnx_file_is_not_hashed_again_and_a_touched_one_is(engines, tmp_path, monkeypatch):
+    root = tmp_path / "engines"
+    shutil.copytree(engines, root)  # copy2 keeps mtimes: the report's recorded stat still matches
+    recorded = json.loads((root / "onnx" / "export_report.json").read_text())["graphs"]["vae_decoder"]["sha256"]
+    hashed = []
+    monkeypatch.setattr("latentmuse.runners.select.onnx_sha256", lambda path: hashed.append(path) or "f" * 64)
+    path, why = EngineStore(root, "smoke").onnx("vae_decoder", "fp32")
+    assert path is not None and hashed == [] and "validated" in why
+    assert EngineStore(root, "smoke").sha256(path, "vae_decoder", "fp32") == recorded
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # touched: same size, new mtime
+    path2, why = EngineStore(root, "smoke").onnx("vae_decoder", "fp32")
+    assert hashed == [path] and path2 is None and "not the one the export report validated" in why

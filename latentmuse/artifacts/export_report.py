@@ -44,6 +44,7 @@ class ExportResult:
     opset: int = 0
     seconds: float = 0.0  # the exporter alone
     sha256: str = ""
+    stat: list = field(default_factory=list)  # onnx_stat() of the fp32 file at export
     atol: float = 0.0
     rtol: float = 0.0
     fp32_max_abs: float | None = None
@@ -54,6 +55,7 @@ class ExportResult:
     fp16_file: str | None = None
     fp16_bytes: int | None = None
     fp16_sha256: str | None = None
+    fp16_stat: list = field(default_factory=list)
     fp16_cosine: float | None = None
     fp16_max_abs: float | None = None
     fp16_pass: bool | None = None

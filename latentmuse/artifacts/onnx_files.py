@@ -31,6 +31,13 @@ def onnx_sha256(path: str | Path) -> str:
     return sha256_files(path, *external_data_files(path))
 
 
+def onnx_stat(path: str | Path) -> list[list]:
+    """``[[file name, bytes, mtime_ns], ...]`` of the model's files: recorded at export so that a reader
+    can tell a file is untouched since (as make and rsync do) without hashing gigabytes again."""
+    path = Path(path)
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in (path, *external_data_files(path))]
+
+
 def onnx_bytes(path: str | Path) -> int:
     """Size on disk of an ONNX model including its external data."""
     return sum(p.stat().st_size for p in (Path(path), *external_data_files(path)))

@@ -29,7 +29,7 @@ from ..errors import LatentmuseError
 from ..models.smoke import SMOKE, model_for, smoke_model
 from . import validate as v
 from .fp16 import convert_fp16
-from ..artifacts.onnx_files import check_onnx, onnx_bytes, onnx_sha256, remove_onnx, save_onnx
+from ..artifacts.onnx_files import check_onnx, onnx_bytes, onnx_sha256, onnx_stat, remove_onnx, save_onnx
 from ..artifacts.export_report import REPORT_NAME, ExportResult, Validation, write_report
 from ..graphs.spec import GraphSpec
 from ..runners.compare import compare, cosine, max_abs_error, run_all
@@ -282,7 +282,7 @@ def export_graph(
     result = ExportResult(
         name=spec.name, file=str(path), bytes=onnx_bytes(path),
         external_data=path.with_name(path.name + ".data").is_file(), exporter=exporter, opset=used_opset,
-        seconds=round(exporting.seconds, 2), sha256=onnx_sha256(path), atol=spec.atol, rtol=spec.rtol,
+        seconds=round(exporting.seconds, 2), sha256=onnx_sha256(path), stat=onnx_stat(path), atol=spec.atol, rtol=spec.rtol,
         exporter_note=note,
     )
 
@@ -306,6 +306,7 @@ def export_graph(
         else:
             result.fp16_seconds = round(conversion.seconds, 2)
             result.fp16_file, result.fp16_bytes, result.fp16_sha256 = str(half), onnx_bytes(half), onnx_sha256(half)
+            result.fp16_stat = onnx_stat(half)
             result.min_cosine_fp16 = spec.min_cosine_fp16
             with clock:
                 _validate_fp16(result, spec, half, refs, available_bytes, say)
