@@ -40,19 +40,29 @@ def folder_layouts(root: Path, models: Sequence[str] | None = None) -> tuple[Mod
     return tuple(entry for entry in table if entry.key in models)
 
 
+def require_file(root: str | Path, key: str) -> Path:
+    """The weights file of model ``key`` in ``root``; a LatentmuseError naming the expected path if absent.
+
+    Cheap (no loading): a run checks every PyTorch runner's file before it starts, since the modules
+    themselves load lazily on first use."""
+    root = Path(root)
+    (entry,) = folder_layouts(root, [key])
+    path = entry.locate(root)
+    if path is None:
+        raise LatentmuseError(
+            f"{entry.title}: {' or '.join(entry.targets)} not found in {root}.",
+            f"run `latentmuse weights download --dir {root}` or copy the file there.",
+        )
+    return path
+
+
 def load_model(
     root: str | Path, key: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None
 ) -> nn.Module:
     """Load one model from a weights folder, strictly, with the folder's recorded config if any."""
     root = Path(root)
     (entry,) = folder_layouts(root, [key])
-    path = entry.locate(root)
-    if path is None:
-        wanted = " or ".join(entry.targets)
-        raise LatentmuseError(
-            f"{entry.title}: {wanted} not found in {root}.",
-            f"run `latentmuse weights download --dir {root}` or copy the file there.",
-        )
+    path = require_file(root, key)
     module = entry.load_module()
     data = Sidecar.read(root).configs.get(key)
     config = config_from_dict(module, data) if data is not None else None

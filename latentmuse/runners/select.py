@@ -74,6 +74,13 @@ class TorchModels:
             self._modules[key] = model_for(key, self.weights, self.seed)
         return self._modules[key]
 
+    def require(self, key: str) -> None:
+        """Fail now, naming the file, when the weights folder lacks model ``key`` (loading is lazy)."""
+        if str(self.weights) != SMOKE:
+            from ..models.folder import require_file
+
+            require_file(self.weights, key)
+
     def runner(self, spec: GraphSpec, device: torch.device, dtype: torch.dtype) -> TorchRunner:
         return TorchRunner(spec.name, lambda: spec.make_wrapper(self.module(spec.model_key)), device, dtype, spec)
 

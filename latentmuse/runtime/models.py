@@ -174,6 +174,8 @@ def load_models(
         if ALL_GRAPHS[graph].model_key == "unet3d":
             continue
         models.runners[role] = selector.select(graph)
+        if models.runners[role].backend == "torch":
+            selector.torch_models.require(ALL_GRAPHS[graph].model_key)  # missing file: an error before any work
     unet_roles = {r: g for r, g in roles.items() if ALL_GRAPHS[g].model_key == "unet3d"}
     if unet_roles:
         models.unet3d_unavailable = _unet3d_runners(models, unet_roles, selector, weights)
