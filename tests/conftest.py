@@ -86,3 +86,31 @@ def engines(tmp_path_factory) -> Path:
             assert all(r.status == "pass" for r in results), [r.to_dict() for r in results]
             (root / "done").write_text("ok\n")
     return root
+
+
+FAKE_TENSORRT = Path(__file__).parent / "fake_tensorrt"
+FAKE_GPU_NAME, FAKE_GPU_CC = "NVIDIA H100 80GB HBM3", "9.0"
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """The TensorRT test double (tests/fake_tensorrt) importable here and in builder subprocesses, with a
+    GPU injected into the build orchestration; yields the ``tensorrt`` module."""
+    import importlib
+    import sys
+
+    from latentmuse.engines import orchestrate
+    from latentmuse.runners import trt_support
+    from latentmuse.system import GpuInfo
+
+    root = Path(__file__).parent.parent
+    monkeypatch.syspath_prepend(str(FAKE_TENSORRT))
+    path = os.pathsep.join([str(FAKE_TENSORRT), str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    monkeypatch.setenv("PYTHONPATH", path)
+    for var in ("FAKE_TENSORRT_CRASH", "FAKE_TENSORRT_VERSION"):
+        monkeypatch.delenv(var, raising=False)
+    sys.modules.pop("tensorrt", None)
+    monkeypatch.setattr(orchestrate, "gpu_info", lambda: GpuInfo(FAKE_GPU_NAME, FAKE_GPU_CC))
+    monkeypatch.setattr(trt_support, "_LOGGER", None)  # its logger belongs to the tensorrt module popped above
+    yield importlib.import_module("tensorrt")
+    sys.modules.pop("tensorrt", None)

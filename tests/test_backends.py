@@ -32,7 +32,6 @@ from latentmuse.system import GpuInfo
 from .conftest import RUN_GRAPHS, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKE = Path(__file__).parent / "fake_tensorrt"
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 
 
@@ -141,24 +140,6 @@ def test_help_and_doctor_import_only_what_they_use():
 
 
 # -------------------------------------------------------------------------- backend selection
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    """The TensorRT test double importable here and in builder subprocesses."""
-    monkeypatch.syspath_prepend(str(FAKE))
-    path = os.pathsep.join([str(FAKE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    monkeypatch.setenv("PYTHONPATH", path)
-    for var in ("FAKE_TENSORRT_CRASH", "FAKE_TENSORRT_VERSION"):
-        monkeypatch.delenv(var, raising=False)
-    sys.modules.pop("tensorrt", None)
-    from latentmuse.engines import orchestrate
-
-    monkeypatch.setattr(orchestrate, "gpu_info", lambda: GPU)
-    import tensorrt
-
-    yield tensorrt
-    sys.modules.pop("tensorrt", None)
 
 
 @pytest.fixture

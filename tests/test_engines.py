@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,6 @@ from latentmuse.runners.base import RunnerError
 from latentmuse.artifacts.onnx_files import onnx_sha256
 from latentmuse.graphs.spec import DynamicDim, GraphSpec, TensorSpec
 
-FAKE = Path(__file__).parent / "fake_tensorrt"
 ROOT = Path(__file__).parent.parent
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 
@@ -87,23 +85,6 @@ SPECS = {
     "beta": spec("beta", (TensorSpec("a", ("N", 2, 4, 4)), TensorSpec("b", ("N", 2, 4, 4))),
                  (TensorSpec("s", ("N", 2, 4, 4)), TensorSpec("p", ("N", 2, 4, 4)))),
 }
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    """The fake ``tensorrt`` importable here and in builder subprocesses; a GPU injected."""
-    monkeypatch.syspath_prepend(str(FAKE))
-    path = os.pathsep.join([str(FAKE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    monkeypatch.setenv("PYTHONPATH", path)
-    for var in ("FAKE_TENSORRT_CRASH", "FAKE_TENSORRT_VERSION"):
-        monkeypatch.delenv(var, raising=False)
-    sys.modules.pop("tensorrt", None)
-    monkeypatch.setattr(orchestrate, "gpu_info", lambda: GPU)
-    import latentmuse.runners.trt_support as trt_support
-
-    monkeypatch.setattr(trt_support, "_LOGGER", None)  # its logger belongs to the tensorrt module popped above
-    yield importlib.import_module("tensorrt")
-    sys.modules.pop("tensorrt", None)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from latentmuse.export import onnx_export as oe
-from latentmuse.export import validate as v
 from latentmuse.artifacts.export_report import read_report, write_report
 from latentmuse.runners.compare import compare, run_all
 from latentmuse.runners.ort_runner import OrtRunner

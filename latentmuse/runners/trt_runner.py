@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LatentmuseError
 from ..graphs.spec import GraphSpec
 from .base import BaseRunner, RunnerError, require_finite_outputs
 from .trt_support import deserialize_engine, get_logger, import_tensorrt

@@ -12,7 +12,6 @@ import torch
 from ..audio import AudioFeatures
 from ..contracts import Face
 from ..datagen import Window
-from ...runners.base import Runner
 
 
 class GeneratorFailure(RuntimeError):
