@@ -88,27 +88,20 @@ def _s3fd_outputs(size: int) -> tuple[TensorSpec, ...]:
     return tuple(out)
 
 
+def _vae_pair(resolution: int, suffix: str = "") -> tuple[GraphSpec, GraphSpec]:
+    """The VAE encoder and decoder graphs at ``resolution`` px crops (latents resolution / 8)."""
+    image = TensorSpec("image", ("N", 3, resolution, resolution))
+    latent = TensorSpec("latent", ("N", 4, resolution // 8, resolution // 8))
+    return (
+        GraphSpec(name=f"vae_encoder{suffix}", model_key="vae", make_wrapper=wrappers.VaeEncoderGraph,
+                  inputs=(image,), outputs=(latent,), dynamic=(_N,), atol=3e-4, rtol=3e-4),
+        GraphSpec(name=f"vae_decoder{suffix}", model_key="vae", make_wrapper=wrappers.VaeDecoderGraph,
+                  inputs=(latent,), outputs=(image,), dynamic=(_N,), atol=3e-4, rtol=3e-4),
+    )
+
+
 _SPECS = (
-    GraphSpec(
-        name="vae_encoder",
-        model_key="vae",
-        make_wrapper=wrappers.VaeEncoderGraph,
-        inputs=(TensorSpec("image", ("N", 3, 256, 256)),),
-        outputs=(TensorSpec("latent", ("N", 4, 32, 32)),),
-        dynamic=(_N,),
-        atol=3e-4,
-        rtol=3e-4,
-    ),
-    GraphSpec(
-        name="vae_decoder",
-        model_key="vae",
-        make_wrapper=wrappers.VaeDecoderGraph,
-        inputs=(TensorSpec("latent", ("N", 4, 32, 32)),),
-        outputs=(TensorSpec("image", ("N", 3, 256, 256)),),
-        dynamic=(_N,),
-        atol=3e-4,
-        rtol=3e-4,
-    ),
+    *_vae_pair(256),  # MuseTalk's and LatentSync 1.5's crops
     GraphSpec(
         name="whisper_encoder",
         model_key="whisper",
@@ -186,25 +179,12 @@ _S3FD_FRAMES = GraphSpec(
     rtol=1e-4,
 )
 
-def _vae_512() -> tuple[GraphSpec, GraphSpec]:
-    """The VAE pair at LatentSync 1.6's 512 px crops (the exported pair is MuseTalk's and LatentSync
-    1.5's 256 px)."""
-    return (
-        GraphSpec(name="vae_encoder_512", model_key="vae", make_wrapper=wrappers.VaeEncoderGraph,
-                  inputs=(TensorSpec("image", ("N", 3, 512, 512)),), outputs=(TensorSpec("latent", ("N", 4, 64, 64)),),
-                  dynamic=(_N,), atol=3e-4, rtol=3e-4),
-        GraphSpec(name="vae_decoder_512", model_key="vae", make_wrapper=wrappers.VaeDecoderGraph,
-                  inputs=(TensorSpec("latent", ("N", 4, 64, 64)),), outputs=(TensorSpec("image", ("N", 3, 512, 512)),),
-                  dynamic=(_N,), atol=3e-4, rtol=3e-4),
-    )
-
-
 #: The exported graphs (``latentmuse export`` writes, ``latentmuse build`` builds these).
 GRAPHS: dict[str, GraphSpec] = {spec.name: spec for spec in _SPECS}
 #: Graphs that only the PyTorch runner runs.
 TORCH_ONLY: dict[str, GraphSpec] = {spec.name: spec for r in (256, 512) for spec in _deepcache(r)}
 TORCH_ONLY[_S3FD_FRAMES.name] = _S3FD_FRAMES
-TORCH_ONLY.update({spec.name: spec for spec in _vae_512()})
+TORCH_ONLY.update({spec.name: spec for spec in _vae_pair(512, "_512")})  # LatentSync 1.6's crops
 ALL_GRAPHS: dict[str, GraphSpec] = {**GRAPHS, **TORCH_ONLY}
 
 

@@ -156,7 +156,8 @@ class EngineStore:
         other = self.same_weights(entry)
         if other:
             return None, f"{path.name}: {other}"
-        return path, f"{path.name} validated against PyTorch (max-abs {entry.get('fp32_max_abs', entry.get('fp16_max_abs'))})"
+        error = entry.get("fp32_max_abs" if precision == "fp32" else "fp16_max_abs")
+        return path, f"{path.name} validated against PyTorch (max-abs {error})"
 
     def plan(self, graph: str, trt_version: str, gpu: GpuInfo) -> tuple[Path | None, str]:
         """The plan for ``graph`` usable on this machine, or None and why not."""
@@ -237,12 +238,11 @@ class Selector:
         skipped: list[str] = []
         if graph not in GRAPHS or self.backend == "torch":
             why = "--backend torch" if self.backend == "torch" else "no engine runs it (PyTorch only)"
-            return self._chose(graph, self.torch_models.runner(spec, self.device, self.dtype), "torch", why, skipped)
+            return self._chose(graph, self._torch(spec), "torch", why, skipped)
         if self.backend == "auto" and not self.store.exists:
             self._say_once("no-store", f"no engines folder {self.store.root}: every graph runs on PyTorch "
                                        "(build engines with `make engines`, or pass --engines DIR)")
-            return self._chose(graph, self.torch_models.runner(spec, self.device, self.dtype), "torch",
-                               f"no engines folder {self.store.root}", [])
+            return self._chose(graph, self._torch(spec), "torch", f"no engines folder {self.store.root}", [])
         for backend in (("trt", "ort") if self.backend == "auto" else (self.backend,)):
             runner, why = self._try(backend, spec)
             if runner is not None:
@@ -256,8 +256,10 @@ class Selector:
                 self._say_once("no-trt", f"TensorRT skipped for every graph: {why}")
             else:
                 self.note(f"{graph}: {NAMES[backend]} skipped: {why}")
-        return self._chose(graph, self.torch_models.runner(spec, self.device, self.dtype), "torch",
-                           "no usable engine", skipped)
+        return self._chose(graph, self._torch(spec), "torch", "no usable engine", skipped)
+
+    def _torch(self, spec: GraphSpec) -> Runner:
+        return self.torch_models.runner(spec, self.device, self.dtype)
 
     def _try(self, backend: str, spec: GraphSpec) -> tuple[Runner | None, str]:
         if backend == "trt":

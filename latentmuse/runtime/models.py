@@ -163,12 +163,11 @@ def load_models(
                 f"weights folder {root} does not exist.",
                 "run `latentmuse weights download --dir DIR`, or pass --weights smoke for a plumbing test.",
             )
-    torch_models = TorchModels(weights, seed)
     if selector is None:
         store = None if backend == "torch" else EngineStore(engines_dir(engines), weights, seed)
-        selector = Selector(backend, device, dtype or torch_dtype(precision, device), store, torch_models, note)
-    models = ModelSet({}, root, weights_version(weights), torch_models=torch_models, device=selector.device,
-                      dtype=selector.dtype)
+        selector = Selector(backend, device, dtype or torch_dtype(precision, device), store, TorchModels(weights, seed), note)
+    models = ModelSet({}, root, weights_version(weights), choices=selector.choices, torch_models=selector.torch_models,
+                      device=selector.device, dtype=selector.dtype)
     models.roles = dict(roles)
     for role, graph in roles.items():
         if ALL_GRAPHS[graph].model_key == "unet3d":
@@ -179,8 +178,6 @@ def load_models(
     unet_roles = {r: g for r, g in roles.items() if ALL_GRAPHS[g].model_key == "unet3d"}
     if unet_roles:
         models.unet3d_unavailable = _unet3d_runners(models, unet_roles, selector, weights)
-    models.choices = selector.choices
-    models.torch_models = selector.torch_models
     return models
 
 
