@@ -488,3 +488,88 @@ def test_make_front_end_choices(face_weights: Path, tmp_path: Path) -> None:
         make_front_end("s3fd", None)
     with pytest.raises(LatentmuseError):
         make_front_end("mediapipe", None)
+
+
+# ------------------------------------------------------------------------ candidates (every face)
+
+
+def test_s3fd_candidates_equal_face_alignments_order_of_filters() -> None:
+    """Our NMS over anchors above both thresholds = face-alignment's: > 0.05, NMS, then > 0.5."""
+    g = torch.Generator().manual_seed(5)
+    maps = [t.normal_(0, 2, generator=g) for t in _empty_maps(3, 64, 96)]
+    scores, boxes = s3fd_decode(maps)
+    ours = s3fd_candidates(maps)
+    for b in range(3):
+        mask = scores[b] > 0.05
+        dets = torch.cat([boxes[b][mask], scores[b][mask, None]], dim=1).numpy()
+        reference = dets[nms(dets, 0.3)]
+        reference = reference[reference[:, 4] > 0.5]
+        assert len(reference) > 3 and np.array_equal(ours[b], reference)
+
+
+def test_s3fd_candidates_are_every_usable_face_and_fan_runs_on_the_chosen_one_only() -> None:
+    frames = [np.full((200, 240, 3), 100, np.uint8) for _ in range(3)]
+    reg = (0.0, 0.0, 0.0, 0.0)
+
+    class ThreeFaces(_StubS3FD):
+        def forward(self, x):
+            maps = _empty_maps(x.shape[0], x.shape[2], x.shape[3])
+            for b in range(x.shape[0]):
+                _put(maps, b, 2, 3, 3, 2.0, reg)  # stride 16: centre (8 + 3 * 16, 8 + 3 * 16), side 64; p 0.881
+                _put(maps, b, 2, 3, 10, 4.0, reg)  # centre (168, 56); p 0.982
+                _put(maps, b, 1, 9, 2, 3.0, reg)  # stride 8: centre (4 + 2 * 8, 4 + 9 * 8), side 32; p 0.953
+                _put(maps, b, 5, 0, 1, 5.0, (4.0, 0, 0, 0))  # a box mostly outside the frame: not a candidate
+            return maps
+
+    cells = [(20 + j % 20, 20 + j // 20) for j in range(68)]
+    fan = _StubFAN(cells)
+    fe = S3FDFanFrontEnd(ThreeFaces([None] * 3), fan, "cpu", quantize=False)
+    found = fe.candidates(frames)
+    assert [len(f) for f in found] == [3, 3, 3] and fan.seen == []  # no landmarks for candidates
+    assert [tuple(round(v, 6) for v in c.box) for c in found[0]] == [(136, 24, 200, 88), (4, 60, 36, 92), (24, 24, 88, 88)]
+    assert [c.score for c in found[0]] == pytest.approx([1 / (1 + math.exp(-s)) for s in (4.0, 3.0, 2.0)])
+    chosen = [found[0][2], None, found[2][0]]
+    faces_out = fe.landmarks(frames, chosen)
+    assert faces_out[1] is None
+    (crops,) = fan.seen
+    assert crops.shape[0] == 2  # one crop per chosen face, whatever the number of people
+    for face, c in zip((faces_out[0], faces_out[2]), (chosen[0], chosen[2])):
+        assert face.box == c.box
+        centroid = face.landmarks.mean(axis=0)
+        assert c.box[0] <= centroid[0] <= c.box[2] and c.box[1] <= centroid[1] <= c.box[3]
+    with pytest.raises(ValueError, match="one choice per frame"):
+        fe.landmarks(frames, chosen[:2])
+    # detect = the highest-scoring candidate with its landmarks
+    assert fe.detect(frames[:1])[0].box == found[0][0].box
+
+
+def test_s3fd_candidates_with_random_weights(face_weights: Path) -> None:
+    fe = S3FDFanFrontEnd.from_weights(face_weights, "cpu", batch_size=2)
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    every = fe.candidates(frames)
+    assert sum(map(len, every)) > 0  # random weights "see" faces in noise
+    for found, frame in zip(every, frames):
+        assert len(found) <= faces.MAX_CANDIDATES
+        assert all(faces.usable_box(c.box, frame.shape) and c.score > 0.5 for c in found)
+        assert [c.score for c in found] == sorted((c.score for c in found), reverse=True)
+
+
+@needs_predictor
+def test_dlib_reports_both_faces_and_predicts_landmarks_for_the_chosen_one(dlib_fe: DlibFrontEnd, astronaut: np.ndarray) -> None:
+    face = astronaut[40:220, 130:310]  # 180 x 180 around the face
+    frame = np.zeros((200, 420, 3), np.uint8)
+    frame[10:190, 10:190] = face
+    frame[10:190, 230:410] = face[:, ::-1]  # the mirror image on the right
+    (found,) = dlib_fe.candidates([frame])
+    assert len(found) == 2
+    left, right = sorted(found, key=lambda c: c.box[0])
+    assert left.box[2] < 200 < right.box[0]
+    calls = []
+    predictor = dlib_fe.predictor
+    fe = DlibFrontEnd()
+    fe.predictor = lambda image, rect: calls.append(rect) or predictor(image, rect)
+    (on_right,) = fe.landmarks([frame], [right])
+    assert len(calls) == 1  # the shape predictor ran once, on the chosen box
+    assert (on_right.landmarks[:, 0] > 215).all() and on_right.box == right.box
+    assert fe.landmarks([frame], [None]) == [None] and len(calls) == 1

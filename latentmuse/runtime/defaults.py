@@ -3,3 +3,7 @@
 #: LatentSync's inference defaults: 20 DDIM steps, classifier-free guidance 1.5.
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 1.5
+#: ``--min-face-size``: a face whose detector box is shorter than this many pixels passes through. At 64
+#: px the generators' 256 px crop is already a 4x upscale (mostly interpolation), and landmarks of
+#: smaller faces are unreliable (docs/FACES.md).
+DEFAULT_MIN_FACE_SIZE = 64

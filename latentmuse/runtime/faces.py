@@ -3,7 +3,7 @@
 Two interchangeable implementations of :class:`~latentmuse.runtime.contracts.FaceFrontEnd`:
 
 * :class:`S3FDFanFrontEnd`, the production front end of MuseTalk / face-alignment: the S3FD detector
-  (highest-scoring face with score > 0.5) followed by FAN 2DFAN-4 landmarks, reproducing
+  (faces with score > 0.5 after NMS) followed by FAN 2DFAN-4 landmarks, reproducing
   face-alignment's pre- and post-processing (see the functions below for each detail). Batches are
   processed with torch ops on the model's device; frames of one forward pass must share a size, so
   a batch is grouped by frame shape internally.
@@ -13,18 +13,28 @@ Two interchangeable implementations of :class:`~latentmuse.runtime.contracts.Fac
 :func:`make_front_end` picks one ("auto" = S3FD+FAN when both weight files are in the weights folder,
 else dlib).
 
-Every front end returns, per frame, a :class:`~latentmuse.runtime.contracts.Face` whose
-``landmarks`` are float32 (68, 2) in full-frame pixels (x, y), or ``None`` when no usable face is
-found: no detection, a box fully or mostly (more than half its area) outside the frame, or
-degenerate landmarks (non-finite, or spanning fewer than ``MIN_FACE_PX`` pixels). ``None`` frames
-are passthrough frames for the pipeline. Landmarks are **not** clipped to the frame (a face at the
-border legitimately has jaw points outside it); the generators decide what to do with those.
+Every front end works in two steps, so that a tracker (:mod:`latentmuse.runtime.tracking`) can
+choose the dubbed face between them and the landmarker's cost does not grow with the number of
+people in view:
+
+* ``candidates(frames)``: every usable detector box of each frame as a
+  :class:`~latentmuse.runtime.contracts.FaceCandidate`, highest score first, at most
+  ``MAX_CANDIDATES``. A box fully or mostly (more than half its area) outside the frame, empty or
+  non-finite is not a candidate (a face leaving the frame stops being one at that point).
+* ``landmarks(frames, chosen)``: for one chosen candidate per frame (or ``None``: nothing is run), a
+  :class:`~latentmuse.runtime.contracts.Face` whose ``landmarks`` are float32 (68, 2) in full-frame
+  pixels (x, y), or ``None`` for degenerate landmarks (non-finite, or spanning fewer than
+  ``MIN_FACE_PX`` pixels).
+
+``detect(frames)`` is both for the highest-scoring candidate of each frame. ``None`` frames are
+passthrough frames for the pipeline. Landmarks are **not** clipped to the frame (a face at the border
+legitimately has jaw points outside it); the generators decide what to do with those.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -39,7 +49,7 @@ from ..errors import LatentmuseError
 from ..graphs.wrappers import S3FD_OUTPUTS, FANGraph, S3FDGraph
 from ..runners.base import Runner, run_chunked
 from ..runners.torch_runner import TorchRunner
-from .contracts import Face, FaceFrontEnd
+from .contracts import Face, FaceCandidate, FaceFrontEnd
 
 
 __all__ = [
@@ -54,6 +64,7 @@ __all__ = [
     "s3fd_best",
     "s3fd_candidates",
     "s3fd_decode",
+    "usable_box",
     "usable_face",
 ]
 
@@ -64,6 +75,9 @@ DEFAULT_DLIB_PREDICTOR = Path("/usr/share/dlib/shape_predictor_68_face_landmarks
 MIN_FACE_PX = 4.0
 #: A detector box with less than this fraction of its area inside the frame is unusable.
 MIN_INSIDE_FRACTION = 0.5
+#: At most this many candidates per frame (the highest-scoring) reach the tracker: a crowd larger than
+#: this loses its least certain detections, and a detector's noise cannot make tracking quadratic.
+MAX_CANDIDATES = 20
 
 # S3FD constants (face-alignment ``detection/sfd``).
 S3FD_MEAN_BGR = (104.0, 117.0, 123.0)
@@ -90,6 +104,17 @@ IBUG_FLIP = (
 # ------------------------------------------------------------------------------------------ checks
 
 
+def usable_box(box: Sequence[float], frame_shape: Sequence[int], *, min_inside: float = MIN_INSIDE_FRACTION) -> bool:
+    """Whether a detector box can be a candidate: finite, non-empty, at least ``min_inside`` of its
+    area inside the frame."""
+    h, w = int(frame_shape[0]), int(frame_shape[1])
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        return False
+    inside = max(0.0, min(x2, w) - max(x1, 0.0)) * max(0.0, min(y2, h) - max(y1, 0.0))
+    return inside >= min_inside * (x2 - x1) * (y2 - y1)
+
+
 def usable_face(
     landmarks: np.ndarray,
     box: Sequence[float],
@@ -99,12 +124,7 @@ def usable_face(
     min_size: float = MIN_FACE_PX,
 ) -> bool:
     """Whether a detection can be used: box mostly inside the frame and non-degenerate landmarks."""
-    h, w = int(frame_shape[0]), int(frame_shape[1])
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
-        return False
-    inside = max(0.0, min(x2, w) - max(x1, 0.0)) * max(0.0, min(y2, h) - max(y1, 0.0))
-    if inside < min_inside * (x2 - x1) * (y2 - y1):
+    if not usable_box(box, frame_shape, min_inside=min_inside):
         return False
     pts = np.asarray(landmarks, dtype=np.float64)
     if pts.shape != (68, 2) or not np.isfinite(pts).all():
@@ -119,6 +139,21 @@ def _face_or_none(landmarks: np.ndarray, box: Sequence[float], score: float, fra
     if not usable_face(landmarks, box_t, frame_shape):
         return None
     return Face(landmarks=landmarks, box=box_t, score=float(score))  # type: ignore[arg-type]
+
+
+def _candidate_list(boxes: Sequence[Sequence[float]], scores: Sequence[float], frame_shape: Sequence[int]) -> list[FaceCandidate]:
+    """The usable boxes of one frame as candidates, highest score first (stable), at most ``MAX_CANDIDATES``."""
+    found = [FaceCandidate(tuple(float(v) for v in box), float(score))  # type: ignore[arg-type]
+             for box, score in zip(boxes, scores) if usable_box(box, frame_shape)]
+    found.sort(key=lambda c: -c.score)
+    return found[:MAX_CANDIDATES]
+
+
+def _check_chosen(frames: Sequence[np.ndarray], chosen: Sequence[FaceCandidate | None]) -> None:
+    if len(chosen) != len(frames):
+        raise ValueError(f"landmarks need one choice per frame, got {len(chosen)} for {len(frames)} frames")
+    for frame in frames:
+        _check_frame(frame)
 
 
 def _check_frame(frame: np.ndarray) -> None:
@@ -141,8 +176,8 @@ def _dlib_predictor(path: str):
 class DlibFrontEnd:
     """dlib's HOG frontal face detector + 68-point shape predictor (the offline front end).
 
-    Per frame: ``detector.run(rgb, upsample, 0)`` gives boxes with scores; the highest-scoring box is
-    kept and the shape predictor places the 68 iBUG points in it. No box -> ``None``.
+    Per frame: ``detector.run(rgb, upsample, 0)`` gives boxes with scores (every usable one is a
+    candidate); the shape predictor places the 68 iBUG points in the chosen box only.
 
     Speed: HOG detection cost grows with the pixel count (and x4 per ``upsample`` step), so when the
     frame's longest side exceeds ``detect_max_side`` (default 640) detection runs on a copy
@@ -184,11 +219,17 @@ class DlibFrontEnd:
         self.predictor = _dlib_predictor(str(path.resolve()))
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
-        return [self.detect_one(frame) for frame in frames]
+        return self.landmarks(frames, [found[0] if found else None for found in self.candidates(frames)])
 
-    def detect_one(self, frame: np.ndarray) -> Face | None:
+    def candidates(self, frames: Sequence[np.ndarray]) -> list[list[FaceCandidate]]:
+        return [self._candidates_one(frame) for frame in frames]
+
+    def landmarks(self, frames: Sequence[np.ndarray], chosen: Sequence[FaceCandidate | None]) -> list[Face | None]:
+        _check_chosen(frames, chosen)
+        return [None if c is None else self._landmarks_one(frame, c) for frame, c in zip(frames, chosen)]
+
+    def _candidates_one(self, frame: np.ndarray) -> list[FaceCandidate]:
         _check_frame(frame)
-        dlib = self._dlib
         h, w = frame.shape[:2]
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         longest = max(h, w)
@@ -200,19 +241,17 @@ class DlibFrontEnd:
         else:
             small, fx, fy = rgb, 1.0, 1.0
         rects, scores, _ = self.detector.run(small, self.upsample, 0.0)
-        if len(rects) == 0:
-            return None
-        best = int(np.argmax(scores))
-        r = rects[best]
         # dlib boxes are inclusive pixel indices; map pixel centres back to the full frame.
-        left = (r.left() + 0.5) * fx - 0.5
-        top = (r.top() + 0.5) * fy - 0.5
-        right = (r.right() + 0.5) * fx - 0.5
-        bottom = (r.bottom() + 0.5) * fy - 0.5
-        rect = dlib.rectangle(round(left), round(top), round(right), round(bottom))
+        boxes = [((r.left() + 0.5) * fx - 0.5, (r.top() + 0.5) * fy - 0.5,
+                  (r.right() + 0.5) * fx - 0.5, (r.bottom() + 0.5) * fy - 0.5) for r in rects]
+        return _candidate_list(boxes, scores, frame.shape)
+
+    def _landmarks_one(self, frame: np.ndarray, candidate: FaceCandidate) -> Face | None:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        rect = self._dlib.rectangle(*(round(v) for v in candidate.box))
         shape = self.predictor(rgb, rect)
         pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
-        return _face_or_none(pts, (left, top, right, bottom), float(scores[best]), frame.shape)
+        return _face_or_none(pts, candidate.box, candidate.score, frame.shape)
 
 
 # ------------------------------------------------------------------------------------------- S3FD
@@ -292,13 +331,16 @@ def s3fd_candidates(
 ) -> list[np.ndarray]:
     """All faces per frame as face-alignment's ``detect_from_batch`` gives them: (K, 5) arrays.
 
-    Anchors with probability > ``candidate_threshold`` are decoded, suppressed with :func:`nms` and
-    those with score > ``score_threshold`` kept, highest score first.
+    face-alignment decodes the anchors with probability > ``candidate_threshold``, suppresses them with
+    :func:`nms` and keeps those with score > ``score_threshold``, highest score first. Suppression only
+    ever comes from a kept, higher-scoring box, so a box above ``score_threshold`` is suppressed by
+    boxes above it alone: running NMS on the anchors above both thresholds gives the same faces,
+    without an NMS over the thousands of weak anchors a frame has.
     """
     scores, boxes = s3fd_decode(outputs)
     result = []
     for b in range(scores.shape[0]):
-        mask = scores[b] > candidate_threshold
+        mask = scores[b] > max(candidate_threshold, score_threshold)
         dets = torch.cat([boxes[b][mask], scores[b][mask, None]], dim=1).cpu().numpy()
         dets = dets[nms(dets, nms_threshold)] if len(dets) else dets.reshape(0, 5)
         result.append(dets[dets[:, 4] > score_threshold])
@@ -452,7 +494,8 @@ class S3FDFanFrontEnd:
     * S3FD sees the full-resolution frame, BGR minus the VGG mean (104, 117, 123), as face-alignment
       feeds it (face-alignment converts its RGB input back to BGR). Note that MuseTalk's vendored
       copy feeds RGB minus this BGR mean (a channel-order bug inherited from Wav2Lip); we do not.
-    * The highest-scoring face with score > 0.5 after NMS 0.3 (see :func:`s3fd_best`).
+    * Every face with score > 0.5 after NMS 0.3 is a candidate (:func:`s3fd_candidates`); ``detect``
+      takes the highest-scoring one, as face-alignment.
     * FAN on face-alignment's 256 x 256 crop (:func:`fan_center_scale`, :func:`fan_crop`), last
       stack's heatmaps, decoded with :func:`heatmaps_to_landmarks`. ``flip_input`` (face-alignment's
       option, off by default in every release MuseTalk and LatentSync used) adds the mirrored
@@ -460,7 +503,8 @@ class S3FDFanFrontEnd:
       integers.
 
     Frames are grouped by shape and run ``batch_size`` at a time (S3FD memory grows with frame size
-    and batch: a 1080p batch of 8 needs several GB on a GPU).
+    and batch: a 1080p batch of 8 needs several GB on a GPU). FAN sees one crop per frame, the chosen
+    candidate's.
     """
 
     name = "s3fd"
@@ -493,47 +537,57 @@ class S3FDFanFrontEnd:
         return cls(load_model(root, "s3fd", device=device), load_model(root, "fan68", device=device), device, **kwargs)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
+        return self.landmarks(frames, [found[0] if found else None for found in self.candidates(frames)])
+
+    def candidates(self, frames: Sequence[np.ndarray]) -> list[list[FaceCandidate]]:
         for frame in frames:
             _check_frame(frame)
-        results: list[Face | None] = [None] * len(frames)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, frame in enumerate(frames):
-            groups.setdefault(frame.shape, []).append(i)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                for i, face in zip(chunk, self._detect_batch([frames[i] for i in chunk])):
-                    results[i] = face
+        results: list[list[FaceCandidate]] = [[] for _ in frames]
+        for chunk in self._batches(frames, range(len(frames))):
+            for i, found in zip(chunk, self._candidates_batch([frames[i] for i in chunk])):
+                results[i] = found
         return results
 
+    def landmarks(self, frames: Sequence[np.ndarray], chosen: Sequence[FaceCandidate | None]) -> list[Face | None]:
+        _check_chosen(frames, chosen)
+        results: list[Face | None] = [None] * len(frames)
+        for chunk in self._batches(frames, [i for i, c in enumerate(chosen) if c is not None]):
+            faces = self._landmarks_batch([frames[i] for i in chunk], [chosen[i] for i in chunk])  # type: ignore[misc]
+            for i, face in zip(chunk, faces):
+                results[i] = face
+        return results
+
+    def _batches(self, frames: Sequence[np.ndarray], indices: Sequence[int]) -> Iterator[list[int]]:
+        """``indices`` grouped by frame shape (one forward pass needs one size), ``batch_size`` at a time."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in indices:
+            groups.setdefault(frames[i].shape, []).append(i)
+        for group in groups.values():
+            for start in range(0, len(group), self.batch_size):
+                yield group[start : start + self.batch_size]
+
+    def _upload(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float()  # BGR 0..255
+
     @torch.no_grad()
-    def _detect_batch(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
-        batch = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float()  # BGR 0..255
+    def _candidates_batch(self, frames: Sequence[np.ndarray]) -> list[list[FaceCandidate]]:
         mean = torch.tensor(S3FD_MEAN_BGR, device=self.device).view(1, 3, 1, 1)
-        heads = self.s3fd({"image": batch - mean})
-        boxes, scores, found = s3fd_best([heads[name].to(self.device, torch.float32) for name in S3FD_OUTPUTS],
-                                         score_threshold=self.score_threshold)
-        out: list[Face | None] = [None] * len(frames)
-        # boxes mostly outside the frame are unusable: do not spend a FAN pass on them
-        height, width = frames[0].shape[:2]
-        x1, y1, x2, y2 = boxes.unbind(-1)
-        inside = (x2.clamp(max=width) - x1.clamp(min=0)).clamp(min=0) * (y2.clamp(max=height) - y1.clamp(min=0)).clamp(min=0)
-        found &= inside >= MIN_INSIDE_FRACTION * (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-        found &= (x2 > x1) & (y2 > y1)
-        hits = torch.nonzero(found).flatten()
-        if hits.numel() == 0:
-            return out
-        centers, scales = fan_center_scale(boxes[hits])
-        crops = fan_crop(batch[hits], centers, scales)
+        heads = self.s3fd({"image": self._upload(frames) - mean})
+        dets = s3fd_candidates([heads[name].to(self.device, torch.float32) for name in S3FD_OUTPUTS],
+                               score_threshold=self.score_threshold)
+        return [_candidate_list(d[:, :4], d[:, 4], frame.shape) for d, frame in zip(dets, frames)]
+
+    @torch.no_grad()
+    def _landmarks_batch(self, frames: Sequence[np.ndarray], chosen: Sequence[FaceCandidate]) -> list[Face | None]:
+        boxes = torch.tensor([c.box for c in chosen], dtype=torch.float64, device=self.device)
+        centers, scales = fan_center_scale(boxes)
+        crops = fan_crop(self._upload(frames), centers, scales)
         heatmaps = self._heatmaps(crops)
         if self.flip_input:
             mirrored = self._heatmaps(crops.flip(-1))
             heatmaps = heatmaps + mirrored[:, list(IBUG_FLIP)].flip(-1)
         landmarks = heatmaps_to_landmarks(heatmaps, centers, scales, quantize=self.quantize).cpu().numpy()
-        boxes_np, scores_np = boxes[hits].cpu().numpy(), scores[hits].cpu().numpy()
-        for k, i in enumerate(hits.tolist()):
-            out[i] = _face_or_none(landmarks[k], boxes_np[k], scores_np[k], frames[i].shape)
-        return out
+        return [_face_or_none(landmarks[k], c.box, c.score, frame.shape) for k, (c, frame) in enumerate(zip(chosen, frames))]
 
     def _heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
         return run_chunked(self.fan, {"image": crops}, "heatmaps", len(crops), self.device)

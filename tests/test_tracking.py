@@ -1,0 +1,292 @@
+"""The dubbed face: chosen once, followed across frames (runtime/tracking.py, docs/FACES.md).
+
+Unit tests on hand-written boxes (IoU worked by hand; faces side by side, crossing, hiding one
+another, leaving and coming back; too small; landmark continuity), then the S3FD front end's
+candidates, then real clips through the pipeline (two astronaut faces built here, dlib detections,
+stand-in generators): only the chosen face's region changes in every frame.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from latentmuse.errors import LatentmuseError
+from latentmuse.runtime.contracts import Face, FaceCandidate
+from latentmuse.runtime.tracking import (
+    DUBBED,
+    LANDMARK_JUMP,
+    LOST,
+    NO_FACE,
+    NO_LANDMARKS,
+    OVERLAP,
+    TOO_SMALL,
+    FacePolicy,
+    FaceTracker,
+    box_iou,
+    parse_face_policy,
+)
+
+FRAME = (480, 640, 3)
+
+
+def box(x: float, y: float, w: float = 100.0, h: float | None = None) -> tuple[float, float, float, float]:
+    return (x, y, x + w, y + (w if h is None else h))
+
+
+def cands(*boxes) -> list[FaceCandidate]:
+    return [FaceCandidate(b, 0.9) for b in boxes]
+
+
+def grid_landmarks(b, dx: float = 0.0, dy: float = 0.0) -> np.ndarray:
+    """68 points on a grid inside box ``b`` (shifted by dx, dy): a stand-in landmark set."""
+    x1, y1, x2, y2 = b
+    xs, ys = np.meshgrid(np.linspace(x1 + 10, x2 - 10, 17), np.linspace(y1 + 10, y2 - 10, 4))
+    return (np.stack([xs.ravel(), ys.ravel()], 1)[:68] + [dx, dy]).astype(np.float32)
+
+
+def follow(tracker: FaceTracker, frames) -> list:
+    """Select and confirm (landmarks on the chosen box) every frame; the selections."""
+    out = []
+    for found in frames:
+        sel = tracker.select(found, FRAME)
+        face = Face(grid_landmarks(sel.candidate.box), sel.candidate.box) if sel.candidate else None
+        tracker.confirm(sel, face)
+        out.append(sel)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- maths
+
+
+def test_iou_worked_by_hand() -> None:
+    a = (0.0, 0.0, 10.0, 10.0)
+    assert box_iou(a, (5, 0, 15, 10)) == pytest.approx(50 / 150)  # half overlap: 50 / (100 + 100 - 50)
+    assert box_iou(a, (5, 5, 15, 15)) == pytest.approx(25 / 175)  # quarter overlap
+    assert box_iou(a, (2, 2, 8, 8)) == pytest.approx(36 / 100)  # contained: its area over the outer one
+    assert box_iou(a, a) == 1.0
+    assert box_iou(a, (10, 0, 20, 10)) == 0.0  # touching edges
+    assert box_iou(a, (30, 30, 40, 40)) == 0.0
+    assert box_iou(a, (5, 5, 5, 9)) == 0.0  # empty box
+
+
+# -------------------------------------------------------------------------------------------- policy
+
+
+def test_face_option_parsing() -> None:
+    assert parse_face_policy("largest") == FacePolicy("largest")
+    assert parse_face_policy("Center") == FacePolicy("center")
+    point = parse_face_policy(" 320, 180 ")
+    assert point == FacePolicy("point", (320, 180)) and str(point) == "320,180"
+    for bad in ("left", "1,2,3", "-1,5", "1.5,2", "", "x,y"):
+        with pytest.raises(LatentmuseError) as err:
+            parse_face_policy(bad)
+        assert "largest, center" in err.value.message and "--face 320,180" in err.value.fix
+    point.check_frame(321, 181)
+    with pytest.raises(LatentmuseError) as err:
+        point.check_frame(320, 480)
+    assert "outside the 320 x 480 frame" in err.value.message and "0..319" in err.value.fix
+
+
+def test_policies_choose_by_hand() -> None:
+    a, b, c = box(0, 0, 100), box(300, 50, 120), box(270, 190, 80)  # areas 10000, 14400, 6400
+    found = cands(a, b, c)
+    assert FacePolicy("largest").choose(found, FRAME) == (1, None)
+    # frame centre (319.5, 239.5): centres (50, 50) 329.6 px, (360, 110) 135.7 px, (310, 230) 13.4 px away
+    assert FacePolicy("center").choose(found, FRAME) == (2, None)
+    assert FacePolicy("point", (50, 60)).choose(found, FRAME) == (0, None)
+    # (320, 200) is inside b (300..420, 50..170? no: y 200 > 170) and c (270..350, 190..270): c
+    assert FacePolicy("point", (320, 200)).choose(found, FRAME) == (2, None)
+    # (320, 120) is inside b only
+    assert FacePolicy("point", (320, 120)).choose(found, FRAME) == (1, None)
+    # (210, 100) is inside none: 110 px from a's edge, 90 px from b's, 90.6 px from c's corner (270, 190)
+    index, note = FacePolicy("point", (210, 100)).choose(found, FRAME)
+    assert index == 1 and "inside no face" in note
+    # equal areas: the higher score, then the detector's order
+    twins = [FaceCandidate(box(0, 0), 0.6), FaceCandidate(box(200, 0), 0.8), FaceCandidate(box(400, 0), 0.8)]
+    assert FacePolicy("largest").choose(twins, FRAME) == (1, None)
+
+
+def test_choice_is_made_once_at_first_appearance() -> None:
+    small, big, bigger = box(10, 10, 50), box(300, 100, 120), box(100, 300, 160)
+    tracker = FaceTracker("largest", min_face_size=64)
+    sels = follow(tracker, [[], cands(small), cands(small, big), cands(small, big, bigger), cands(bigger, big)])
+    assert [s.status for s in sels] == [NO_FACE, TOO_SMALL, DUBBED, DUBBED, DUBBED]
+    assert all(s.candidate.box == big for s in sels[2:])  # a larger face arriving later is not taken
+    assert tracker.dubbed.first_frame == 2 and tracker.dubbed.box == big and tracker.dubbed.policy == "largest"
+    assert tracker.faces_seen == 3
+
+
+# ---------------------------------------------------------------------------------------- following
+
+
+def test_adjacent_faces_never_switch() -> None:
+    rng = random.Random(0)
+    tracker = FaceTracker(FacePolicy("point", (150, 150)))
+    for t in range(60):
+        # two faces touching side by side, both jittering by up to 4 px and size by up to 6 px
+        a = box(100 + rng.uniform(-4, 4), 100 + rng.uniform(-4, 4), 100 + rng.uniform(-6, 6))
+        b = box(a[2] + rng.uniform(-5, 3), 100 + rng.uniform(-4, 4), 110 + rng.uniform(-6, 6))
+        found = cands(a, b) if rng.random() < 0.5 else cands(b, a)
+        (sel,) = follow(tracker, [found])
+        assert sel.status == DUBBED and sel.candidate.box == a, t
+
+
+def test_crossing_faces_never_switch() -> None:
+    """A moves right and B left at 20 px per frame, 12 px apart vertically, both always detected. At
+    frame 15, A is at (300, 100) and B at (280, 112): B's box overlaps A's last box (280, 100) more
+    (100 x 88 / (20000 - 8800) = 0.79) than A's own does (80 x 100 / (20000 - 8000) = 0.67), so a
+    tracker matching last boxes would switch; A's box moved by its velocity is A's new box exactly."""
+    tracker = FaceTracker(FacePolicy("point", (50, 150)))
+    assert box_iou(box(280, 100), box(280, 112)) == pytest.approx(8800 / 11200)
+    assert box_iou(box(280, 100), box(300, 100)) == pytest.approx(8000 / 12000)
+    seen = []
+    for t in range(30):
+        a, b = box(20 * t, 100), box(580 - 20 * t, 112)
+        (sel,) = follow(tracker, [cands(b, a)])
+        assert sel.status == DUBBED and sel.candidate.box == a, t
+        seen.append(box_iou(a, b))
+    assert max(seen) > 0.5  # they did cross
+
+
+def test_a_candidate_two_faces_could_own_is_given_to_neither() -> None:
+    """Frame 3 has one box between A's and B's predicted boxes, overlapping both by 0.3 or more: A's
+    prediction (180, 100) more (IoU 60/140 = 0.43) than B's (270, 100) (50/150 = 0.33). Greedy matching
+    alone would dub it as A; it is B passing in front, so it goes to neither and A passes through."""
+    a_dubbed = FacePolicy("point", (160, 150))
+    frames = [cands(box(150, 100), box(300, 100)), cands(box(160, 100), box(300, 100)),
+              cands(box(170, 100), box(285, 100)),  # A moves +10 per frame, B -15
+              cands(box(220, 100)),  # one box, centre 270: between A's (230) and B's (320) predictions
+              cands(box(190, 100), box(255, 100))]  # A again where its velocity puts it, B on the left
+    tracker = FaceTracker(a_dubbed)
+    sels = follow(tracker, frames)
+    assert box_iou(box(180, 100), box(220, 100)) == pytest.approx(60 / 140)
+    assert box_iou(box(270, 100), box(220, 100)) == pytest.approx(50 / 150)
+    assert [s.status for s in sels] == [DUBBED, DUBBED, DUBBED, OVERLAP, DUBBED]
+    assert sels[4].candidate.box == box(190, 100)
+
+
+def test_a_face_passing_in_front_is_never_dubbed() -> None:
+    """While B hides A (only B is detected), A's frames pass through; afterwards A is dubbed again."""
+    tracker = FaceTracker(FacePolicy("point", (50, 150)))
+    statuses = []
+    for t in range(50):
+        a, b = box(10 * t, 100), box(490 - 10 * t, 100)
+        hidden = abs(a[0] - b[0]) < 60
+        (sel,) = follow(tracker, [cands(b) if hidden else cands(a, b)])
+        if sel.status == DUBBED:
+            assert sel.candidate.box == a, t
+        else:
+            assert hidden and sel.status in (OVERLAP, LOST), (t, sel.status)
+        statuses.append(sel.status)
+    assert OVERLAP in statuses and statuses[-10:] == [DUBBED] * 10
+
+
+def test_the_dubbed_face_leaves_and_comes_back() -> None:
+    tracker = FaceTracker("largest")
+    a, b = box(400, 100, 120), box(100, 120, 100)
+    frames = [cands(a, b)] * 5 + [cands(b)] * 20 + [cands(box(410, 92, 115), b)] * 5
+    sels = follow(tracker, frames)
+    assert [s.status for s in sels] == [DUBBED] * 5 + [LOST] * 20 + [DUBBED] * 5
+    assert all(s.candidate.box == a for s in sels[:5]) and all(s.candidate.box[0] == 410 for s in sels[25:])
+    assert tracker.counts() == {**tracker.counts(), DUBBED: 10, LOST: 20}
+
+
+def test_a_face_coming_back_elsewhere_is_another_face() -> None:
+    """Without overlap (IoU < 0.3 with where it left), re-acquisition needs the centre within one box
+    height of the last one and a height within a factor 1.5 of it."""
+    a, b = box(400, 100, 120), box(50, 300, 100)  # a's centre (460, 160), height 120
+
+    def returns_as(back) -> list[str]:
+        assert box_iou(a, back) < 0.3
+        tracker = FaceTracker("largest")
+        return [s.status for s in follow(tracker, [cands(a, b)] * 3 + [cands(b)] * 3 + [cands(back, b)] * 3)]
+
+    # centre (530, 259): sqrt(70^2 + 99^2) = 121.2 px away > 120
+    assert returns_as(box(470, 199, 120)) == [DUBBED] * 3 + [LOST] * 6
+    # centre (519.5, 189.5) 66.4 px away, but 79 / 120 = 0.658 < 1 / 1.5
+    assert returns_as(box(480, 150, 79)) == [DUBBED] * 3 + [LOST] * 6
+    # centre (522, 222) 87.7 px away, 84 / 120 = 0.7: the same face
+    assert returns_as(box(480, 180, 84)) == [DUBBED] * 3 + [LOST] * 3 + [DUBBED] * 3
+    # overlapping where it left (IoU 79^2 / 120^2 = 0.43), any size: the same face
+    tracker = FaceTracker("largest")
+    sels = follow(tracker, [cands(a, b)] * 3 + [cands(b)] * 3 + [cands(box(410, 110, 79), b)] * 3)
+    assert [s.status for s in sels] == [DUBBED] * 3 + [LOST] * 3 + [DUBBED] * 3
+
+
+def test_another_face_near_the_departure_point_keeps_its_own_track() -> None:
+    """B, already tracked, walks to where A left: B's own track holds it, A stays lost."""
+    a = box(400, 100, 120)
+    tracker = FaceTracker("largest")
+    frames = [cands(a, box(100, 100, 100))] * 2 + [cands(box(100 + 20 * k, 100, 100)) for k in range(1, 16)]
+    sels = follow(tracker, frames)
+    assert [s.status for s in sels] == [DUBBED] * 2 + [LOST] * 15
+
+
+def test_too_small_frames_pass_through_and_tracking_goes_on() -> None:
+    tracker = FaceTracker("largest", min_face_size=80)
+    heights = [60, 70, 90, 100, 75, 70, 95]
+    sels = follow(tracker, [cands(box(100, 100, h)) for h in heights])
+    assert [s.status for s in sels] == [TOO_SMALL, TOO_SMALL, DUBBED, DUBBED, TOO_SMALL, TOO_SMALL, DUBBED]
+    assert tracker.dubbed.first_frame == 2 and tracker.counts([0, 1, 2, 3, 4, 5, 6, 6]) == {
+        **dict.fromkeys(tracker.counts(), 0), TOO_SMALL: 4, DUBBED: 4}
+
+
+def test_landmark_continuity() -> None:
+    tracker = FaceTracker("largest")
+    b0 = box(100, 100)  # height 100: a jump of more than 25 px is rejected
+    steps = [
+        (b0, grid_landmarks(b0), DUBBED),
+        (box(110, 100), grid_landmarks(box(110, 100), 24, 0), DUBBED),  # box moved 10, points 34: net 24 px
+        (box(120, 100), grid_landmarks(box(120, 100), 24 + 26, 0), LANDMARK_JUMP),  # net 26 px vs the last accepted
+        (box(120, 100), grid_landmarks(box(120, 100), 80, 0), LANDMARK_JUMP),  # centroid outside the box
+        (box(120, 100), None, NO_LANDMARKS),
+        (box(130, 100), grid_landmarks(box(130, 100), 24 + 5, 3), DUBBED),
+    ]
+    for b, pts, expected in steps:
+        sel = tracker.select(cands(b), FRAME)
+        got = tracker.confirm(sel, None if pts is None else Face(pts, b))
+        assert tracker.statuses[-1] == expected and (got is None) == (expected != DUBBED)
+
+
+def test_landmark_reference_is_dropped_after_patience() -> None:
+    tracker = FaceTracker("largest")
+    b = box(100, 100)
+    statuses = []
+    for t in range(9):
+        sel = tracker.select(cands(b), FRAME)
+        tracker.confirm(sel, Face(grid_landmarks(b, 0 if t == 0 else 30, 0), b))
+        statuses.append(tracker.statuses[-1])
+    # 5 rejections (the patience), then the shifted points are the new reference
+    assert statuses == [DUBBED] + [LANDMARK_JUMP] * 5 + [DUBBED] * 3
+
+
+def test_confirmation_order_and_batch_independence() -> None:
+    rng = random.Random(3)
+    frames = []
+    for t in range(40):
+        found = [box(50 + 5 * t + rng.uniform(-3, 3), 100, 90 + rng.uniform(-5, 5))]
+        if rng.random() < 0.8:
+            found.append(box(400 - 4 * t, 120, 100 + rng.uniform(-5, 5)))
+        if rng.random() < 0.2:
+            found = []
+        frames.append(cands(*found))
+    one = FaceTracker("center")
+    follow(one, frames)
+    batched = FaceTracker("center")
+    for start in range(0, 40, 16):  # select a batch, then confirm it, as the pipeline does
+        sels = [batched.select(f, FRAME) for f in frames[start : start + 16]]
+        for sel in sels:
+            batched.confirm(sel, Face(grid_landmarks(sel.candidate.box), sel.candidate.box) if sel.candidate else None)
+    assert one.statuses == batched.statuses and one.dubbed == batched.dubbed
+    assert set(one.statuses) >= {DUBBED, LOST}
+    tracker = FaceTracker()
+    first, second = tracker.select([], FRAME), tracker.select([], FRAME)
+    with pytest.raises(ValueError, match="out of order"):
+        tracker.confirm(second, None)
+    assert tracker.confirm(first, None) is None and tracker.statuses == [NO_FACE]
+    with pytest.raises(ValueError):
+        FaceTracker(min_face_size=math.nan)
