@@ -10,7 +10,7 @@ OUT    ?= out
 PYTEST_ARGS ?=
 WEIGHTS ?= smoke
 
-.PHONY: demo test test-slow test-gpu engines env system-deps clean
+.PHONY: demo test test-slow test-gpu soak engines env system-deps clean
 
 env: $(STAMP)
 
@@ -70,3 +70,11 @@ test-gpu: $(STAMP) system-deps
 
 clean:
 	rm -rf $(OUT) .pytest_cache
+
+# Soak (issue 10): a SOAK_MINUTES clip at 1080p runs to completion with every frame present and peak RSS
+# within 20 % of a SOAK_BASELINE-minute clip's; writes $(OUT)/soak.json. Long on a CPU (docs/BENCHMARKS.md).
+SOAK_MINUTES ?= 10
+SOAK_BASELINE ?= 1
+soak: $(STAMP) system-deps
+	$(BIN)/python -m latentmuse.bench.soak --minutes $(SOAK_MINUTES) --baseline-minutes $(SOAK_BASELINE) \
+	  --folder $(OUT)/soak --json $(OUT)/soak.json

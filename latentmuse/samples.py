@@ -102,6 +102,7 @@ def build_sample(
     cutaway: tuple[float, float] | None = None,
     text: str = DEFAULT_TEXT,
     crf: int = 18,
+    preset: str = "fast",
 ) -> SampleMedia:
     """Write the demo clip into ``out_dir`` and describe it.
 
@@ -109,6 +110,7 @@ def build_sample(
     is the face-free interval, by default the middle second; frame i is in it when
     start_s <= i / fps < end_s. The speech of ``text`` (espeak-ng) is muxed as the video's audio,
     trimmed or padded with silence to the video's length; ``sample_speech.wav`` keeps it untouched.
+    ``crf`` and ``preset`` are libx264's (the soak writes long clips with ``ultrafast``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def build_sample(
     speech = out_dir / "sample_speech.wav"
     video = out_dir / "sample.mp4"
     _speak(text, speech)
-    with VideoWriter(video, width, height, fps, speech, crf=crf, preset="fast") as writer:
+    with VideoWriter(video, width, height, fps, speech, crf=crf, preset=preset) as writer:
         for index in range(total):
             writer.write(render_frame(index, total, (width, height), cut, image))
     return SampleMedia(video=video, speech=speech, frame_count=total, fps=fps, size=(width, height), cutaway_frames=cut)
