@@ -8,6 +8,7 @@ stand-in generators): only the chosen face's region changes in every frame.
 
 from __future__ import annotations
 
+import io
 import math
 import random
 
@@ -290,3 +291,193 @@ def test_confirmation_order_and_batch_independence() -> None:
     assert tracker.confirm(first, None) is None and tracker.statuses == [NO_FACE]
     with pytest.raises(ValueError):
         FaceTracker(min_face_size=math.nan)
+
+
+# ------------------------------------------------------------------------------- through the pipeline
+
+W, H, FPS = 480, 200, 25
+
+
+@pytest.fixture(scope="module")
+def patches() -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut's face twice: 175 px (face box about 109 px) and 140 px (about 87 px), BGR."""
+    import cv2
+    from skimage.data import astronaut
+
+    face = np.ascontiguousarray(astronaut()[56:196, 152:292, ::-1])  # 140 x 140 around the face
+    return cv2.resize(face, (175, 175), interpolation=cv2.INTER_CUBIC), face
+
+
+def two_face_clip(path, patches, positions) -> list[dict[str, tuple[int, int, int, int]]]:
+    """Write a clip with the large face ("L") and the small one ("R") at ``positions[t]`` = {name: (x, y)}
+    (a name left out is not in that frame) on a grey background; the patches' rectangles, clipped
+    to the frame, per frame."""
+    from latentmuse.runtime import media
+
+    rects = []
+    with media.VideoWriter(path, W, H, FPS, None, crf=12) as writer:
+        for where in positions:
+            frame = np.full((H, W, 3), 90, np.uint8)
+            rect = {}
+            for name, (x, y) in where.items():
+                patch = patches[0] if name == "L" else patches[1]
+                x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + patch.shape[1], W), min(y + patch.shape[0], H)
+                if x1 > x0 and y1 > y0:
+                    frame[y0:y1, x0:x1] = patch[y0 - y : y1 - y, x0 - x : x1 - x]
+                    rect[name] = (x0, y0, x1, y1)
+            writer.write(frame)
+            rects.append(rect)
+    return rects
+
+
+@pytest.fixture(scope="module")
+def standins():
+    """Stand-in runners (stateless on the MuseTalk path), shared by the module's runs."""
+    from .standins import standin_models
+
+    return standin_models(1)[0]
+
+
+def dub(video, tmp_path, models, **options):
+    """The pipeline with dlib and the stand-in MuseTalk (blocky, known output) on ``video``."""
+    from latentmuse.runtime import media
+    from latentmuse.runtime.pipeline import RunOptions, run
+
+    from .test_pipeline import write_wav
+
+    frames = list(media.iter_frames(video))
+    audio = write_wav(tmp_path / "a.wav", len(frames) / FPS + 0.01)
+    sink = media.MemorySink()
+    report = run(RunOptions(video=video, audio=audio, output=tmp_path / "o.mp4", face_detector="dlib",
+                            generator="musetalk", **options), sink=sink, models=models)
+    assert len(sink.frames) == len(frames) == report.frames_out
+    return report, frames, sink.frames
+
+
+def changed(a: np.ndarray, b: np.ndarray, rect=None) -> np.ndarray:
+    """(N, 2) row, column of the pixels that differ, inside ``rect`` (x0, y0, x1, y1) if given."""
+    diff = (a != b).any(axis=2)
+    if rect is not None:
+        x0, y0, x1, y1 = rect
+        mask = np.zeros_like(diff)
+        mask[y0:y1, x0:x1] = True
+        diff &= mask
+    return np.argwhere(diff)
+
+
+def moving(n: int = 12) -> list[dict]:
+    """L drifts right 3 px a frame; R rises 2 px a frame and drifts right 2 px: never closer than 30 px."""
+    return [{"L": (10 + 3 * t, 12), "R": (230 + 2 * t, 40 - 2 * t)} for t in range(n)]
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tmp_path_factory, patches):
+    path = tmp_path_factory.mktemp("two") / "two faces.mp4"
+    return path, two_face_clip(path, patches, moving())
+
+
+def only_region_changes(inputs, outputs, rects, chosen: str, other: str) -> None:
+    for t, (a, b) in enumerate(zip(inputs, outputs)):
+        assert len(changed(a, b, rects[t][chosen])) > 200, f"frame {t}: {chosen} was not dubbed"
+        assert len(changed(a, b, rects[t][other])) == 0, f"frame {t}: {other} changed"
+        x0, y0, x1, y1 = rects[t][chosen]
+        rows, cols = changed(a, b).T
+        assert rows.min() >= y0 and rows.max() < y1 and cols.min() >= x0 and cols.max() < x1, t
+
+
+@pytest.mark.parametrize("face, chosen, other", [("largest", "L", "R"), ("center", "R", "L"), ("300,110", "R", "L")])
+def test_only_the_chosen_face_changes_in_every_frame(side_by_side, standins, tmp_path, face, chosen, other):
+    video, rects = side_by_side
+    report, inputs, outputs = dub(video, tmp_path, standins, face=face)
+    only_region_changes(inputs, outputs, rects, chosen, other)
+    assert report.frames_processed == len(inputs) and report.frames_no_face == 0 and report.face_passthrough == {}
+    assert report.face == face and report.faces_seen == 2 and report.dubbed_face["first_frame"] == 0
+    x0, y0, x1, y1 = rects[0][chosen]
+    bx0, by0, bx1, by1 = report.dubbed_face["box"]
+    assert x0 <= bx0 < bx1 <= x1 and y0 <= by0 < by1 <= y1  # the report names the chosen face's box
+    assert not any("--min-face-size" in w or "inside no face" in w for w in report.warnings)
+
+
+def test_a_pixel_outside_every_face_takes_the_nearest_and_says_so(side_by_side, standins, tmp_path):
+    video, rects = side_by_side
+    report, inputs, outputs = dub(video, tmp_path, standins, face="205,100")  # in the gap, nearer L's face box
+    only_region_changes(inputs, outputs, rects, "L", "R")
+    assert any("--face 205,100 is inside no face" in w for w in report.warnings)
+
+
+def test_the_dubbed_face_leaves_the_frame_and_comes_back(tmp_path, patches, standins):
+    xs = [10, 10, 10, -60, -130, -200, -200, -200, -200, -130, -60, 10, 12, 14, 16]
+    positions = [{"L": (x, 12), "R": (230, 40 - 2 * t)} for t, x in enumerate(xs)]
+    rects = two_face_clip(tmp_path / "leaves.mp4", patches, positions)
+    report, inputs, outputs = dub(tmp_path / "leaves.mp4", tmp_path, standins)
+    untouched = [t for t in range(len(xs)) if len(changed(inputs[t], outputs[t])) == 0]
+    for t in range(len(xs)):
+        assert len(changed(inputs[t], outputs[t], rects[t]["R"])) == 0, f"frame {t}: the other face changed"
+    gone = [t for t, x in enumerate(xs) if x <= -175]
+    assert set(gone) <= set(untouched) and set(range(3)).isdisjoint(untouched) and set(range(11, 15)).isdisjoint(untouched)
+    for t in [*range(3), *range(11, 15)]:  # before leaving and after coming back: the same face, L
+        assert len(changed(inputs[t], outputs[t], rects[t]["L"])) > 200
+    assert report.frames_no_face == len(untouched) == sum(report.face_passthrough.values())
+    assert report.frames_face_lost == report.face_passthrough["lost"] >= len(gone)
+    # lost = exactly the frames in which the detector found nothing inside L's visible rectangle
+    from latentmuse.runtime.faces import DlibFrontEnd
+
+    def inside(c, rect) -> bool:
+        return rect is not None and rect[0] <= c.center[0] < rect[2] and rect[1] <= c.center[1] < rect[3]
+
+    found = DlibFrontEnd().candidates(inputs)
+    assert untouched == [t for t in range(len(xs)) if not any(inside(c, rects[t].get("L")) for c in found[t])]
+    assert report.dubbed_face["first_frame"] == 0 and report.faces_seen == 2
+    from rich.console import Console
+
+    from latentmuse.cli.run import summary_table
+
+    console = Console(width=240, record=True, file=io.StringIO())
+    console.print(summary_table(report, "run"))
+    row = next(line for line in console.export_text().splitlines() if "dubbed face" in line)
+    assert "largest from input frame 0 at (" in row and f"{report.frames_face_lost} lost" in row, row
+
+
+def test_a_face_below_the_minimum_size_passes_through_with_the_reason(side_by_side, standins, tmp_path):
+    from latentmuse.runtime.faces import DlibFrontEnd
+
+    video, rects = side_by_side
+    report, inputs, outputs = dub(video, tmp_path, standins, face="center", min_face_size=100)
+    # R's box (about 87 px) is below 100 px: L, the only face big enough, is chosen instead
+    only_region_changes(inputs, outputs, rects, "L", "R")
+    heights = [[c.height for c in found] for found in DlibFrontEnd().candidates(inputs)]
+    assert all(len(h) == 2 and min(h) < 100 <= max(h) for h in heights)
+    report, _, outputs = dub(video, tmp_path, standins, min_face_size=200)
+    assert report.dubbed_face is None and report.frames_processed == 0
+    assert report.frames_face_too_small == report.frames_no_face == len(inputs)
+    assert report.face_passthrough == {"too_small": len(inputs)}
+    assert all(np.array_equal(a, b) for a, b in zip(inputs, outputs))
+    assert any("smaller than --min-face-size 200 px" in w for w in report.warnings)
+
+
+# -------------------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize("argv, words", [(("--face", "left"), "'left' is not largest, center or X,Y"),
+                                         (("--face", "3,4,5"), "e.g. --face 320,180"),
+                                         (("--min-face-size", "0"), "--min-face-size")])
+def test_bad_face_options_are_usage_errors(capsys, side_by_side, tmp_path, argv, words):
+    from .conftest import run_cli
+
+    video, _ = side_by_side
+    code, out, err = run_cli(capsys, "run", str(video), "-o", str(tmp_path / "o.mp4"), "--weights", "smoke", *argv)
+    assert code == 2 and "Traceback" not in out + err
+    assert words in " ".join(err.split()) and "Usage:" in err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_pixel_outside_the_frame_is_one_error_before_any_loading(capsys, side_by_side, tmp_path):
+    from .conftest import run_cli
+
+    video, _ = side_by_side
+    code, out, err = run_cli(capsys, "run", str(video), "-o", str(tmp_path / "o.mp4"), "--weights", "smoke",
+                             "--face-detector", "dlib", "--face", "480,10")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in out + err, out + err
+    assert "--face 480,10 is outside the 480 x 200 frame" in lines[0] and "x in 0..479" in lines[0]
+    assert not (tmp_path / "o.mp4").exists()

@@ -11,7 +11,7 @@ from rich.table import Table
 from typing import TYPE_CHECKING
 
 from ..models.layouts import default_weights_dir
-from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
 from .console import make_console
 from .progress import RichProgress
 
@@ -19,6 +19,28 @@ if TYPE_CHECKING:
     from ..runtime.pipeline import RunReport
 
 console = make_console()
+
+
+def _face_option(value: str) -> str:
+    """``--face`` parsed while the command line is read: a bad value is a usage error (exit 2) before anything loads."""
+    from ..errors import LatentmuseError
+    from ..runtime.tracking import parse_face_policy
+
+    try:
+        return str(parse_face_policy(value))
+    except LatentmuseError:
+        raise typer.BadParameter(f"{value!r} is not largest, center or X,Y (the pixel column and row of the face in "
+                                 "its first frame, e.g. --face 320,180).") from None
+
+
+def _face_summary(result: RunReport) -> str:
+    """Which face was dubbed, and how many frames passed through for which face reason."""
+    reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in result.face_passthrough.items())
+    if result.dubbed_face is None:
+        return f"none ({result.face}; no face of {result.min_face_size} px or more){'; ' + reasons if reasons else ''}"
+    box = ", ".join(f"{v:.0f}" for v in result.dubbed_face["box"])
+    return (f"{result.face} from input frame {result.dubbed_face['first_frame']} at ({box}); "
+            f"passthrough: {reasons or 'none'} (min {result.min_face_size} px)")
 
 
 def run(
@@ -31,6 +53,8 @@ def run(
     engines: Annotated[Optional[Path], typer.Option(help="Engines folder (`make engines`): manifest.json, plans, onnx/. Default: $LATENTMUSE_ENGINES or engines/.")] = None,
     precision: Annotated[str, typer.Option(help="PyTorch runners: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16")] = "auto",
     face_detector: Annotated[str, typer.Option(help="auto (s3fd when its weights exist, else dlib) | s3fd | dlib")] = "auto",
+    face: Annotated[str, typer.Option(callback=_face_option, metavar="largest|center|X,Y", help="The face to dub when several are in view, chosen at its first appearance and then followed: the largest, the one nearest the centre, or the one at pixel X,Y (docs/FACES.md).")] = "largest",
+    min_face_size: Annotated[int, typer.Option(min=1, help="Faces whose detector box is shorter than this many pixels pass through unchanged (counted in the report).")] = DEFAULT_MIN_FACE_SIZE,
     batch_size: Annotated[int, typer.Option(help="Frames per MuseTalk batch.")] = 8,
     steps: Annotated[int, typer.Option(help="LatentSync: DDIM steps.")] = DEFAULT_STEPS,
     guidance: Annotated[float, typer.Option(help="LatentSync: classifier-free guidance scale (1 turns it off and halves the work).")] = DEFAULT_GUIDANCE,
@@ -46,7 +70,7 @@ def run(
 
     options = RunOptions(
         video=video, output=output, audio=audio, weights=weights, generator=generator, backend=backend,
-        face_detector=face_detector, batch_size=batch_size, seed=seed, device=device, report=report,
+        face_detector=face_detector, face=face, min_face_size=min_face_size, batch_size=batch_size, seed=seed, device=device, report=report,
         steps=steps, guidance=guidance, resolution=resolution, deepcache=deepcache, fallback=fallback,
         engines=engines, precision=precision,
     )
@@ -71,6 +95,7 @@ def summary_table(result: RunReport, title: str) -> Table:
         table.add_row("latentsync", f"{result.resolution} px, {result.steps} step{'s' if result.steps != 1 else ''}, guidance {result.guidance}, "
                                     f"seed {result.seed}{', deepcache' if result.deepcache else ''}, {result.windows} windows")
     table.add_row("face front end", result.face_detector)
+    table.add_row("dubbed face", _face_summary(result))
     if result.runners:
         table.add_row("runners", ", ".join(f"{role} {r['backend']}" for role, r in result.runners.items()))
     fallbacks = "; ".join(f"{f['count']} frames {f['generator']} -> {f['to']}: {f['reason']}" for f in result.fallbacks)

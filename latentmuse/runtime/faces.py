@@ -173,6 +173,14 @@ def _dlib_predictor(path: str):
     return dlib.shape_predictor(path)
 
 
+@lru_cache(maxsize=1)
+def _dlib_detector():
+    """The HOG detector (about 0.3 s to build; immutable, so one is shared)."""
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
 class DlibFrontEnd:
     """dlib's HOG frontal face detector + 68-point shape predictor (the offline front end).
 
@@ -215,7 +223,7 @@ class DlibFrontEnd:
         self.predictor_path = path
         self.upsample = int(upsample)
         self.detect_max_side = detect_max_side
-        self.detector = dlib.get_frontal_face_detector()
+        self.detector = _dlib_detector()
         self.predictor = _dlib_predictor(str(path.resolve()))
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:

@@ -40,6 +40,7 @@ from ..runners.select import BACKENDS
 from ..runners.torch_runner import PRECISIONS, torch_dtype
 from .models import SMOKE, SMOKE_WARNING, ModelSet, load_models, resolve_device, run_graphs, unet3d_weights, weights_version
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, uses_guidance
+from .tracking import DEFAULT_MIN_FACE_SIZE, DUBBED, LOST, OVERLAP, TOO_SMALL, FaceTracker, parse_face_policy
 
 GENERATORS = ("auto", "musetalk", "latentsync")
 FACE_DETECTORS = ("auto", "s3fd", "dlib")
@@ -78,6 +79,8 @@ class RunOptions:
     generator: str = "auto"
     backend: str = "auto"
     face_detector: str = "auto"
+    face: str = "largest"  # the dubbed face: largest | center | x,y (runtime/tracking.py, docs/FACES.md)
+    min_face_size: int = DEFAULT_MIN_FACE_SIZE  # pixels of detector box height; smaller faces pass through
     batch_size: int = 8
     seed: int = 0
     device: str = "auto"
@@ -103,6 +106,13 @@ class RunReport:
     frames_passthrough: int = 0
     frames_no_face: int = 0
     frames_failed: int = 0
+    face: str = "largest"  # the --face policy
+    min_face_size: int = DEFAULT_MIN_FACE_SIZE
+    dubbed_face: dict | None = None  # policy, first_frame (input index), box, score; None: no face was dubbed
+    faces_seen: int = 0  # faces tracked (every distinct face in view, and detector false positives)
+    frames_face_lost: int = 0  # after the choice, the dubbed face not found or overlapping another
+    frames_face_too_small: int = 0  # faces below min_face_size
+    face_passthrough: dict[str, int] = field(default_factory=dict)  # reason -> frames; sums to frames_no_face
     frames_by_generator: dict[str, int] = field(default_factory=dict)
     windows: int = 0
     fps: str = ""
@@ -139,6 +149,7 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
                                  (str(options.resolution), RESOLUTIONS, "--resolution")):
         if value not in allowed:
             raise LatentmuseError(f"{flag} {value} is not known.", f"use one of {', '.join(allowed)}.")
+    _check_face_options(options)
     if not 1 <= options.steps <= 1000:
         raise LatentmuseError(f"--steps {options.steps} is outside 1..1000.", f"use --steps {DEFAULT_STEPS} (LatentSync's default).")
     if not (math.isfinite(options.guidance) and options.guidance >= 1.0):
@@ -147,6 +158,7 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
             f"use --guidance 1 to turn classifier-free guidance off, or {DEFAULT_GUIDANCE} (LatentSync's default).",
         )
     info = media.probe(options.video)
+    parse_face_policy(options.face).check_frame(info.width, info.height)
     audio_path = options.audio if options.audio is not None else options.video
     inputs = [options.video] + ([options.audio] if options.audio is not None else [])
     media.check_output_path(options.output, inputs, extensions=media.OUTPUT_FORMATS)
@@ -229,6 +241,7 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
         video=str(options.video), audio=str(audio_path), output=str(options.output),
         frames_in=info.frame_count, frames_out=n_out, fps=f"{info.fps.numerator}/{info.fps.denominator}",
         audio_seconds=round(len(audio) / 16_000, 3), weights=str(options.weights), seed=options.seed,
+        face=str(parse_face_policy(options.face)), min_face_size=options.min_face_size,
     )
     warn = _warner(report, progress)
     if str(options.weights) == SMOKE:
@@ -274,8 +287,9 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     stages["audio_features"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    faces = detect_faces(options.video, front_end, max(schedule) + 1, options.face_batch_size, progress)
-    faces = [face if face is not None and crop_box(face, (info.height, info.width)) is not None else None for face in faces]
+    tracker = FaceTracker(options.face, options.min_face_size)
+    faces = detect_faces(options.video, front_end, tracker, max(schedule) + 1, options.face_batch_size, progress)
+    _report_faces(report, tracker, schedule, warn)
     chain.prepare(faces)
     tags = [faces[i] is not None for i in schedule]
     windows = chain.plan(tags)
@@ -323,28 +337,65 @@ def _warner(report: RunReport, progress: Progress):
     return warn
 
 
-def detect_faces(video: Path, front_end, n_frames: int, batch_size: int, progress: Progress) -> list[Face | None]:
-    """One streaming pass: landmarks (or None) for the first ``n_frames`` input frames."""
+def _check_face_options(options: RunOptions) -> None:
+    parse_face_policy(options.face)
+    if not (isinstance(options.min_face_size, int) and options.min_face_size >= 1):
+        raise LatentmuseError(f"--min-face-size {options.min_face_size} is not a positive number of pixels.",
+                              f"use --min-face-size {DEFAULT_MIN_FACE_SIZE} (the default).")
+
+
+def detect_faces(video: Path, front_end, tracker: FaceTracker, n_frames: int, batch_size: int,
+                 progress: Progress) -> list[Face | None]:
+    """One streaming pass: the dubbed face's landmarks (or None) for the first ``n_frames`` input frames.
+
+    Per batch: every face candidate of every frame (the detector), the tracker's choice in frame
+    order, landmarks for the chosen candidates only, then the tracker's confirmation in frame order
+    (docs/FACES.md). Landmarks that make no MuseTalk crop box count as unusable. The tracker keeps
+    each frame's status for the report.
+    """
     progress.start("faces", n_frames)
     faces: list[Face | None] = []
+
+    def run_batch(chunk: list[np.ndarray]) -> None:
+        selections = [tracker.select(found, frame.shape) for found, frame in zip(front_end.candidates(chunk), chunk)]
+        marked = front_end.landmarks(chunk, [sel.candidate for sel in selections])
+        for sel, face, frame in zip(selections, marked, chunk):
+            usable = face if face is not None and crop_box(face, frame.shape) is not None else None
+            faces.append(tracker.confirm(sel, usable))
+        progress.advance("faces", len(chunk))
+
     chunk: list[np.ndarray] = []
     for index, frame in enumerate(media.iter_frames(video)):
         if index >= n_frames:
             break
         chunk.append(frame)
         if len(chunk) == batch_size:
-            faces.extend(front_end.detect(chunk))
-            progress.advance("faces", len(chunk))
+            run_batch(chunk)
             chunk = []
     if chunk:
-        faces.extend(front_end.detect(chunk))
-        progress.advance("faces", len(chunk))
+        run_batch(chunk)
     if len(faces) < n_frames:
         raise LatentmuseError(
             f"{video} decoded to {len(faces)} frames but its header says {n_frames} or more.",
             "re-encode the video (e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4).",
         )
     return faces
+
+
+def _report_faces(report: RunReport, tracker: FaceTracker, schedule: list[int], warn: Callable[[str], None]) -> None:
+    """Which face was dubbed and why every other frame passed through, counted in output frames."""
+    counts = tracker.counts(schedule)
+    report.face, report.min_face_size = str(tracker.policy), int(tracker.min_face_size)
+    report.dubbed_face = tracker.dubbed.to_dict() if tracker.dubbed is not None else None
+    report.faces_seen = tracker.faces_seen
+    report.frames_face_lost = counts[LOST] + counts[OVERLAP]
+    report.frames_face_too_small = counts[TOO_SMALL]
+    report.face_passthrough = {status: n for status, n in counts.items() if status != DUBBED and n}
+    if tracker.dubbed is not None and tracker.dubbed.note:
+        warn(f"{tracker.dubbed.note} (at {report.dubbed_face['box']}, input frame {tracker.dubbed.first_frame}).")
+    if report.frames_face_too_small:
+        warn(f"{report.frames_face_too_small} frames passed through: the face is smaller than --min-face-size "
+             f"{report.min_face_size} px (detector box height); lower it to dub them.")
 
 
 def _jobs(source: media.FrameSource, schedule: list[int], faces: list[Face | None]) -> Iterator[FrameJob]:
