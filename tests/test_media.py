@@ -6,6 +6,7 @@ every check of order and seeking compares real decoded frames, not counters.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -125,7 +126,8 @@ def long_clip(tmp_path_factory) -> Path:
 
 def test_probe_counts_frames_and_keeps_exact_rate(clip: Path, long_clip: Path) -> None:
     info = probe(clip)
-    assert info == VideoInfo(path=clip, width=W, height=H, fps=Fraction(25), frame_count=10, has_audio=False, codec="h264")
+    assert info == VideoInfo(path=clip, width=W, height=H, fps=Fraction(25), frame_count=10, has_audio=False, codec="h264",
+                             pix_fmt="yuv420p")
     long = probe(long_clip)
     assert long.frame_count == 40  # counted from packets: mkv states no frame count
     assert long.fps == 25 and isinstance(long.fps, Fraction)
@@ -264,16 +266,16 @@ def test_writer_keeps_exact_fps_and_frames(tmp_path: Path, fps: Fraction) -> Non
     assert sorted(os.listdir(tmp_path)) == ["out.mp4"]  # no temporary file left
 
 
-def test_writer_pads_odd_sizes(tmp_path: Path) -> None:
+def test_writer_keeps_odd_sizes_exactly(tmp_path: Path) -> None:
     out = tmp_path / "odd.mp4"
     frame = np.zeros((49, 65, 3), np.uint8)
-    frame[:, -1] = 255  # last column white: repeated into the padding column
+    frame[:, -1] = 255  # the last column white: it must survive, neither cropped nor smeared
     with VideoWriter(out, 65, 49, Fraction(25)) as writer:
-        assert writer.encoded_size == (66, 50)
+        assert writer.encoded_size == (65, 49) and writer.pix_fmt == "yuv444p"  # H.264 4:2:0 codes no odd size
         writer.write(frame)
     (decoded,) = list(iter_frames(out))
-    assert decoded.shape == (50, 66, 3)
-    assert decoded[:, -2:].mean() > 240 and decoded[:, :60].mean() < 15
+    assert decoded.shape == (49, 65, 3)
+    assert decoded[:, -1].mean() > 240 and decoded[:, :60].mean() < 15
 
 
 def test_writer_trims_longer_audio_to_video(tmp_path: Path) -> None:
@@ -344,6 +346,166 @@ def test_memory_sink_is_lossless() -> None:
     frame[:] = 0  # the sink keeps its own copy
     sink.close()
     assert read_index(sink.frames[0]) == 5 and sink.frames_written == 1
+
+
+# -------------------------------------------------------------------------------- writing: faults, concurrency
+
+
+NO_SPACE = "no space left on the disk holding"
+
+
+def _write_clip(path: Path, audio: Path | None, n: int = 30, offset: int = 0, **kw) -> VideoWriter:
+    with VideoWriter(path, W, H, Fraction(25), audio, preset="ultrafast", **kw) as writer:
+        for i in range(n):
+            writer.write(index_frame(i + offset))
+    return writer
+
+
+@pytest.mark.parametrize("stage", ["first packet", "sixth frame", "encoder flush", "audio remux"])
+def test_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch, stage: str) -> None:
+    """ENOSPC anywhere in writing (a frame's packets, the encoder's flush, the audio remux) is one
+    error naming the folder and the fix; no output, no temporary file; an older output is kept."""
+    speech = write_wav(tmp_path / "speech.wav", sine(1.2, 16000), 16000)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the previous run's output")
+    seen = {"packets": 0}
+
+    def mux(self, container, packet):
+        seen["packets"] += 1
+        video_file = container is self._container  # else the final file, where audio is remuxed in
+        fail = {"first packet": video_file and seen["packets"] == 1,  # x264's threads hold a few frames
+                "sixth frame": video_file and self.frames_written == 5,
+                "encoder flush": video_file,  # medium preset: x264's lookahead holds every packet until close
+                "audio remux": not video_file}[stage]
+        if fail:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        container.mux(packet)
+
+    monkeypatch.setattr(VideoWriter, "_mux", mux)
+    preset = "medium" if stage == "encoder flush" else "ultrafast"  # ultrafast: a packet per frame at once
+    with pytest.raises(LatentmuseError) as err:
+        with VideoWriter(out, W, H, Fraction(25), speech, preset=preset) as writer:
+            for i in range(10):
+                writer.write(index_frame(i))
+    doing = "writing" if stage in ("first packet", "sixth frame") else "finishing"
+    assert str(err.value).startswith(f"{NO_SPACE} {tmp_path} while {doing} out.mp4.")
+    assert err.value.fix == "free space or choose another output folder."
+    assert seen["packets"] >= 1 and (writer.frames_written == 10) == (doing == "finishing")
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "speech.wav"]
+    assert out.read_bytes() == b"the previous run's output"
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_full_disk_while_finishing_a_container(tmp_path: Path, monkeypatch, which: int) -> None:
+    """The trailer (MP4 index, faststart rewrite) of the video-only file (1) or the final file (2)."""
+    speech = write_wav(tmp_path / "speech.wav", sine(1.2, 16000), 16000)
+    calls = {"n": 0}
+    original = VideoWriter._finish
+
+    def finish(self, container):
+        calls["n"] += 1
+        original(self, container)
+        if calls["n"] == which:
+            raise av.error.OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(VideoWriter, "_finish", finish)
+    with pytest.raises(LatentmuseError, match=NO_SPACE):
+        _write_clip(tmp_path / "out.mp4", speech)
+    assert os.listdir(tmp_path) == ["speech.wav"]
+
+
+def test_other_write_errors_are_one_line_too(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(VideoWriter, "_mux", lambda self, c, p: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(LatentmuseError) as err:
+        _write_clip(tmp_path / "out.mp4", None)
+    assert "Input/output error" in str(err.value) and f"check the disk holding {tmp_path}" in err.value.fix
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv", ".webm", ".avi"])
+def test_full_disk_for_real_on_a_small_tmpfs(tmp_path: Path, ext: str) -> None:
+    """A real filesystem filling up, at sizes from nothing fits to everything fits: each write is a
+    complete file or the one-line error, and the folder is left empty."""
+    from .catalogue import decode, tmpfs
+
+    speech = write_wav(tmp_path / "speech.wav", sine(1.2, 16000), 16000)
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(30)]  # incompressible
+    outcomes = []
+    for size in ("8k", "64k", "256k", "4m"):
+        with tmpfs(tmp_path / f"disk{size}", size=size) as disk:
+            out = disk / f"out{ext}"
+            try:
+                with VideoWriter(out, W, H, Fraction(25), speech, crf=10, preset="ultrafast") as writer:
+                    for frame in noise:
+                        writer.write(frame)
+            except LatentmuseError as exc:
+                assert str(exc).startswith(f"{NO_SPACE} {disk} while "), exc
+                assert os.listdir(disk) == []
+                outcomes.append("full")
+            else:
+                got = decode(out)
+                assert len(got.frames) == 30 and abs(got.audio_seconds - 1.2) < 1 / 25
+                assert os.listdir(disk) == [out.name]
+                outcomes.append("written")
+    assert outcomes[0] == "full" and outcomes[-1] == "written"
+
+
+def test_two_writers_on_one_path_never_make_a_corrupt_file(tmp_path: Path) -> None:
+    """Interleaved writers of the same output: unique temporary files, so each renames its own whole
+    file into place; the path always holds one complete file, the last one closed."""
+    speech = write_wav(tmp_path / "speech.wav", sine(1.0, 16000), 16000)
+    out = tmp_path / "out.mp4"
+    first = VideoWriter(out, W, H, Fraction(25), speech, preset="ultrafast")
+    second = VideoWriter(out, W, H, Fraction(25), speech, preset="ultrafast")
+    temps = sorted(p for p in os.listdir(tmp_path) if "partial" in p)
+    assert len(temps) == 4 and len(set(temps)) == 4  # video-only + final, per writer, all distinct
+    for i in range(25):
+        first.write(index_frame(i))
+        second.write(index_frame(100 + i))
+    first.close()
+    assert [read_index(f) for f in iter_frames(out)] == list(range(25))  # the first, complete
+    second.close()
+    assert [read_index(f) for f in iter_frames(out)] == list(range(100, 125))  # the second, complete
+    assert abs(audio_seconds(out) - 1.0) < 1 / 25
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "speech.wav"]
+
+
+def test_two_runs_writing_one_path_at_once(tmp_path: Path) -> None:
+    """Two threads writing and closing the same path at the same time: one complete file remains."""
+    import threading
+
+    speech = write_wav(tmp_path / "speech.wav", sine(1.0, 16000), 16000)
+    out = tmp_path / "out.mp4"
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        try:
+            start.wait()
+            _write_clip(out, speech, n=25, offset=offset)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(offset,)) for offset in (0, 100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    got = [read_index(f) for f in iter_frames(out)]
+    assert got in (list(range(25)), list(range(100, 125)))
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "speech.wav"]
+
+
+def test_output_has_the_usual_permissions(tmp_path: Path) -> None:
+    """Temporary files are made like mkstemp's, but the output gets the umask's mode, not 0600."""
+    old = os.umask(0o022)
+    try:
+        _write_clip(tmp_path / "out.mp4", None, n=3)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.mp4").stat().st_mode & 0o777 == 0o644
 
 
 # -------------------------------------------------------------------------------- errors

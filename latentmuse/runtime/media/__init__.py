@@ -16,29 +16,42 @@ Decisions the pipeline relies on:
   once). :func:`is_variable_frame_rate` tells the pipeline when to warn about this.
 * **Frame identity**: frame ``i`` is the ``i``-th frame in presentation-time order. :class:`FrameSource`
   maps decoded timestamps to indices through the demuxed packet timestamps, so seeking never shifts it.
-* **Odd frame sizes**: H.264 in yuv420p needs even dimensions. :class:`VideoWriter` pads an odd width
-  or height by one pixel, repeating the last column / row (no pixel is lost); the encoded size is
-  :attr:`VideoWriter.encoded_size`.
-* **Audio in the output**: the audio source is re-encoded as AAC at its own sample rate and channel
-  layout, trimmed to exactly ``frames_written / fps`` seconds when longer and **padded with silence**
-  to that length when shorter, so the output's audio and video always have the same length.
+* **Orientation**: frames are yielded as displayed, turned upright by the container's display matrix
+  (:mod:`.orientation`, as ffmpeg's autorotate), and :func:`probe` reports that displayed size; the
+  output is written upright with no rotation metadata, at exactly that size.
+* **Frame sizes are kept exactly**, odd and tiny ones included (:mod:`.formats` says which pixel
+  format each codec needs for them, and which codec cannot code a size at all).
+* **Output container and codec**: chosen by the output's extension and ``--codec``
+  (:mod:`.formats` has the matrix: mp4/m4v, mov, mkv, webm, avi; H.264, HEVC, VP9, MPEG-4 Part 2,
+  MJPEG, ProRes).
+* **Audio in the output**: the audio source is re-encoded in the container's audio codec (AAC, Opus,
+  PCM) at its own sample rate and channel layout where that codec takes them, trimmed to exactly
+  ``frames_written / fps`` seconds when longer and **padded with silence** to that length when
+  shorter, so the output's audio and video always have the same length.
+* **Nothing half-written**: the writer works in unique temporary files and renames the complete
+  file into place; any failure (a full disk included) removes them and is one line.
 
-Modules, by concern: :mod:`.opening` (files and streams), :mod:`.probing`, :mod:`.frames` (decoding),
-:mod:`.audio`, :mod:`.paths` (output checks), :mod:`.writer`.
+Modules, by concern: :mod:`.opening` (files and streams), :mod:`.probing`, :mod:`.orientation`,
+:mod:`.frames` (decoding), :mod:`.audio`, :mod:`.paths` (output checks), :mod:`.formats` (what the
+output can be), :mod:`.writer`.
 """
 
 from __future__ import annotations
 
 from .audio import load_audio
+from .formats import CODECS, OUTPUT_FORMATS, VIDEO_CODECS, choose_codec
 from .frames import DEFAULT_CHUNK, FrameSource, iter_frames
 from .paths import check_output_path
 from .probing import is_variable_frame_rate, probe
-from .writer import OUTPUT_FORMATS, FrameSink, MemorySink, VideoWriter
+from .writer import FrameSink, MemorySink, VideoWriter
 
 
 __all__ = [
+    "CODECS",
     "DEFAULT_CHUNK",
     "OUTPUT_FORMATS",
+    "VIDEO_CODECS",
+    "choose_codec",
     "FrameSink",
     "FrameSource",
     "MemorySink",

@@ -11,13 +11,17 @@ from ...errors import LatentmuseError
 from .opening import _corrupt, _audio_stream, _open_input
 
 
-def load_audio(path: Path | str, sample_rate: int = 16000) -> np.ndarray:
-    """The first audio track of any file PyAV reads, as mono float32 in [-1, 1] at ``sample_rate``."""
+def load_audio(path: Path | str, sample_rate: int = 16000, *, what: str = "video") -> np.ndarray:
+    """The first audio track of any file PyAV reads, as mono float32 in [-1, 1] at ``sample_rate``.
+
+    ``what`` is where the audio was asked for: the ``"video"``'s own track, or an ``"audio file"``
+    given on its own (``--audio``, which may be a video too); it chooses the fix when there is no track.
+    """
     path = Path(path)
     container = _open_input(path, "audio file")
     chunks: list[np.ndarray] = []
     with container:
-        stream = _audio_stream(container, path)
+        stream = _audio_stream(container, path, what)
         stream.thread_type = "AUTO"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         stated, slack = None, 0

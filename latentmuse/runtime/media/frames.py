@@ -14,6 +14,7 @@ from av.video.reformatter import Interpolation
 from ...errors import LatentmuseError
 from ..contracts import VideoInfo
 from .opening import _corrupt, _open_input, _video_stream
+from .orientation import Orientation
 from .probing import _packet_pts, probe
 
 DEFAULT_CHUNK = 64
@@ -34,15 +35,26 @@ def _setup_decoder(stream) -> None:
     stream.thread_type = "AUTO"  # frame + slice threading
 
 
-def iter_frames(path: Path | str) -> Iterator[np.ndarray]:
-    """Every frame of the video in presentation order, as BGR uint8 (H, W, 3)."""
+def _orientation(info: VideoInfo) -> Orientation:
+    return Orientation(info.rotation, info.mirrored)
+
+
+def _to_bgr(frame: av.VideoFrame, orientation: Orientation) -> np.ndarray:
+    """The displayed frame as BGR uint8 (H, W, 3): any pixel format (gray, 4:4:4, 10-bit) to 8-bit BGR,
+    turned upright by the display matrix."""
+    return orientation.apply(frame.to_ndarray(format="bgr24", interpolation=_DECODE_FLAGS))
+
+
+def iter_frames(path: Path | str, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
+    """Every frame of the video in presentation order, as displayed (upright), BGR uint8 (H, W, 3)."""
     path = Path(path)
+    orientation = _orientation(info if info is not None else probe(path))
     container = _open_input(path, "video")
     with container:
         stream = _video_stream(container, path)
         _setup_decoder(stream)
         for frame in _decoded(container, stream, path):
-            yield frame.to_ndarray(format="bgr24", interpolation=_DECODE_FLAGS)
+            yield _to_bgr(frame, orientation)
 
 
 def _runs(schedule: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -69,7 +81,8 @@ class FrameSource:
     is). Backward runs are decoded ``chunk`` frames at a time from their end: seek to the keyframe
     before the chunk, decode forward dropping the frames before the chunk, yield the chunk reversed.
     At most ``chunk`` decoded frames are held (the most recent ones, which is also what makes the turn
-    of a ping-pong cycle free). Yielded frames are the caller's own copies.
+    of a ping-pong cycle free). Yielded frames are the caller's own copies, displayed (upright, of
+    ``info``'s size).
     """
 
     def __init__(self, path: Path | str, info: VideoInfo | None = None, *, chunk: int = DEFAULT_CHUNK) -> None:
@@ -77,6 +90,7 @@ class FrameSource:
             raise ValueError("chunk must be >= 1")
         self.path = Path(path)
         self.info = info if info is not None else probe(self.path)
+        self._orientation = _orientation(self.info)
         self.chunk = int(chunk)
         self._container = None
         self._stream = None
@@ -208,7 +222,7 @@ class FrameSource:
                 raise _corrupt(self.path, ValueError(f"decoder gave frame {index}, expected {self._next}"))
         else:
             index = self._next
-        array = frame.to_ndarray(format="bgr24", interpolation=_DECODE_FLAGS)
+        array = _to_bgr(frame, self._orientation)
         self.decoded += 1
         self._next = index + 1
         self._cache[index] = array

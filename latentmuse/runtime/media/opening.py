@@ -18,6 +18,8 @@ def _require_file(path: Path, what: str) -> Path:
         raise LatentmuseError(f"{what} {path} is a folder, not a file.", f"pass a {what} file.")
     if not os.access(path, os.R_OK):
         raise LatentmuseError(f"{what} {path} cannot be read (permission denied).", "fix its permissions.")
+    if path.stat().st_size == 0:
+        raise LatentmuseError(f"{what} {path} is empty (0 bytes).", "re-export or re-download it.")
     return path
 
 
@@ -32,8 +34,9 @@ def _open_input(path: Path, what: str) -> av.container.InputContainer:
         return av.open(str(path), mode="r")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise LatentmuseError(
-            f"{what} {path} is not a media file PyAV can read ({_first_line(exc)}).",
-            "pass a valid video/audio file (e.g. mp4, mov, mkv, wav, mp3, m4a, flac).",
+            f"{what} {path} is not a media file PyAV can read, or it is damaged or truncated ({_first_line(exc)}).",
+            "pass a complete video or audio file (e.g. mp4, mov, mkv, webm, avi, wav, mp3, m4a, flac); "
+            "re-export or re-download it if it was cut short.",
         ) from None
 
 
@@ -44,7 +47,25 @@ def _corrupt(path: Path, exc: BaseException) -> LatentmuseError:
     )
 
 
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """An image file (png, jpeg, ...): FFmpeg's image demuxers are ``image2`` and ``<codec>_pipe``."""
+    name = container.format.name.split(",")[0]
+    return name == "image2" or name.endswith("_pipe")
+
+
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    """The first real video stream.
+
+    A still image is refused: its demuxer invents a frame rate (25 fps) and it has one frame, so a run
+    on it would silently make a video of a photograph at a rate nobody chose.
+    """
+    if _is_still_image(container):
+        codec = container.streams.video[0].codec_context.name if container.streams.video else "image"
+        raise LatentmuseError(
+            f"{path} is a still image ({codec}), not a video.",
+            "pass a video; to animate a photo, make a video of it first "
+            "(e.g. ffmpeg -loop 1 -i photo.png -t 5 -pix_fmt yuv420p photo.mp4).",
+        )
     # an mp3/m4a cover image is a one-frame "video" stream flagged attached_pic: not a video
     streams = [
         s for s in container.streams.video
@@ -57,7 +78,18 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     return streams[0]
 
 
-def _audio_stream(container: av.container.InputContainer, path: Path) -> av.audio.stream.AudioStream:
-    if not container.streams.audio:
-        raise LatentmuseError(f"{path} has no audio track.", "pass --audio FILE with the speech to use.")
-    return container.streams.audio[0]
+#: The fix for a missing audio track: the video's own track was wanted, or a file given as the audio.
+NO_TRACK_FIX = {
+    "video": "pass --audio FILE with the speech to use.",
+    "audio file": "pass an audio file, or a video that has sound, as --audio.",
+}
+
+
+def _audio_stream(
+    container: av.container.InputContainer, path: Path, what: str = "video"
+) -> av.audio.stream.AudioStream:
+    """The first audio track; ``what`` ("video" or "audio file") says which fix fits its absence."""
+    streams = [s for s in container.streams.audio if s.codec_context is not None]
+    if not streams:
+        raise LatentmuseError(f"{path} has no audio track.", NO_TRACK_FIX.get(what, NO_TRACK_FIX["video"]))
+    return streams[0]

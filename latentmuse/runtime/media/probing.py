@@ -11,70 +11,164 @@ import av
 from ...errors import LatentmuseError
 from ..contracts import VideoInfo
 from .opening import _corrupt, _open_input, _video_stream
+from .orientation import Orientation, frame_orientation
 
 
-def _frame_rate(stream) -> Fraction | None:
-    """The stream's exact rate: its average rate, or the demuxer's guess when that is missing.
+def _timestamp_rate(stream, packets: list[tuple[int, int]]) -> Fraction | None:
+    """The average rate of the packets' timestamps: (frames - 1) / (last - first)."""
+    pts = sorted(ts for ts, _ in packets if ts >= 0)
+    if len(pts) < 2 or pts[-1] <= pts[0] or not stream.time_base:
+        return None
+    return Fraction(len(pts) - 1) / (Fraction(pts[-1] - pts[0]) * Fraction(stream.time_base))
 
-    When both exist and agree within 0.5 %, the guessed (``r_frame_rate``) value wins: it is the clean
-    fraction (30000/1001) where millisecond container timestamps (mkv, webm) blur the average.
+
+def _frame_rate(stream, packets: list[tuple[int, int]] | None = None) -> Fraction | None:
+    """The stream's exact rate: its average rate, or, when the container states none, the rate of its
+    packets' timestamps (a Matroska file without DefaultDuration makes FFmpeg guess its time base,
+    1000 fps), or the demuxer's guess when there is nothing else.
+
+    When the guessed (``r_frame_rate``) value agrees within 0.5 %, it wins: it is the clean fraction
+    (30000/1001) where millisecond container timestamps (mkv, webm) blur the average.
     """
     avg = stream.average_rate
     guess = stream.guessed_rate
     avg = Fraction(avg) if avg else None
     guess = Fraction(guess) if guess else None
+    if avg is None and packets is not None:
+        avg = _timestamp_rate(stream, packets)
     if avg and guess and abs(avg - guess) <= guess * Fraction(1, 200):
         return guess
-    return avg or guess or (Fraction(stream.base_rate) if stream.base_rate else None)
+    if avg:
+        return avg.limit_denominator(1001) if avg.denominator > 1001 else avg
+    return guess or (Fraction(stream.base_rate) if stream.base_rate else None)
 
 
-def _packet_pts(container, stream) -> list[int]:
-    """Presentation timestamps of every video packet, by demuxing only (no decoding)."""
+def _packets(container, stream) -> list[tuple[int, int]]:
+    """(presentation timestamp, duration) of every video packet, by demuxing only (no decoding).
+
+    An unknown timestamp is -1 (counted, but makes timestamp-based indexing unavailable), an unknown
+    duration 0."""
     out = []
     for packet in container.demux(stream):
         if packet.size == 0:
             continue  # the demuxer's end-of-stream marker
         ts = packet.pts if packet.pts is not None else packet.dts
-        if ts is None:
-            ts = -1  # unknown: counted, but makes timestamp-based indexing unavailable
-        out.append(ts)
+        out.append((-1 if ts is None else ts, packet.duration or 0))
     return out
 
 
-def probe(path: Path | str) -> VideoInfo:
-    """Size, exact frame rate, frame count, audio presence and codec of a video file.
+def _packet_pts(container, stream) -> list[int]:
+    """Presentation timestamps of every video packet, by demuxing only (no decoding)."""
+    return [ts for ts, _ in _packets(container, stream)]
 
-    The frame count is the container's own (``stream.frames``) when it states one, otherwise the
-    number of demuxed video packets (no decoding).
+
+def _stated_seconds(stream) -> float | None:
+    """The video track's own stated duration: Matroska's per-track ``DURATION`` tag (FFmpeg and
+    mkvmerge write it), else the stream's duration. The container's duration is not used: it is the
+    longest track's, and audio may rightly run past the video."""
+    tag = stream.metadata.get("DURATION")
+    if tag:
+        try:
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            pass
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def _check_complete(path: Path, stream, packets: list[tuple[int, int]], fps: Fraction) -> None:
+    """A file cut short: its packets end before the end its header states, as a count of frames (MP4,
+    AVI) or as the track's duration (a truncated Matroska file keeps its header's duration).
+
+    The packets' end is the last timestamp plus its duration (one average frame when unstated), from
+    the first timestamp; half a frame of slack absorbs container timestamp rounding (milliseconds in
+    Matroska). Fewer packets than the stated count alone is no proof: an AVI's dropped frames are
+    empty index entries the demuxer skips, while its timestamps still run to the end."""
+    known = [(ts, dur) for ts, dur in packets if ts >= 0]
+    tb = stream.time_base
+    if not known or not tb:
+        return
+    last, duration = max(known)
+    end = float((last - min(known)[0]) * tb) + (float(duration * tb) if duration else 1 / float(fps))
+    slack = 0.5 / float(fps) + 0.002
+    fix = "the copy was cut short: re-export or re-download it."
+    stated = int(stream.frames or 0)
+    if stated > len(packets) and stated / float(fps) - end > slack:
+        raise LatentmuseError(
+            f"{path} is truncated: its header lists {stated} video frames but only {len(packets)} are in the file.", fix
+        )
+    seconds = _stated_seconds(stream)
+    if seconds is not None and seconds - end > slack:
+        raise LatentmuseError(
+            f"{path} is truncated: its video track should last {seconds:.2f} s but its frames end at {end:.2f} s.", fix
+        )
+
+
+def _first_frame(container, stream, path: Path) -> av.VideoFrame:
+    """Decode the first frame: proves the stream decodes, and carries the display matrix and format."""
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.FFmpegError as exc:
+        raise _corrupt(path, exc) from None
+    raise LatentmuseError(
+        f"{path} has a video stream but no frame of it could be decoded.",
+        "the file is damaged or truncated: re-export it.",
+    )
+
+
+def probe(path: Path | str) -> VideoInfo:
+    """Size, exact frame rate, frame count, audio presence, codec and orientation of a video file.
+
+    The frame count is the number of demuxed video packets (no decoding); a file holding fewer
+    packets than its header lists, or ending before its stated duration, is refused as truncated
+    (before any work, rather than when decoding reaches the gap). The first frame is decoded, so a stream that does
+    not decode at all is an error here, before any work, and its display matrix (rotation) and pixel
+    format are known; the size reported is the displayed (upright) size.
     """
     path = Path(path)
     container = _open_input(path, "video")
     with container:
         stream = _video_stream(container, path)
-        fps = _frame_rate(stream)
+        try:
+            packets = _packets(container, stream)
+        except av.FFmpegError as exc:
+            raise _corrupt(path, exc) from None
+        fps = _frame_rate(stream, packets)
         if not fps or fps <= 0:
             raise LatentmuseError(
                 f"{path} does not state a frame rate.", "re-encode it with a constant frame rate."
             )
-        count = int(stream.frames or 0)
-        if count <= 0:
-            try:
-                count = len(_packet_pts(container, stream))
-            except av.FFmpegError as exc:
-                raise _corrupt(path, exc) from None
+        _check_complete(path, stream, packets, fps)
+        count = len(packets)
         if count <= 0:
             raise LatentmuseError(f"{path} has a video stream with no frames.", "pass a video with frames.")
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise _corrupt(path, ValueError("video stream has no frame size"))
+        has_audio, codec = bool(container.streams.audio), stream.codec_context.name
+        sar = stream.sample_aspect_ratio
+    with _open_input(path, "video") as container:  # afresh: the count may have demuxed to the end
+        first = _first_frame(container, _video_stream(container, path), path)
+        orientation: Orientation = frame_orientation(first, str(path))
+        width, height = orientation.displayed_size(int(first.width), int(first.height))
+        sar = Fraction(sar) if sar and sar > 0 and sar != 1 else None
+        if sar is not None and orientation.swaps_axes:
+            sar = 1 / sar  # a pixel twice as wide is twice as tall once turned on its side
         return VideoInfo(
             path=path,
-            width=int(width),
-            height=int(height),
+            width=width,
+            height=height,
             fps=fps,
             frame_count=count,
-            has_audio=bool(container.streams.audio),
-            codec=stream.codec_context.name,
+            has_audio=has_audio,
+            codec=codec,
+            rotation=orientation.rotation,
+            mirrored=orientation.mirrored,
+            pix_fmt=first.format.name,
+            sample_aspect_ratio=sar,
         )
 
 
