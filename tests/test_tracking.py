@@ -481,3 +481,41 @@ def test_a_pixel_outside_the_frame_is_one_error_before_any_loading(capsys, side_
     assert code == 1 and len(lines) == 1 and "Traceback" not in out + err, out + err
     assert "--face 480,10 is outside the 480 x 200 frame" in lines[0] and "x in 0..479" in lines[0]
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_s3fd_front_end_through_the_face_pass(tmp_path):
+    """The smoke S3FD (random weights: noise "faces", up to 20 a frame) through detect_faces in two
+    batches, with a stand-in FAN (peaks at the heatmaps' centre): every frame gets a status, FAN sees at
+    most one crop per frame, and the choice is the first frame's largest candidate."""
+    import torch
+
+    from latentmuse.models.smoke import smoke_model
+    from latentmuse.runtime import media
+    from latentmuse.runtime.faces import S3FDFanFrontEnd
+    from latentmuse.runtime.pipeline import SilentProgress, detect_faces
+
+    from .standins import FnRunner
+
+    crops, found = [], []
+
+    def fan(image: torch.Tensor) -> dict:
+        crops.append(image.shape[0])
+        heatmaps = torch.zeros(image.shape[0], 68, 64, 64)
+        heatmaps[:, :, 28:36, 28:36] = torch.rand(image.shape[0], 68, 8, 8)  # points near the crop centre
+        return {"heatmaps": heatmaps}
+
+    fe = S3FDFanFrontEnd(smoke_model("s3fd"), FnRunner("fan68", fan), "cpu", batch_size=2)
+    candidates = fe.candidates
+    fe.candidates = lambda frames: found.extend(candidates(frames)) or found[-len(frames):]
+    rng = np.random.default_rng(0)
+    video = tmp_path / "noise.mp4"
+    with media.VideoWriter(video, 128, 96, FPS, None, crf=12) as writer:
+        for _ in range(4):
+            writer.write(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    tracker = FaceTracker("largest", min_face_size=1)
+    faces_out = detect_faces(video, fe, tracker, 4, 2, SilentProgress())
+    assert len(faces_out) == len(tracker.statuses) == len(found) == 4 and len(found[0]) > 1
+    assert tracker.dubbed.first_frame == 0 and tracker.dubbed.box == max(found[0], key=lambda c: c.area).box
+    assert crops and sum(crops) <= 4 and sum(crops) == sum(s in (DUBBED, NO_LANDMARKS, LANDMARK_JUMP) for s in tracker.statuses)
+    assert all((f is not None) == (s == DUBBED) for f, s in zip(faces_out, tracker.statuses))
+    assert faces_out[0] is not None and faces_out[0].box == tracker.dubbed.box
