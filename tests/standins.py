@@ -100,3 +100,32 @@ def standin_models(steps: int, whisper_runner=None) -> tuple[ModelSet, LandingDe
         "unet3d": denoiser,
     }
     return ModelSet(runners, None, "1.5"), denoiser
+
+
+class OutOfMemoryAbove:
+    """Wraps a runner: a call with more than ``limit`` items in its batch (dim 0 of its first input)
+    raises ``torch.OutOfMemoryError`` as CUDA does; others run the wrapped runner. ``limit=0``: every
+    call runs out of memory. ``batches`` records every call's batch, in order."""
+
+    def __init__(self, runner, limit: int) -> None:
+        self.runner, self.limit = runner, limit
+        self.name, self.device = runner.name, runner.device
+        self.batches: list[int] = []
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = next(iter(inputs.values())).shape[0]
+        self.batches.append(batch)
+        if batch > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {batch} x 2.00 GiB")
+        return self.runner(inputs)
+
+
+def whisper_standin() -> FnRunner:
+    """A Whisper encoder of known function, in milliseconds (the tiny real one takes seconds per 30 s
+    segment): mel (1, 80, 3000) -> states (1, 1500, 5, 384), each step the mean of two mel frames, the
+    80 bins tiled to 384, in all five slots. Audio still matters: each frame's window differs."""
+    def encode(mel: torch.Tensor) -> dict:
+        steps = F.avg_pool1d(mel.float(), 2).transpose(1, 2)  # (1, 1500, 80)
+        tiled = steps.repeat(1, 1, 5)[..., :384]
+        return {"states": tiled[:, :, None].expand(-1, -1, 5, -1).contiguous()}
+    return FnRunner("whisper_encoder", encode)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +26,52 @@ class GeneratorFailure(RuntimeError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+#: How runners other than PyTorch say they ran out of device or host memory: ONNX Runtime ("Failed to
+#: allocate memory", std::bad_alloc), CUDA and TensorRT ("out of memory", CUDA_ERROR_OUT_OF_MEMORY).
+_OOM_WORDS = ("out of memory", "failed to allocate memory", "bad_alloc", "cuda_error_out_of_memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out (torch's OutOfMemoryError, MemoryError, or a runner's message)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return any(word in str(exc).lower() for word in _OOM_WORDS)
+
+
+class BatchOutOfMemory(GeneratorFailure):
+    """A frame-batched call ran out of memory at ``batch`` frames per call.
+
+    Distinct from other failures because it is the one a retry can cure: the generator chain asks the
+    generator for a smaller batch (:meth:`Generator.smaller_batch`) and runs the window again before
+    it falls back. Raised only around calls whose memory grows with the batch (the VAE, MuseTalk's
+    UNet); an out-of-memory elsewhere (LatentSync's UNet3D, always one 16-frame window) falls back
+    at once, since no smaller batch exists for it.
+    """
+
+    def __init__(self, what: str, batch: int, cause: BaseException) -> None:
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"out of memory in {what} at batch {batch} ({text})")
+        self.what, self.batch = what, batch
+
+
+@contextlib.contextmanager
+def batch_memory(what: str, batch: int) -> Iterator[None]:
+    """Turn running out of memory inside the block into :class:`BatchOutOfMemory` for ``batch`` frames."""
+    try:
+        yield
+    except BatchOutOfMemory:
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise BatchOutOfMemory(what, batch, exc) from exc
+        raise
+
+
+def halve(batch: int) -> tuple[int, int] | None:
+    """``(batch, batch // 2)``, or None at one frame: the steps of an out-of-memory retry."""
+    return (batch, batch // 2) if batch > 1 else None
 
 
 @dataclass
@@ -64,7 +111,10 @@ class Generator(Protocol):
     ``plan`` groups the process frames (``tags[i]`` true for output frame i) into the windows this
     model wants; ``prepare`` sees every input frame's face once before generation (for per-video
     caches such as smoothed alignments); ``generate`` returns one blended BGR uint8 frame per batch
-    entry, or raises.
+    entry, or raises (:class:`BatchOutOfMemory` when a frame-batched call ran out of memory);
+    ``smaller_batch`` halves the frames per batched call for the rest of the run (a batch that ran out
+    of memory once would again) and returns ``(old, new)``, or None when it is already one frame.
+    Batching never changes a frame's result, only how many frames share a call.
     """
 
     name: str
@@ -74,6 +124,7 @@ class Generator(Protocol):
     def plan(self, tags: Sequence[bool]) -> list[Window]: ...
     def prepare(self, faces: Sequence[Face | None]) -> None: ...
     def generate(self, batch: GenerationBatch) -> list[np.ndarray]: ...
+    def smaller_batch(self) -> tuple[int, int] | None: ...
 
 
 def require_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:

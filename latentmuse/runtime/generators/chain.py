@@ -1,10 +1,13 @@
 """The generator a run holds: a primary generator, window by window falling back to MuseTalk.
 
-A window the primary cannot serve (its weights missing or failing to load, any exception, non-finite
-output, out of memory) goes to the fallback generator (MuseTalk on the PyTorch MuseTalk UNet); if that
-fails too, or there is none, its frames pass through unchanged and count as failed. Output length never
-changes. Each distinct reason is noted once; every fallback is recorded with its frames. With
-``allow_fallback=False`` the first failure is a :class:`~latentmuse.errors.LatentmuseError` instead.
+A window that runs out of memory in a frame-batched call (:class:`~.base.BatchOutOfMemory`) is first
+run again by the same generator at half the batch, down to one frame (the smaller batch stays for the
+rest of the run); each retry is noted and recorded in :attr:`GeneratorChain.retries`. A window the
+primary still cannot serve (its weights missing or failing to load, any exception, non-finite output,
+out of memory) goes to the fallback generator (MuseTalk on the PyTorch MuseTalk UNet), retried the same
+way; if that fails too, or there is none, its frames pass through unchanged and count as failed.
+Output length never changes. Each distinct reason is noted once; every fallback is recorded with its
+frames. With ``allow_fallback=False`` the first failure is a :class:`~latentmuse.errors.LatentmuseError`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from ...errors import LatentmuseError
 from ..contracts import Face
 from ..datagen import Window
-from .base import GenerationBatch, Generator, GeneratorFailure, StageClock
+from .base import BatchOutOfMemory, GenerationBatch, Generator, GeneratorFailure, StageClock, is_out_of_memory
 
 PASSTHROUGH = "passthrough"
 
@@ -29,7 +32,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, GeneratorFailure):
         return exc.reason
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+    if is_out_of_memory(exc):
         return f"out of memory ({text or type(exc).__name__})"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -59,6 +62,28 @@ class FallbackRecord:
                 "frames": frame_ranges(self.frames), "count": len(set(self.frames))}
 
 
+@dataclass
+class RetryRecord:
+    """A window ``generator`` ran again at ``to_batch`` frames per call after running out of memory at
+    ``from_batch`` (the generator keeps the smaller batch, so each step happens once per run)."""
+
+    generator: str
+    reason: str
+    from_batch: int
+    to_batch: int
+    frames: list[int]
+
+    def as_dict(self) -> dict:
+        return {"generator": self.generator, "reason": self.reason, "batch": [self.from_batch, self.to_batch],
+                "frames": frame_ranges(self.frames), "count": len(set(self.frames))}
+
+
+def release_memory(exc: BaseException) -> None:
+    """After running out of CUDA memory: hand the failed call's cached blocks back before the next try."""
+    if is_out_of_memory(exc) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class GeneratorChain:
     """``primary`` with ``fallback`` behind it; ``primary`` may be None with ``unavailable`` saying why.
 
@@ -81,6 +106,7 @@ class GeneratorChain:
         self.frames_by_generator: Counter[str] = Counter()
         self.frames_failed = 0
         self.records: dict[tuple[str, str, str], FallbackRecord] = {}
+        self.retry_records: list[RetryRecord] = []
 
     @property
     def name(self) -> str:
@@ -112,11 +138,10 @@ class GeneratorChain:
         positions = _first_positions(batch.out_indices, keep)
         if self.primary is not None:
             try:
-                frames = self.primary.generate(batch)
+                frames = self._attempt(self.primary, batch)
             except Exception as exc:  # noqa: BLE001 - any failure of a window is that window's fallback
                 reason = describe(exc)
-                if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                release_memory(exc)
             else:
                 self.frames_by_generator[self.primary.name] += len(positions)
                 return {index: frames[i] for index, i in positions.items()}
@@ -137,8 +162,9 @@ class GeneratorChain:
         if fallback is not None and failed != fallback.name:
             subset = batch.subset([positions[i] for i in frames])
             try:
-                made = fallback.generate(subset)
+                made = self._attempt(fallback, subset)
             except Exception as exc:  # noqa: BLE001
+                release_memory(exc)
                 self._record(failed, reason, fallback.name, frames)
                 return self._fall_back(subset, {i: k for k, i in enumerate(frames)}, fallback.name, describe(exc))
             self._record(failed, reason, fallback.name, frames)
@@ -147,6 +173,21 @@ class GeneratorChain:
         self._record(failed, reason, PASSTHROUGH, frames)
         self.frames_failed += len(frames)
         return {}
+
+    def _attempt(self, generator: Generator, batch: GenerationBatch) -> list[np.ndarray]:
+        """``generator.generate(batch)``, run again at half the batch each time a batched call runs out
+        of memory, until it succeeds or the batch is one frame (then the last error propagates)."""
+        while True:
+            try:
+                return generator.generate(batch)
+            except BatchOutOfMemory as exc:
+                release_memory(exc)
+                sizes = generator.smaller_batch()
+                if sizes is None:
+                    raise
+                self.retry_records.append(RetryRecord(generator.name, exc.reason, *sizes, list(batch.out_indices)))
+                self.note(f"{generator.name} ran {exc.reason}: frames {_span(batch.out_indices)} run again at batch "
+                          f"{sizes[1]}, which later windows keep")
 
     def _record(self, generator: str, reason: str, to: str, frames: list[int]) -> None:
         key = (generator, reason, to)
@@ -161,6 +202,10 @@ class GeneratorChain:
     @property
     def fallbacks(self) -> list[dict]:
         return [record.as_dict() for record in self.records.values()]
+
+    @property
+    def retries(self) -> list[dict]:
+        return [record.as_dict() for record in self.retry_records]
 
 
 def _first_positions(out_indices: Sequence[int], keep: Sequence[int]) -> dict[int, int]:

@@ -34,7 +34,7 @@ from ..datagen import Window, clip_windows
 from ...graphs.registry import deepcache_graphs, unet3d_graph
 from ...runners.base import Runner, run_chunked
 from ..sampling import DDIM, DEFAULT_GUIDANCE, DEFAULT_STEPS, deepcache_full_steps, guide, uses_guidance
-from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite
+from .base import GenerationBatch, GeneratorFailure, StageClock, batch_memory, halve, require_finite
 
 #: Frames per UNet3D window (the motion modules' training length; the engines are static at 16).
 WINDOW = 16
@@ -82,7 +82,7 @@ class LatentSyncSettings:
     guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     deepcache: bool = False
-    vae_batch: int = 16  # frames per VAE call
+    vae_batch: int = 16  # frames per VAE call (halved for the rest of the run when one runs out of memory)
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -133,6 +133,7 @@ class LatentSyncGenerator:
         self.mask_latent = latent_mask(self.mask, res // VAE_FACTOR)
         self.noise = initial_noise(self.settings.seed, res).to(self.device)
         self.transforms: list[np.ndarray | None] = []
+        self.vae_batch = self.settings.vae_batch  # images per VAE call; see smaller_batch
         self.clock = StageClock()
 
     # ------------------------------------------------------------------------------------ planning
@@ -162,8 +163,9 @@ class LatentSyncGenerator:
 
         tic = time.perf_counter()
         frames = len(crops)
-        latents = run_chunked(self.vae_encoder, {"image": torch.cat([masked, pixels])}, "latent",
-                              self.settings.vae_batch, self.device)
+        with batch_memory("LatentSync's VAE encoder", self.vae_batch):
+            latents = run_chunked(self.vae_encoder, {"image": torch.cat([masked, pixels])}, "latent",
+                                  self.vae_batch, self.device)
         masked_latent, reference_latent = latents[:frames], latents[frames:]
         size = res // VAE_FACTOR
         condition = torch.cat([
@@ -178,8 +180,9 @@ class LatentSyncGenerator:
         self.clock.add("sampling", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        images = run_chunked(self.vae_decoder, {"latent": latent[0].transpose(0, 1)}, "image",
-                             self.settings.vae_batch, self.device)
+        with batch_memory("LatentSync's VAE decoder", self.vae_batch):
+            images = run_chunked(self.vae_decoder, {"latent": latent[0].transpose(0, 1)}, "image",
+                                 self.vae_batch, self.device)
         decoded = require_finite(images, "the VAE decoder") * 2.0 - 1.0  # [0, 1] -> [-1, 1]
         self.clock.add("vae_decode", time.perf_counter() - tic)
 
@@ -191,6 +194,15 @@ class LatentSyncGenerator:
         out = [alignment.paste_face(frame, face, matrix) for frame, face, matrix in zip(batch.frames, faces, matrices)]
         self.clock.add("paste", time.perf_counter() - tic)
         return out
+
+    def smaller_batch(self) -> tuple[int, int] | None:
+        """Halve the VAE's images per call. The UNet3D has no smaller batch (a window is 16 frames, the
+        motion modules' length; guidance's pair is one static-shape engine call), so running out of
+        memory there is not a :class:`BatchOutOfMemory` and goes straight to the fallback."""
+        sizes = halve(self.vae_batch)
+        if sizes is not None:
+            self.vae_batch = sizes[1]
+        return sizes
 
     def sample(self, condition: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """The DDIM loop for one window: ``condition`` (1, 9, F, h, w), ``audio`` (1, F, 50, 384) ->

@@ -21,7 +21,7 @@ from ..contracts import Face
 from ..datagen import Window, frame_windows
 from ...runners.base import Runner
 from ...runners.base import run_chunked
-from .base import GenerationBatch, GeneratorFailure, StageClock, require_finite
+from .base import GenerationBatch, GeneratorFailure, StageClock, batch_memory, halve, require_finite
 
 CROP = 256
 EXTRA_MARGIN = 10  # MuseTalk 1.5's default: the box reaches 10 px below the chin
@@ -60,6 +60,8 @@ class MuseTalkGenerator:
     """MuseTalk 1.5 over runners for the VAE encoder/decoder and the UNet, plus the face parser.
 
     Frames are independent, so any ``batch_size`` process frames make a window (:func:`frame_windows`).
+    ``call_batch`` frames go through the networks together: ``batch_size`` until a call runs out of
+    memory, then halved (:meth:`smaller_batch`) for the rest of the run; the windows stay as planned.
     """
 
     name = "musetalk"
@@ -75,6 +77,7 @@ class MuseTalkGenerator:
                  batch_size: int = 8) -> None:
         self.vae_encoder, self.vae_decoder, self.unet, self.parser = vae_encoder, vae_decoder, unet, parser
         self.batch_size = batch_size
+        self.call_batch = batch_size
         self.device = unet.device
         self.clock = StageClock()
 
@@ -85,11 +88,19 @@ class MuseTalkGenerator:
         """Nothing to cache per video: the crop box comes from each frame's own landmarks."""
 
     def generate(self, batch: GenerationBatch) -> list[np.ndarray]:
-        """Any number of frames; network calls are chunked to ``batch_size`` frames."""
+        """Any number of frames; network calls are chunked to ``call_batch`` frames."""
         out: list[np.ndarray] = []
-        for start in range(0, len(batch.frames), self.batch_size):
-            out.extend(self._generate(batch.subset(range(start, min(start + self.batch_size, len(batch.frames))))))
+        step = self.call_batch
+        for start in range(0, len(batch.frames), step):
+            with batch_memory("MuseTalk's VAE, UNet and face parser", step):  # every call grows with the chunk
+                out.extend(self._generate(batch.subset(range(start, min(start + step, len(batch.frames))))))
         return out
+
+    def smaller_batch(self) -> tuple[int, int] | None:
+        sizes = halve(self.call_batch)
+        if sizes is not None:
+            self.call_batch = sizes[1]
+        return sizes
 
     def _generate(self, batch: GenerationBatch) -> list[np.ndarray]:
         boxes = [crop_box(face, frame.shape) for face, frame in zip(batch.faces, batch.frames)]
@@ -107,18 +118,18 @@ class MuseTalkGenerator:
         self.clock.add("crop", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        latents = run_chunked(self.vae_encoder, {"image": stacked}, "latent", 2 * self.batch_size, self.device)
+        latents = run_chunked(self.vae_encoder, {"image": stacked}, "latent", 2 * len(crops), self.device)
         n = len(crops)
         unet_in = torch.cat([latents[:n], latents[n:]], dim=1)  # masked 4 + reference 4
         self.clock.add("vae_encode", time.perf_counter() - tic)
 
         tic = time.perf_counter()
         audio = musetalk_audio_windows(batch.audio.musetalk_states, batch.n_out, batch.audio.fps, frames=batch.out_indices)
-        pred = run_chunked(self.unet, {"latents": unet_in, "audio": audio}, "latent", self.batch_size, self.device)
+        pred = run_chunked(self.unet, {"latents": unet_in, "audio": audio}, "latent", n, self.device)
         self.clock.add("unet", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        decoded = require_finite(run_chunked(self.vae_decoder, {"latent": pred}, "image", self.batch_size, self.device),
+        decoded = require_finite(run_chunked(self.vae_decoder, {"latent": pred}, "image", n, self.device),
                                  "MuseTalk's VAE decoder")
         patches = (decoded.float().cpu().permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)[..., ::-1]
         self.clock.add("vae_decode", time.perf_counter() - tic)
