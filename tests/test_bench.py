@@ -193,8 +193,6 @@ def test_latentsync_reports_the_unet3d_seconds_per_step(tmp_path):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--backends", "torch,cuda"], "cuda is not a backend"),
-    (["--backends", " , "], "--backends is empty"),
     (["--frames", "0"], "--frames 0 is not positive"),
     (["--repeats", "0"], "--repeats 0 is not positive"),
     (["--batch-size", "64"], "--batch-size 64 is outside 1..32"),

@@ -91,7 +91,6 @@ def test_no_fallback_with_broken_unet3d_is_a_one_line_error(capsys, sample, weig
 @pytest.mark.parametrize("argv, words", [
     (["--guidance", "0.5"], "--guidance 0.5 is below 1"),
     (["--steps", "0"], "--steps 0 is outside 1..1000"),
-    (["--resolution", "384"], "--resolution 384 is not known"),
 ])
 def test_bad_latentsync_options(capsys, sample, tmp_path, argv, words):
     output = tmp_path / "o.mp4"

@@ -131,11 +131,11 @@ def test_download_unreachable_hub_is_one_line(tmp_path, capsys, monkeypatch):
     assert "run the command again" in err and "Traceback" not in err
 
 
-def test_unknown_model_and_version_are_clean_errors(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "weights", "check", str(tmp_path), "--model", "wav2lip")
-    assert code == 1 and "unknown model 'wav2lip'" in err
-    code, _, err = run_cli(capsys, "weights", "download", "--dir", str(tmp_path), "--latentsync", "2.0")
-    assert code == 1 and "--latentsync 2.0 is not a known version" in err
+def test_unknown_model_and_version_are_usage_errors(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "weights", "check", str(tmp_path), "--model", "wav2lip")
+    assert code == 2 and "'wav2lip' is not one of 'musetalk_unet'" in out + err
+    code, out, err = run_cli(capsys, "weights", "download", "--dir", str(tmp_path), "--latentsync", "2.0")
+    assert code == 2 and "'2.0' is not one of '1.5', '1.6'" in out + err
 
 
 def test_console_script_error_is_one_line_without_traceback(tmp_path):

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from ..artifacts.export_report import REPORT_NAME, REPORT_SCHEMA, read_report
 from ..artifacts.onnx_files import external_data_files
+from ..choices import GENERATORS, RUNNER_BACKENDS
 from ..errors import LatentmuseError
 from ..files import atomic_write
 from ..graphs.registry import ALL_GRAPHS, GRAPHS, unet3d_graph
@@ -42,8 +43,7 @@ from ..runners.select import EngineStore, engines_dir
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .worker import TAG
 
-BACKENDS = ("torch", "ort", "trt")
-GENERATORS = ("auto", "musetalk", "latentsync")
+BACKENDS = RUNNER_BACKENDS  # what --backends may list, the reference first
 FPS = 25
 #: whisper_encoder takes 30 s of audio per call (mel (1, 80, 3000) at 100 mel frames per second).
 WHISPER_FRAMES = 30 * FPS

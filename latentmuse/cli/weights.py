@@ -8,35 +8,37 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..errors import LatentmuseError
-from ..models.layouts import LATENTSYNC_REPOS, default_weights_dir
+from ..choices import RandomSize, choice_enum
+from ..models.layouts import LATENTSYNC_REPOS, default_weights_dir, layouts
 from .console import make_console
 
 app = typer.Typer(help="Get, check and convert model weights.", no_args_is_help=True)
 console = make_console()
 
 DirOption = Annotated[Path, typer.Option("--dir", "-d", help="Weights folder (default: $LATENTMUSE_WEIGHTS or ./weights).")]
-ModelsOption = Annotated[
-    Optional[list[str]], typer.Option("--model", "-m", help="Only this model (repeatable): " + ", ".join(
-        ("musetalk_unet", "vae", "whisper", "unet3d", "s3fd", "fan68", "bisenet")))
-]
+#: The models of the weights table (the same keys for every LatentSync version) and the versions.
+Model = choice_enum("Model", [entry.key for entry in layouts()])
+LatentSyncVersion = choice_enum("LatentSyncVersion", LATENTSYNC_REPOS)
+ModelsOption = Annotated[Optional[list[Model]], typer.Option("--model", "-m", help="Only this model (repeatable).")]
+
+
+def _keys(models: list[Model] | None) -> list[str] | None:
+    return [m.value for m in models] if models is not None else None
 
 
 @app.command()
 def download(
     dir: DirOption = default_weights_dir(),
-    latentsync: Annotated[str, typer.Option("--latentsync", help="LatentSync UNet3D version: 1.5 (256 px) or 1.6 (512 px).")] = "1.5",
+    latentsync: Annotated[LatentSyncVersion, typer.Option("--latentsync", help="LatentSync UNet3D version: 1.5 (256 px) or 1.6 (512 px).")] = LatentSyncVersion("1.5"),
     model: ModelsOption = None,
     endpoint: Annotated[Optional[str], typer.Option(help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")] = None,
     verify: Annotated[bool, typer.Option(help="Load every model strictly after downloading.")] = True,
 ) -> None:
     """Download the official weights (resumable; files already present are kept), then verify them."""
-    if latentsync not in LATENTSYNC_REPOS:
-        raise LatentmuseError(f"--latentsync {latentsync} is not a known version.", f"use one of {', '.join(LATENTSYNC_REPOS)}.")
     from ..models import folder
 
     fetched = folder.download(
-        dir, latentsync_version=latentsync, models=model, client=folder.HubClient(endpoint=endpoint),
+        dir, latentsync_version=latentsync.value, models=_keys(model), client=folder.HubClient(endpoint=endpoint),
         verify=verify, report=lambda line: console.print(line),
     )
     table = Table(title=f"weights in {dir}")
@@ -56,7 +58,7 @@ def check(
     with console.status("checking weights") as status:  # transient: the table is what stays
         from ..models import folder
 
-        rows = folder.check_folder(dir, model, report=status.update)
+        rows = folder.check_folder(dir, _keys(model), report=status.update)
     table = Table(title=f"weights check (strict loading): {dir}")
     table.add_column("model")
     table.add_column("file", overflow="fold")
@@ -86,21 +88,19 @@ def convert(
     """Write safetensors copies of the pickled checkpoints (loaded strictly first); loaders prefer them."""
     from ..models import folder
 
-    written = folder.convert(dir, model, report=lambda line: console.print(line))
+    written = folder.convert(dir, _keys(model), report=lambda line: console.print(line))
     console.print(f"{len(written)} file(s) written.")
 
 
 @app.command()
 def random(
     dir: Annotated[Path, typer.Argument(help="Folder to write.")],
-    size: Annotated[str, typer.Option(help="tiny (test configurations) or full (released sizes; ~8 GB).")] = "tiny",
+    size: Annotated[RandomSize, typer.Option(help="tiny: test configurations; full: released sizes (~8 GB).")] = RandomSize("tiny"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     model: ModelsOption = None,
 ) -> None:
     """Write seeded random weights in the official file formats (for tests and demos: outputs are noise)."""
     from ..models.random_weights import write_random_weights
 
-    if size not in ("tiny", "full"):
-        raise LatentmuseError(f"--size {size} is not known.", "use tiny or full.")
-    write_random_weights(dir, size=size, seed=seed, models=model, report=lambda line: console.print(line))
+    write_random_weights(dir, size=size.value, seed=seed, models=_keys(model), report=lambda line: console.print(line))
     console.print(f"[yellow]random weights in {dir}: outputs are meaningless, for tests and demos only[/]")

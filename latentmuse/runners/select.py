@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..artifacts import manifest as mf
+from ..choices import BACKENDS
 from ..artifacts.export_report import REPORT_NAME, read_report, validated_entry
 from ..artifacts.onnx_files import onnx_sha256, onnx_stat
 from ..errors import LatentmuseError
@@ -41,7 +42,6 @@ from .base import Runner, RunnerError
 from .ort_runner import OrtRunner
 from .torch_runner import TorchRunner
 
-BACKENDS = ("auto", "trt", "ort", "torch")
 NAMES = {"trt": "TensorRT", "ort": "ONNX Runtime", "torch": "PyTorch"}
 DEFAULT_ENGINES = Path("engines")
 

@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from ..choices import PRECISIONS
 from ..errors import LatentmuseError
 from ..graphs.spec import GraphSpec
 from .base import BaseRunner, RunnerError
-
-PRECISIONS = ("auto", "fp32", "fp16")
 
 
 def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
