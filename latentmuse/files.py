@@ -19,11 +19,17 @@ def sha256_files(*paths: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def atomic_write(path: str | Path, payload: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file.
+
+    The temporary name is unique (``mkstemp``), so two processes writing the same path never write
+    into one temporary file: each rename is whole, and the last one wins. The file gets the mode a
+    plain ``open`` would give it (``mkstemp``'s 0600 would hide reports and exports from a team).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
@@ -31,3 +37,17 @@ def atomic_write(path: str | Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux says it (``os.umask`` can only be
+    read by setting it, which would briefly change it for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -172,6 +172,7 @@ def write_video(
     container_format: str | None = None,
     state_rate: bool = True,
     picture: Callable[[int], np.ndarray] | None = None,
+    sample_aspect_ratio: Fraction | None = None,
 ) -> Path:
     """A video of the upright scene, ``size`` = the *displayed* (width, height).
 
@@ -180,6 +181,7 @@ def write_video(
     ``audio``: its own track, in the container's usual audio codec unless ``audio_codec``.
     ``state_rate=False``: the container states no frame rate (Matroska without DefaultDuration).
     ``picture(i)``: frame i as displayed (BGR, ``size``) instead of the still scene.
+    ``sample_aspect_ratio``: non-square pixels (anamorphic DV, HDV), stated in the stream.
     """
     encoder, default_fmt, options = ENCODERS[codec]
     pix_fmt = pix_fmt or default_fmt
@@ -194,6 +196,8 @@ def write_video(
         stream.options = dict(options)
         if not state_rate:
             stream.codec_context.framerate = Fraction(0, 1)
+        if sample_aspect_ratio is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
         if rotation or hflip:
             stream.set_display_rotation(rotation, hflip=hflip)
         astream = _add_audio(container, suffix, audio, audio_codec) if audio is not None else None
@@ -219,8 +223,10 @@ class Decoded:
 
     frames: list[np.ndarray]  # displayed, BGR
     fps: Fraction  # the stream's average rate
+    sample_aspect_ratio: Fraction | None
     rotations: set[int]  # PyAV frame.rotation values seen (counter-clockwise degrees)
     codec: str
+    codec_tag: str  # the container's FourCC for it (hvc1, XVID, ...)
     pix_fmt: str
     audio_codec: str | None
     channels: int | None
@@ -239,7 +245,8 @@ def decode(path: Path) -> Decoded:
     frames, rotations = [], set()
     with av.open(str(path)) as container:
         vstream = container.streams.video[0]
-        codec = vstream.codec_context.name
+        codec, tag = vstream.codec_context.name, vstream.codec_context.codec_tag
+        sar = Fraction(vstream.sample_aspect_ratio) if vstream.sample_aspect_ratio else None
         rate = vstream.average_rate or vstream.guessed_rate  # Matroska may state no average
         fps = Fraction(rate) if rate else Fraction(0)
         fmt_name = container.format.name
@@ -259,7 +266,7 @@ def decode(path: Path) -> Decoded:
             seconds = n / rate
             if astream.duration and astream.time_base:  # mp4 edit lists cut AAC priming and padding
                 seconds = min(seconds, float(astream.duration * astream.time_base))
-    return Decoded(frames, fps, rotations, codec, pix_fmt, audio_codec, channels, rate, seconds, fmt_name)
+    return Decoded(frames, fps, sar, rotations, codec, tag, pix_fmt, audio_codec, channels, rate, seconds, fmt_name)
 
 
 def snapshot(*paths: Path) -> dict[Path, tuple[bytes, int]]:

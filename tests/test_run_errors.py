@@ -101,18 +101,92 @@ def test_weights_folder_missing_a_file_names_it(capsys, media_files, tmp_path):
     assert not output.exists()
 
 
-def test_unknown_generator_and_unavailable_backend(capsys, media_files, tmp_path):
-    line = expect_error(capsys, tmp_path / "o.mp4", str(media_files["with_audio"]), "--generator", "wav2lip")
-    assert "--generator wav2lip" in line
+def test_unavailable_backend_is_a_one_line_error(capsys, media_files, tmp_path):
     line = expect_error(capsys, tmp_path / "o.mp4", str(media_files["with_audio"]), "--backend", "trt")
     assert "--backend trt" in line
 
 
+def test_validate_still_refuses_unknown_values_from_programmatic_callers(media_files, tmp_path):
+    """The CLI's enums reject these at parse time; a caller of the library gets the same one-line error."""
+    from latentmuse.errors import LatentmuseError
+    from latentmuse.runtime.pipeline import RunOptions, validate
+
+    for field, value in (("generator", "wav2lip"), ("backend", "cuda"), ("precision", "int8"),
+                         ("face_detector", "mtcnn"), ("resolution", "384")):
+        options = RunOptions(video=media_files["with_audio"], output=tmp_path / "o.mp4", **{field: value})
+        with pytest.raises(LatentmuseError, match=f"--{field.replace('_', '-')} {value} is not known"):
+            validate(options)
+
+
+def test_choices_are_the_runtime_definitions():
+    """One definition: the CLI's enums list exactly the tuples the runtime validates against."""
+    from typing import get_args
+
+    from latentmuse import choices
+    from latentmuse.cli import bench, run, weights
+    from latentmuse.models.layouts import LATENTSYNC_REPOS, layouts
+    from latentmuse.models.random_weights import Size
+    from latentmuse.runners import select, torch_runner
+    from latentmuse.runtime import pipeline
+
+    def values(enum):
+        return tuple(member.value for member in enum)
+
+    assert values(choices.Generator) == pipeline.GENERATORS == ("auto", "musetalk", "latentsync")
+    assert values(choices.Backend) == select.BACKENDS == ("auto", "trt", "ort", "torch")
+    assert values(choices.Precision) == torch_runner.PRECISIONS == ("auto", "fp32", "fp16")
+    assert values(choices.FaceDetector) == pipeline.FACE_DETECTORS and values(choices.Resolution) == pipeline.RESOLUTIONS
+    assert values(choices.RandomSize) == get_args(Size)
+    assert values(weights.LatentSyncVersion) == tuple(LATENTSYNC_REPOS)
+    assert values(weights.Model) == tuple(entry.key for entry in layouts("1.6"))
+    assert f"{choices.Resolution('256')}" == "256" and choices.Generator("auto") == "auto"
+    assert run.run and bench.bench  # the commands import their enums from choices
+
+
+COMMAND_PATHS = [["run"], ["bench"], ["sample"], ["export"], ["build"], ["doctor"],
+                 ["weights", "download"], ["weights", "check"], ["weights", "convert"], ["weights", "random"]]
+
+
 @pytest.mark.parametrize("argv, words", [
-    (["run", "--no-such-option"], "No such option: --no-such-option"),
+    *[(path + ["--no-such-option"], "No such option: --no-such-option") for path in COMMAND_PATHS],
+    (["nosuch"], "No such command 'nosuch'"),
+    (["weights", "nosuch"], "No such command 'nosuch'"),
+    (["run"], "Missing argument 'video'"),
     (["run", "video.mp4"], "Missing option '--output'"),
+    (["run", "video.mp4", "-o"], "Option '-o' requires an argument"),
+    (["sample"], "Missing argument 'out_dir'"),
+    (["weights", "random"], "Missing argument 'dir'"),
+    (["run", "v.mp4", "-o", "o.mp4", "--generator", "wav2lip"], "'wav2lip' is not one of 'auto', 'musetalk', 'latentsync'"),
+    (["run", "v.mp4", "-o", "o.mp4", "--backend", "cuda"], "'cuda' is not one of 'auto', 'trt', 'ort', 'torch'"),
+    (["run", "v.mp4", "-o", "o.mp4", "--precision", "int8"], "'int8' is not one of 'auto', 'fp32', 'fp16'"),
+    (["run", "v.mp4", "-o", "o.mp4", "--face-detector", "mtcnn"], "'mtcnn' is not one of 'auto', 's3fd', 'dlib'"),
+    (["run", "v.mp4", "-o", "o.mp4", "--resolution", "384"], "'384' is not one of 'auto', '256', '512'"),
+    (["run", "v.mp4", "-o", "o.mp4", "--batch-size", "many"], "Invalid value for '--batch-size'"),
     (["bench", "--repeats", "many"], "Invalid value for '--repeats'"),
+    (["bench", "--generator", "wav2lip"], "'wav2lip' is not one of 'auto', 'musetalk', 'latentsync'"),
+    (["bench", "--backends", "torch,cuda"], "'cuda' is not a backend; use some of torch,ort,trt"),
+    (["bench", "--backends", " , "], "no backend given"),
+    (["export", "--seed", "x"], "Invalid value for '--seed'"),
+    (["weights", "download", "--latentsync", "2.0"], "'2.0' is not one of '1.5', '1.6'"),
+    (["weights", "check", "--model", "wav2lip"], "'wav2lip' is not one of 'musetalk_unet'"),
+    (["weights", "random", "dir", "--size", "huge"], "'huge' is not one of 'tiny', 'full'"),
 ])
 def test_usage_mistakes_are_a_usage_message_and_exit_2(capsys, argv, words):
     code, out, err = run_cli(capsys, *argv)
-    assert code == 2 and words in out + err and "Traceback" not in out + err
+    assert code == 2 and words in out + err and "Traceback" not in out + err, out + err
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert lines[-1].startswith("Error:") and sum(line.startswith("Error:") for line in lines) == 1  # one message line
+
+
+@pytest.mark.parametrize("argv, values", [
+    (["run"], ["auto|musetalk|latentsync", "auto|trt|ort|torch", "auto|fp32|fp16", "auto|s3fd|dlib", "auto|256|512"]),
+    (["bench"], ["auto|musetalk|latentsync", "torch, ort, trt"]),
+    (["weights", "download"], ["1.5|1.6", "musetalk_unet|vae|whisper|unet3d|s3fd|fan68|bisenet"]),
+    (["weights", "random"], ["tiny|full"]),
+])
+def test_help_lists_the_choices(capsys, argv, values):
+    code, out, err = run_cli(capsys, *argv, "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for value in values:
+        assert value in flat, (value, out)

@@ -1,7 +1,10 @@
 """The typer app and its error boundary.
 
 Commands raise :class:`latentmuse.errors.LatentmuseError`; :func:`main` turns it into one red line on
-stderr and exit code 1 (never a traceback). ``LATENTMUSE_DEBUG=1`` re-raises for developers.
+stderr and exit code 1 (never a traceback). ``LATENTMUSE_DEBUG=1`` re-raises for developers. A usage
+mistake is click's usage message and exit 2; a signal a command turned into
+:class:`~latentmuse.outcomes.Interrupted` is one line and 130 (SIGINT) or 143 (SIGTERM). The codes are
+:class:`~latentmuse.outcomes.ExitCode`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import typer
 from rich.console import Console
 
 from ..errors import LatentmuseError
+from ..outcomes import ExitCode, Interrupted
 from . import bench, build, doctor, export, run, sample, weights
 
 app = typer.Typer(
@@ -45,14 +49,17 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("LATENTMUSE_DEBUG"):
             raise
         err.print(f"[bold red]error:[/] {exc}", markup=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]")
-        sys.exit(130)
+        sys.exit(ExitCode.ERROR)
+    except Interrupted as exc:  # the command's signal handler: its temporary files are already gone
+        err.print(f"[bold red]{exc}[/]: stopped, no output written")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a command's handler (typer turns one inside into exit 130)
+        err.print("[bold red]interrupted by SIGINT[/]")
+        sys.exit(ExitCode.SIGINT)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        sys.exit(1)
+        sys.exit(ExitCode.ERROR)
     except _click_exceptions() as exc:  # usage errors: click's own message and exit code 2
         exc.show()
         sys.exit(exc.exit_code)

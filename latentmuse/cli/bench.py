@@ -3,10 +3,6 @@ the UNet3D per DDIM step, and the pipeline's stages end to end; tables, JSON and
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..choices import RUNNER_BACKENDS, Generator
 from ..models.layouts import default_weights_dir
+from ..outcomes import signals_as_interrupts
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .console import make_console
 
@@ -63,11 +61,22 @@ class BenchBars:
         console.print(f"[bold yellow]{message}[/]", soft_wrap=True)
 
 
+def _backends_choice(value: str) -> str:
+    """``--backends`` is a comma-separated subset of the runner backends: anything else is a usage error
+    (exit 2) at parse time, like a bad choice of any other option."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in RUNNER_BACKENDS]
+    if unknown or not names:
+        what = f"{unknown[0]!r} is not a backend" if unknown else "no backend given"
+        raise typer.BadParameter(f"{what}; use some of {','.join(RUNNER_BACKENDS)}, comma-separated.")
+    return value
+
+
 def bench(
     ctx: typer.Context,
     weights: Annotated[str, typer.Option(help="Weights folder, or 'smoke' for seeded tiny test configurations.")] = str(default_weights_dir()),
-    generator: Annotated[str, typer.Option(help="auto (latentsync when the weights have a UNet3D) | musetalk | latentsync")] = "auto",
-    backends: Annotated[str, typer.Option(help="Comma-separated backends to compare: torch, ort, trt (an unavailable one is skipped with its reason).")] = "torch,ort,trt",
+    generator: Annotated[Generator, typer.Option(help="auto: latentsync when the weights have a UNet3D, else musetalk.")] = Generator("auto"),
+    backends: Annotated[str, typer.Option(callback=_backends_choice, help=f"Comma-separated backends to compare, some of {', '.join(RUNNER_BACKENDS)} (an unavailable one is skipped with its reason).")] = ",".join(RUNNER_BACKENDS),
     frames: Annotated[int, typer.Option(help="Frames of the embedded sample clip for the end-to-end run (25 fps; 50 = 2 s).")] = 50,
     batch_size: Annotated[int, typer.Option(help="Frames per call of the frame-batched graphs (and the pipeline's batch).")] = 8,
     steps: Annotated[int, typer.Option(help="LatentSync DDIM steps in the end-to-end run.")] = DEFAULT_STEPS,
@@ -82,12 +91,12 @@ def bench(
     """Time every graph on every backend side by side, then the pipeline end to end (each in its own process)."""
     from ..bench.suite import BenchOptions, no_backend_ran, prepare, run_bench, write_json  # torch: only when run
 
-    options = BenchOptions(weights=weights, generator=generator, backends=backends, frames=frames,
+    options = BenchOptions(weights=weights, generator=generator.value, backends=backends, frames=frames,
                            batch_size=batch_size, steps=steps, guidance=guidance, repeats=repeats, engines=engines,
                            device=device, end_to_end=end_to_end, json_out=json_out, plot=plot,
                            command=_command_line(ctx))
     plan = prepare(options)  # every usage check, before anything heavy
-    with _terminate_as_interrupt(), BenchBars() as bars:
+    with signals_as_interrupts(), BenchBars() as bars:  # a signal stops the worker and removes the temporary folder
         result = run_bench(options, bars, plan)
     for table in graph_tables(result):
         console.print(table)
@@ -106,23 +115,6 @@ def bench(
     error = no_backend_ran(result)
     if error is not None:
         raise error
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the bench as Ctrl-C does: the running worker is stopped and the temporary folder removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _command_line(ctx: typer.Context) -> list[str]:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from typing import TYPE_CHECKING
 
+from ..choices import Codec
 from ..models.layouts import default_weights_dir
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
 from .console import make_console
@@ -45,7 +46,7 @@ def _face_summary(result: RunReport) -> str:
 
 def run(
     video: Annotated[Path, typer.Argument(help="Input video (any container/codec PyAV reads).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4 (H.264 + AAC); written only on success.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output video: .mp4/.m4v, .mov, .mkv (H.264 + AAC), .webm (VP9 + Opus) or .avi (MPEG-4 + PCM); written only on success.")],
     audio: Annotated[Optional[Path], typer.Option(help="Audio to lip-sync to (wav, mp3, m4a, flac or a video); default: the video's own track.")] = None,
     weights: Annotated[str, typer.Option(help="Weights folder, or 'smoke' for seeded random test-size weights (meaningless pixels).")] = str(default_weights_dir()),
     generator: Annotated[str, typer.Option(help="auto (latentsync when the weights have a UNet3D, else musetalk) | musetalk | latentsync")] = "auto",
@@ -63,6 +64,7 @@ def run(
     fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Hand windows LatentSync cannot serve to MuseTalk (default), or stop with an error.")] = True,
     seed: Annotated[int, typer.Option(help="LatentSync: seed of the initial noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    codec: Annotated[Codec, typer.Option(help="Output video codec; auto: the container's default. mp4: h264 hevc mpeg4; mov: h264 hevc prores mpeg4 mjpeg; mkv: any; webm: vp9; avi: mpeg4 mjpeg (docs/RELIABILITY.md).")] = Codec("auto"),
     report: Annotated[Optional[Path], typer.Option(help="Write the run report (JSON) here.")] = None,
 ) -> None:
     """Re-generate the mouth in VIDEO to match the audio; every input frame is accounted for."""
@@ -72,7 +74,7 @@ def run(
         video=video, output=output, audio=audio, weights=weights, generator=generator, backend=backend,
         face_detector=face_detector, face=face, min_face_size=min_face_size, batch_size=batch_size, seed=seed, device=device, report=report,
         steps=steps, guidance=guidance, resolution=resolution, deepcache=deepcache, fallback=fallback,
-        engines=engines, precision=precision,
+        engines=engines, precision=precision, codec=codec.value,
     )
     with RichProgress(console) as progress:
         result = run_pipeline(options, progress)

@@ -93,6 +93,8 @@ class RunOptions:
     fallback: bool = True
     engines: Path | None = None  # default: $LATENTMUSE_ENGINES or engines/
     precision: str = "auto"
+    #: The output's video codec: auto (the container's default) or one it takes (media.formats).
+    codec: str = "auto"
 
 
 @dataclass
@@ -159,12 +161,13 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
         )
     info = media.probe(options.video)
     parse_face_policy(options.face).check_frame(info.width, info.height)
+    media.choose_codec(options.output, options.codec, (info.width, info.height))  # container, encoder, size
     audio_path = options.audio if options.audio is not None else options.video
     inputs = [options.video] + ([options.audio] if options.audio is not None else [])
     media.check_output_path(options.output, inputs, extensions=media.OUTPUT_FORMATS)
     if options.report is not None:
         media.check_output_path(options.report, inputs + [options.output])
-    audio = media.load_audio(audio_path)
+    audio = media.load_audio(audio_path, what="video" if options.audio is None else "audio file")
     if output_frame_count(len(audio), info.fps) == 0:
         raise LatentmuseError(f"the audio in {audio_path} is shorter than one video frame.", "use a longer audio track.")
     return info, audio_path, audio
@@ -297,7 +300,8 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
 
     tic = time.perf_counter()
     writer = sink if sink is not None else media.VideoWriter(
-        options.output, info.width, info.height, info.fps, audio_path
+        options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
+        sample_aspect_ratio=info.sample_aspect_ratio,
     )
     progress.start("generate", n_out)
     progress.start("windows", len(windows))

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import av
 
+from ...choices import CODECS
 from ...errors import LatentmuseError
 
 
@@ -70,6 +71,8 @@ class VideoCodec:
         return self.odd_pix_fmt if odd and self.odd_pix_fmt else self.pix_fmt
 
 
+#: Every ``--codec`` value but ``auto`` (:data:`latentmuse.choices.CODECS`, which the command line reads
+#: without importing PyAV, lists them in this order; a test keeps the two equal).
 VIDEO_CODECS: dict[str, VideoCodec] = {
     c.name: c
     for c in (
@@ -110,8 +113,9 @@ OUTPUT_FORMATS: dict[str, OutputFormat] = {
 }
 
 
-#: What ``--codec`` takes: ``auto`` (the container's default) or a codec name.
-CODECS = ("auto", *VIDEO_CODECS)
+def _either(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def output_format(path: Path | str) -> OutputFormat:
@@ -136,8 +140,7 @@ def choose_codec(path: Path | str, codec: str = "auto", size: tuple[int, int] | 
         takers = sorted(ext for ext, f in OUTPUT_FORMATS.items() if name in f.codecs)
         raise LatentmuseError(
             f"{VIDEO_CODECS[name].label} (--codec {name}) cannot go into {fmt.label} ({Path(path).suffix}).",
-            f"use --codec {' or '.join(fmt.codecs)} for {Path(path).suffix}, or name the output "
-            f"{' / '.join(takers)}.",
+            f"use --codec {_either(fmt.codecs)} for {Path(path).suffix}, or name the output {_either(takers)}.",
         )
     chosen = VIDEO_CODECS[name]
     if chosen.encoder not in av.codecs_available:

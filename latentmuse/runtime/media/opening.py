@@ -24,6 +24,9 @@ def _require_file(path: Path, what: str) -> Path:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's own words: FFmpeg's message without PyAV's repetition of the file name."""
+    if isinstance(exc, av.FFmpegError) and exc.strerror:
+        return str(exc.strerror)
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -302,7 +302,10 @@ class VideoWriter:
             _fsync(self._final_tmp)
             os.replace(self._final_tmp, self.path)
             self._temps.remove(self._final_tmp)  # now the output: never cleaned up as a temporary
-            _fsync(self.path.parent)
+            try:
+                _fsync(self.path.parent)  # the rename itself to disk: best effort, the file is whole either way
+            except OSError:
+                pass
         except LatentmuseError:
             self.abort()
             raise
@@ -430,8 +433,11 @@ class VideoWriter:
                 vin = video_in.streams.video[0]
                 vout = out.add_stream_from_template(vin)
                 vout.time_base = vin.time_base
-                if vout.codec_context is not None:  # the rate Matroska states (DefaultDuration), not kept by the template
-                    vout.codec_context.framerate = self.fps
+                if vout.codec_context is not None:  # what the template does not keep:
+                    vout.codec_context.framerate = self.fps  # the rate Matroska states (DefaultDuration)
+                    tag = self.codec.tags.get(self.format.container)
+                    if tag:
+                        vout.codec_context.codec_tag = tag  # hvc1 (Apple players), XVID
                 astream = out.add_stream(encoder, rate=rate)
                 astream.layout = layout
                 astream.format = sample_fmt

@@ -1,0 +1,86 @@
+"""SIGINT and SIGTERM stop a real ``latentmuse run`` process mid-generation: exit 130 / 143 within
+seconds, one line on stderr, no output file, no temporary file, and a report saying interrupted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from latentmuse.samples import build_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Startup (imports, smoke weights, audio features, faces) takes a few seconds, more on a loaded machine.
+START_TIMEOUT_S = 120
+#: A signal is handled between network calls; unwinding, the report and interpreter exit add a second or two.
+STOP_WITHIN_S = 10
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """1.6 s of the sample (40 frames, a face in every one): long enough that a smoke MuseTalk run is
+    still generating seconds after its writer has opened its temporary files."""
+    return build_sample(tmp_path_factory.mktemp("clip"), seconds=1.6, size=(200, 200), cutaway=None)
+
+
+def _start(clip, folder: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "latentmuse", "run", str(clip.video), "-o", str(folder / "out.mp4"),
+            "--weights", "smoke", "--face-detector", "dlib", "--generator", "musetalk",
+            "--report", str(folder / "report.json")]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _wait_until_generating(process: subprocess.Popen, folder: Path) -> None:
+    """Generation has begun once the video writer's temporary files (hidden, named after out.mp4: the
+    video and the final file) exist in the output folder (the path checks' probe files, also hidden,
+    come and go before), plus a moment for the writer to finish opening them: a signal inside the
+    writer's constructor is the writer's to clean up, not what this test is about."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len([name for name in _hidden(folder) if name.startswith(".out.")]) < 2:
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the run ended ({process.returncode}) before it began generating: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the run did not begin generating in time")
+        time.sleep(0.02)
+    time.sleep(0.5)
+
+
+def test_sigint_and_sigterm_stop_a_run_and_leave_nothing_but_the_report(clip, tmp_path):
+    """Both signals in one test, on two runs at once: each run's startup is most of the time."""
+    cases = {signal.SIGINT: 130, signal.SIGTERM: 143}
+    runs = {}
+    for signum in cases:
+        folder = tmp_path / signum.name
+        folder.mkdir()
+        runs[signum] = (folder, _start(clip, folder))
+    for signum, (folder, process) in runs.items():
+        _wait_until_generating(process, folder)
+        process.send_signal(signum)
+        runs[signum] = (folder, process, time.monotonic())
+    for signum, (folder, process, sent) in runs.items():
+        try:
+            out, err = process.communicate(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"{signum.name} did not stop the run")
+        took = time.monotonic() - sent
+        assert process.returncode == cases[signum], (signum.name, err[-2000:])
+        assert took < STOP_WITHIN_S, f"{signum.name}: stopped {took:.1f} s after the signal"
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines == [f"interrupted by {signum.name}: stopped, no output written"], err[-2000:]
+        assert sorted(p.name for p in folder.iterdir()) == ["report.json"]  # no output, no temporary file
+        report = json.loads((folder / "report.json").read_text())
+        assert report["status"] == "interrupted" and report["exit_code"] == cases[signum]
+        assert report["error"] == f"interrupted by {signum.name}"
+        assert 0 <= report["frames_written"] < report["frames_out"] == 40
