@@ -336,7 +336,7 @@ def test_fan_torchscript_archive_reloads(fan_archive: tuple[nn.Module, Path], tm
     assert not fan.is_torchscript_archive(tmp_path / "plain.pth")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the loader keeps torch.jit's deprecation notice to itself
-        loaded = fan.load(path, fan.tiny_config())
+        loaded = fan.load(path, fan.tiny_config(), trust_torchscript=path)  # not the pinned release: trusted
     _assert_same_outputs(model, loaded, _tiny_input("fan"))
 
 
@@ -356,8 +356,8 @@ def test_fan_torchscript_wrapper_prefix_is_removed(tmp_path: Path) -> None:
     x = _tiny_input("fan")
     path = tmp_path / "2DFAN4-cd938726ad.zip"
     torch.jit.save(torch.jit.trace(_LastHeatmaps(model).eval(), x, check_trace=False), str(path))
-    assert all(k.startswith("fan.") for k in fan.read_fan_state_dict(path))
-    _assert_same_outputs(model, fan.load(path, fan.tiny_config()), x)
+    assert all(k.startswith("fan.") for k in fan.read_fan_state_dict(path, trust_torchscript=path))
+    _assert_same_outputs(model, fan.load(path, fan.tiny_config(), trust_torchscript=path), x)
 
 
 def test_fan_legacy_wrapped_checkpoint_reloads(tmp_path: Path) -> None:
@@ -470,8 +470,8 @@ def test_crafted_torchscript_archive_is_refused_without_running(
                 data = pickle.dumps(_Evil(marker), protocol=2)
             dst.writestr(item, data)
     assert fan.is_torchscript_archive(evil)
-    with pytest.raises(CheckpointError, match="needs code"):
-        fan.load(evil, fan.tiny_config())
+    with pytest.raises(CheckpointError, match="needs code"):  # even when trusted: defence in depth
+        fan.load(evil, fan.tiny_config(), trust_torchscript=evil)
     assert not marker.exists()
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 from ..choices import RandomSize, choice_enum
 from ..models.layouts import LATENTSYNC_REPOS, default_weights_dir, layouts
 from .console import make_console
+from .trust import TrustTorchscriptOption
 
 app = typer.Typer(help="Get, check and convert model weights.", no_args_is_help=True)
 console = make_console()
@@ -84,11 +85,13 @@ def check(
 def convert(
     dir: Annotated[Path, typer.Argument(help="Weights folder.")] = default_weights_dir(),
     model: ModelsOption = None,
+    trust_torchscript: TrustTorchscriptOption = None,
 ) -> None:
     """Write safetensors copies of the pickled checkpoints (loaded strictly first); loaders prefer them."""
     from ..models import folder
 
-    written = folder.convert(dir, _keys(model), report=lambda line: console.print(line))
+    written = folder.convert(dir, _keys(model), report=lambda line: console.print(line),
+                             trust_torchscript=trust_torchscript)
     console.print(f"{len(written)} file(s) written.")
 
 

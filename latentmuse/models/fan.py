@@ -12,11 +12,19 @@ The weights were released in two formats, and ``load`` reads both:
   ``module.`` prefix);
 * ``2DFAN4-cd938726ad.zip`` (face-alignment 1.3.0-1.4.1, 2020-2023; torch 1.5/1.6 got per-version zips
   of the same kind): a TorchScript archive. It is opened with ``torch.jit.load`` only to take its
-  ``state_dict()``; its forward is never called. This is acceptable where a full pickle is not
-  because a TorchScript archive cannot run arbitrary Python: its code is TorchScript (a restricted,
-  compiled language with no access to Python modules such as ``os``), and its pickles are read by the
-  C++ unpickler, which only rebuilds tensors and TorchScript types and refuses any other global (a
-  crafted ``os.system`` reference fails with "Unknown type name"; see the tests).
+  ``state_dict()``; its forward is never called.
+
+A TorchScript archive is code, not data, so it is loaded only when it is the released file: its
+sha256 must be :data:`TORCHSCRIPT_SHA256` (the full digest of ``2DFAN4-cd938726ad.zip``, 96,316,515
+bytes, whose first ten hex digits are the ``cd938726ad`` in its name, torch.hub's convention; the
+same digest is published beside the download scripts of the projects that fetch it and by the hub
+mirror ``weights download`` uses, which checks it too). Any other archive is refused unless the user
+names that very file with ``--trust-torchscript FILE`` (:func:`read_torchscript_state_dict`), or
+converts it once to safetensors (``latentmuse weights convert``; docs/SECURITY.md). The pin is the
+guarantee; the rest is defence in depth: TorchScript code is a restricted compiled language with no
+access to Python modules such as ``os``, and the archive's pickles are read by the C++ unpickler,
+which only rebuilds tensors and TorchScript types and refuses any other global (a crafted
+``os.system`` reference fails with "Unknown type name"; see the tests).
 """
 
 from __future__ import annotations
@@ -32,10 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from ..files import sha256_files
 from .checkpoint import StateDict, build_on_meta, load_strict, read_state_dict
+from .layouts import layout
 
 #: Names of the released weights files (pickled state dict, TorchScript archive).
 OFFICIAL_FILENAMES = ("2DFAN4-11f355bf06.pth.tar", "2DFAN4-cd938726ad.zip")
+
+#: sha256 of the released TorchScript archive, the one :func:`read_torchscript_state_dict` opens
+#: without being told to trust it: the digest the weights table records for ``2DFAN4-cd938726ad.zip``
+#: (``weights download`` checks downloads against the same value).
+TORCHSCRIPT_SHA256: str = next(f.sha256 for f in layout("fan68").files if f.local.endswith(OFFICIAL_FILENAMES[1]))
 
 
 @dataclass(frozen=True)
@@ -214,8 +229,48 @@ def is_torchscript_archive(path: str | Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def read_torchscript_state_dict(path: str | Path) -> StateDict:
-    """The ``state_dict()`` of a TorchScript archive, loaded on CPU; its forward is never called."""
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def check_torchscript_trust(path: str | Path, trust_torchscript: str | Path | None = None) -> None:
+    """Refuse a TorchScript archive that is neither the pinned release nor the file the user trusted.
+
+    ``trust_torchscript`` is a path the user named (``--trust-torchscript FILE``): that one file, and no
+    other, may then be opened whatever its digest.
+    """
+    path = Path(path)
+    try:
+        digest = sha256_files(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read TorchScript archive {path}: {exc.strerror or exc}.",
+                              "download the file again.") from None
+    if digest == TORCHSCRIPT_SHA256:
+        return
+    if trust_torchscript is not None and _same_file(path, Path(trust_torchscript)):
+        return
+    trusted = (f" (--trust-torchscript names {trust_torchscript}, a different file)"
+               if trust_torchscript is not None else "")
+    converted = next(t for t in layout("fan68").targets if t.endswith(".safetensors"))
+    raise CheckpointError(
+        f"refusing to load {path}: it is a TorchScript archive (code, not only weights) and its sha256 "
+        f"{digest[:16]}... is not the released {OFFICIAL_FILENAMES[1]}'s {TORCHSCRIPT_SHA256[:16]}...{trusted}.",
+        f"use the official file; or, if you trust this one, pass `--trust-torchscript {path}` (run, export) or "
+        f"convert it once to safetensors with `latentmuse weights convert DIR -m fan68 --trust-torchscript {path}` "
+        f"(it writes {converted} in the weights folder, which loads as plain data; docs/SECURITY.md).",
+    )
+
+
+def read_torchscript_state_dict(path: str | Path, trust_torchscript: str | Path | None = None) -> StateDict:
+    """The ``state_dict()`` of a TorchScript archive, loaded on CPU; its forward is never called.
+
+    Only the pinned release, or the file ``trust_torchscript`` names, is opened (see the module doc and
+    :func:`check_torchscript_trust`).
+    """
+    check_torchscript_trust(path, trust_torchscript)
     try:
         with warnings.catch_warnings():
             # torch >= 2.10 flags torch.jit as deprecated; reading old archives is still supported.
@@ -234,11 +289,12 @@ def read_torchscript_state_dict(path: str | Path) -> StateDict:
     return {k: v.detach() for k, v in scripted.state_dict().items()}
 
 
-def read_fan_state_dict(path: str | Path) -> StateDict:
-    """Read any released FAN format (safetensors, pickled state dict, TorchScript archive) as a state dict."""
+def read_fan_state_dict(path: str | Path, trust_torchscript: str | Path | None = None) -> StateDict:
+    """Read any released FAN format (safetensors, pickled state dict, TorchScript archive) as a state dict;
+    a TorchScript archive only if it is the pinned release or ``trust_torchscript`` names it."""
     path = Path(path)
     if path.is_file() and path.suffix != ".safetensors" and is_torchscript_archive(path):
-        return read_torchscript_state_dict(path)
+        return read_torchscript_state_dict(path, trust_torchscript)
     return read_state_dict(path, unwrap=("state_dict",))
 
 
@@ -285,10 +341,14 @@ def load(
     *,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    trust_torchscript: str | Path | None = None,
 ) -> FAN:
-    """Load 2DFAN-4 from any released format (see the module docstring) strictly, in eval mode."""
+    """Load 2DFAN-4 from any released format (see the module docstring) strictly, in eval mode.
+
+    ``trust_torchscript``: a TorchScript archive the user vouches for (``--trust-torchscript``); without
+    it only the pinned release's archive is opened."""
     config = config or full_config()
     model = build_on_meta(lambda: FAN(config))
-    state_dict = _align_keys(read_fan_state_dict(path), list(model.state_dict()))
+    state_dict = _align_keys(read_fan_state_dict(path, trust_torchscript), list(model.state_dict()))
     state_dict = _add_batch_counters(model, state_dict)
     return load_strict(model, state_dict, name="FAN", source=path, dtype=dtype, device=device)

@@ -57,16 +57,21 @@ def require_file(root: str | Path, key: str) -> Path:
 
 
 def load_model(
-    root: str | Path, key: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    root: str | Path, key: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+    trust_torchscript: str | Path | None = None,
 ) -> nn.Module:
-    """Load one model from a weights folder, strictly, with the folder's recorded config if any."""
+    """Load one model from a weights folder, strictly, with the folder's recorded config if any.
+
+    ``trust_torchscript`` is the one TorchScript archive the user vouches for (``--trust-torchscript``);
+    it reaches the FAN loader, the only model released as TorchScript (see :mod:`.fan`)."""
     root = Path(root)
     (entry,) = folder_layouts(root, [key])
     path = require_file(root, key)
     module = entry.load_module()
     data = Sidecar.read(root).configs.get(key)
     config = config_from_dict(module, data) if data is not None else None
-    return module.load(path, config, dtype=dtype, device=device)
+    extra = {"trust_torchscript": trust_torchscript} if key == "fan68" and trust_torchscript is not None else {}
+    return module.load(path, config, dtype=dtype, device=device, **extra)
 
 
 @lru_cache(maxsize=None)
@@ -250,12 +255,14 @@ def _verify_sha(path: Path, hub_file: HubFile) -> None:
 # ------------------------------------------------------------------------------------------- convert
 
 
-def convert(root: str | Path, models: Sequence[str] | None = None, report: Report = _quiet) -> list[Path]:
+def convert(root: str | Path, models: Sequence[str] | None = None, report: Report = _quiet,
+            trust_torchscript: str | Path | None = None) -> list[Path]:
     """Write a safetensors copy of every pickled checkpoint in the folder; loaders prefer it afterwards.
 
     Each model is first loaded strictly through its own loader (pickles with ``weights_only``, FAN's
-    TorchScript archive through ``torch.jit``), so only weights that are known to be right are written,
-    under the names the loaders look for first.
+    TorchScript archive through ``torch.jit`` when it is the pinned release or ``trust_torchscript``
+    names it), so only weights that are known to be right are written, under the names the loaders look
+    for first. After that the TorchScript archive is never opened again.
     """
     root = Path(root)
     written = []
@@ -267,7 +274,7 @@ def convert(root: str | Path, models: Sequence[str] | None = None, report: Repor
         if target is None:
             report(f"skip  {entry.title}: already safetensors ({path})")
             continue
-        model = load_model(root, entry.key)
+        model = load_model(root, entry.key, trust_torchscript=trust_torchscript)
         save_safetensors(model.state_dict(), target, metadata={"converted_from": str(path.relative_to(root))})
         report(f"wrote {target}")
         written.append(target)

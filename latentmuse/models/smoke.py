@@ -40,11 +40,12 @@ def smoke_model(key: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def model_for(key: str, weights, seed: int = 0) -> nn.Module:
+def model_for(key: str, weights, seed: int = 0, trust_torchscript=None) -> nn.Module:
     """Model ``key`` from a weights folder, or its seeded tiny configuration when ``weights`` is ``"smoke"``.
 
     The one place both export and the runtime get a PyTorch model from: graphs exported from ``smoke``
-    at seed s are the very weights ``run --weights smoke`` (seed s) computes with.
+    at seed s are the very weights ``run --weights smoke`` (seed s) computes with. ``trust_torchscript``:
+    the TorchScript archive the user vouches for (FAN; see :mod:`latentmuse.models.fan`).
     """
     if str(weights) == SMOKE:
         return smoke_model(key, seed)
@@ -52,4 +53,4 @@ def model_for(key: str, weights, seed: int = 0) -> nn.Module:
 
     from .folder import load_model
 
-    return load_model(Path(weights), key).eval().requires_grad_(False)
+    return load_model(Path(weights), key, trust_torchscript=trust_torchscript).eval().requires_grad_(False)

@@ -63,15 +63,16 @@ class TorchModels:
     """PyTorch modules by model key, each loaded once on first use and shared by its graphs (the VAE's
     encoder and decoder, Whisper's encoder and final LayerNorm, the UNet3D and its DeepCache pair)."""
 
-    def __init__(self, weights: str | Path, seed: int = 0) -> None:
+    def __init__(self, weights: str | Path, seed: int = 0, trust_torchscript: str | Path | None = None) -> None:
         self.weights, self.seed = weights, seed
+        self.trust_torchscript = trust_torchscript  # the one TorchScript archive the user vouched for
         self._modules: dict[str, nn.Module] = {}
 
     def module(self, key: str) -> nn.Module:
         if key not in self._modules:
             from ..models.smoke import model_for
 
-            self._modules[key] = model_for(key, self.weights, self.seed)
+            self._modules[key] = model_for(key, self.weights, self.seed, self.trust_torchscript)
         return self._modules[key]
 
     def require(self, key: str) -> None:

@@ -538,11 +538,14 @@ class S3FDFanFrontEnd:
         self.score_threshold = score_threshold
 
     @classmethod
-    def from_weights(cls, root: str | Path, device: str | torch.device = "cpu", **kwargs) -> S3FDFanFrontEnd:
-        """Load S3FD and FAN (strictly) from a weights folder (``latentmuse weights download``)."""
+    def from_weights(cls, root: str | Path, device: str | torch.device = "cpu", *,
+                     trust_torchscript: str | Path | None = None, **kwargs) -> S3FDFanFrontEnd:
+        """Load S3FD and FAN (strictly) from a weights folder (``latentmuse weights download``);
+        ``trust_torchscript``: a FAN TorchScript archive the user vouches for (else only the pinned one)."""
         from ..models.folder import load_model
 
-        return cls(load_model(root, "s3fd", device=device), load_model(root, "fan68", device=device), device, **kwargs)
+        fan = load_model(root, "fan68", device=device, trust_torchscript=trust_torchscript)
+        return cls(load_model(root, "s3fd", device=device), fan, device, **kwargs)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
         return self.landmarks(frames, [found[0] if found else None for found in self.candidates(frames)])

@@ -147,13 +147,15 @@ def load_models(
     dtype: torch.dtype | None = None,
     note: Callable[[str], None] = lambda message: None,
     selector: Selector | None = None,
+    trust_torchscript: str | Path | None = None,
 ) -> ModelSet:
     """Runners for ``roles`` (see :func:`run_graphs`) from the chosen backend per graph.
 
     ``weights`` is a folder or ``"smoke"`` (PyTorch weights are read only by a PyTorch runner's first
     call). A UNet3D that cannot be had (no file; its PyTorch load failing) is recorded in
     ``unet3d_unavailable``, not raised: the MuseTalk generator serves those windows instead. ``dtype``
-    overrides ``precision`` for PyTorch runners (float64 in tests).
+    overrides ``precision`` for PyTorch runners (float64 in tests). ``trust_torchscript`` is the FAN
+    TorchScript archive the user vouches for (``--trust-torchscript``; otherwise only the pinned release).
     """
     root = None
     if str(weights) != SMOKE:
@@ -165,7 +167,8 @@ def load_models(
             )
     if selector is None:
         store = None if backend == "torch" else EngineStore(engines_dir(engines), weights, seed)
-        selector = Selector(backend, device, dtype or torch_dtype(precision, device), store, TorchModels(weights, seed), note)
+        selector = Selector(backend, device, dtype or torch_dtype(precision, device), store,
+                            TorchModels(weights, seed, trust_torchscript), note)
     models = ModelSet({}, root, weights_version(weights), choices=selector.choices, torch_models=selector.torch_models,
                       device=selector.device, dtype=selector.dtype)
     models.roles = dict(roles)
