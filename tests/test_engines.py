@@ -472,3 +472,87 @@ def test_build_command_builds_exported_graphs(fake_trt, onnx_dir, monkeypatch, c
     with pytest.raises(SystemExit) as info:
         cli_app.main(["build", "--onnx", str(onnx_dir), "--out", str(out), "--graphs", "beta"])
     assert info.value.code == 1 and "beta: no ONNX" in capsys.readouterr().err
+
+
+# A builder that hangs: it writes half a plan where it was told to, starts a helper that outlives it
+# unless its whole session is killed, records the helper's pid, and sleeps.
+HANGING_BUILDER = r"""
+import subprocess, sys, time
+from pathlib import Path
+Path(sys.argv[sys.argv.index("--plan") + 1]).write_bytes(b"half a plan")
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+Path(sys.argv[-1]).write_text(str(helper.pid))
+time.sleep(300)
+"""
+
+
+def _gone(pid: int, wait_s: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (a zombie awaiting a reaper counts as ended)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_hanging_builder_is_killed_after_the_timeout(fake_trt, onnx_dir, tmp_path, monkeypatch):
+    import time
+
+    helper_pid = tmp_path / "helper.pid"
+    real = orchestrate.builder_command
+
+    def hang_on_alpha(onnx, plan, *args):
+        command = real(onnx, plan, *args)
+        if onnx.name != "alpha.onnx":
+            return command
+        assert command[1:3] == ["-m", "latentmuse.engines.trt_build"]
+        return [sys.executable, "-c", HANGING_BUILDER, *command[3:], str(helper_pid)]
+
+    monkeypatch.setattr(orchestrate, "builder_command", hang_on_alpha)
+    out, lines = tmp_path / "engines", []
+    start = time.monotonic()
+    with pytest.raises(orchestrate.BuildError, match=r"alpha: builder for graph alpha timed out after 2 s") as info:
+        build_all(onnx_dir, out, SPECS, timeout_s=2, report=lines.append)
+    assert time.monotonic() - start < 60
+    assert actions(info.value.results) == {
+        "alpha": ("failed", "builder for graph alpha timed out after 2 s and was stopped."),
+        "beta": ("built", "not built yet")}
+    assert set(mf.load(out).graphs) == {"beta"}  # recorded: the graph that built; nothing for alpha
+    (cache,) = out.glob("timing-*.cache")
+    # no partial plan, no private build folder: only what finished builds wrote
+    assert sorted(p.name for p in out.iterdir()) == sorted(["beta.plan", "manifest.json", cache.name])
+    assert json.loads(cache.read_text()) == {"builds": 1}
+    failed = [line for line in lines if "alpha" in line and "failed" in line]
+    assert len(failed) == 1 and "timed out after 2 s" in failed[0]
+    assert _gone(int(helper_pid.read_text())), "the builder's helper outlived the timeout"
+
+    monkeypatch.setattr(orchestrate, "builder_command", real)  # a later build, given time, succeeds
+    assert actions(build_all(onnx_dir, out, SPECS)) == {"alpha": ("built", "not built yet"),
+                                                        "beta": ("skipped", "up to date")}
+
+
+def test_build_command_rejects_bad_values_before_building(fake_trt, onnx_dir, monkeypatch, capsys, tmp_path):
+    import types
+
+    cli_app = importlib.import_module("latentmuse.cli.app")
+    monkeypatch.setitem(sys.modules, "latentmuse.graphs.registry", types.SimpleNamespace(GRAPHS=SPECS))
+    out = tmp_path / "engines"
+    for argv, says in ((["--precision", "fp8"], "'fp8' is not one of 'auto', 'fp16', 'fp32'"),
+                       (["--timeout", "0"], "Invalid value for '--timeout'"), (["--graphs", "alpha,gamma"], "unknown graph 'gamma'")):
+        with pytest.raises(SystemExit) as info:
+            cli_app.main(["build", "--onnx", str(onnx_dir), "--out", str(out), *argv])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and says in err and "Traceback" not in err, err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as info:
+        cli_app.main(["build", "--help"])
+    assert info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "auto|fp16|fp32" in help_text.replace(" ", "") and "--timeout" in help_text

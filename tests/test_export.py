@@ -113,8 +113,9 @@ def test_unet3d_external_data_reloads_and_runs(tmp_path: Path) -> None:
     # With the motion modules switched on (random proj_out) fp32 re-association reaches a few 1e-5 on
     # outputs of magnitude ~1: inside the 1e-3 UNet tolerance by 25x.
     assert r.fp32_pass and r.fp32_max_abs < 1e-4 and r.fp32_rel < 1e-4, (r.fp32_max_abs, r.fp32_rel)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "unet3d_256.fp16.onnx", "unet3d_256.fp16.onnx.data", "unet3d_256.onnx", "unet3d_256.onnx.data"
+    assert sorted(p.name for p in out.iterdir()) == [  # the staging folder is gone
+        "export_report.json", "unet3d_256.fp16.onnx", "unet3d_256.fp16.onnx.data", "unet3d_256.onnx",
+        "unet3d_256.onnx.data",
     ]
     loaded = onnx.load(str(out / "unet3d_256.onnx"))  # pulls the side file in
     assert sum(t.data_type == onnx.TensorProto.FLOAT for t in loaded.graph.initializer) > 0

@@ -3,14 +3,18 @@
 
 The report is the record the engine builder trusts: a TensorRT plan is built only from an ONNX file
 whose sha256 the report lists with a passing validation (:func:`validated_entry`). It is merged, not
-overwritten (exporting one graph keeps the others' entries), and rewritten atomically after each graph
-so that an interrupted export loses nothing already done.
+overwritten (exporting one graph keeps the others' entries), under a lock on its folder (two exports
+into one folder never lose each other's entries), and rewritten atomically after each graph and on
+every outcome, so that an interrupted or failed export loses nothing already done. ``last_run`` says
+what the latest export did to each graph it was asked for (see :func:`update_report`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,6 +69,7 @@ class ExportResult:
     exporter_note: str = ""
     skipped: list[str] = field(default_factory=list)
     error: str = ""  # the export itself failed
+    kept_previous: bool = False  # this attempt was not installed: the previous validated export stands
 
     @property
     def status(self) -> str:
@@ -83,30 +88,75 @@ class ExportResult:
         return {**asdict(self), "status": self.status, "passed": self.passed}
 
 
-def read_report(path: str | Path) -> dict:
-    """The report's graph entries by name ({} when there is no readable report)."""
+def read_report_data(path: str | Path) -> dict:
+    """The whole report (``{}`` when there is no readable report)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-    graphs = data.get("graphs") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def read_report(path: str | Path) -> dict:
+    """The report's graph entries by name ({} when there is no readable report)."""
+    graphs = read_report_data(path).get("graphs")
     return {k: v for k, v in graphs.items() if isinstance(v, dict)} if isinstance(graphs, dict) else {}
 
 
-def write_report(results: Sequence[ExportResult], path: str | Path, **meta: object) -> Path:
-    """Merge ``results`` (each stamped with ``meta``: weights, seed, torch version) into the report."""
+@contextlib.contextmanager
+def report_lock(*paths: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folders of ``paths`` (reports, or files being replaced there).
+
+    The lock is ``flock`` on the folder itself, so no lock file is left behind; folders are locked in
+    a fixed order (no deadlock between two exports). Where ``fcntl`` does not exist (Windows) this
+    is a no-op and concurrent exports into one folder are not protected.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folders = sorted({Path(p).parent.resolve() for p in paths})
+    fds: list[int] = []
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder, os.O_RDONLY)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)  # closing the descriptor releases its flock
+
+
+def update_report(path: str | Path, entries: Mapping[str, dict], last_run: dict | None = None) -> Path:
+    """Merge ``entries`` (graph name -> report entry) into the report at ``path``, atomically.
+
+    ``last_run`` replaces the report's record of the latest export when given. The caller holds
+    :func:`report_lock` when another process may write the same report.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = read_report_data(path)
     graphs = read_report(path)
-    for r in results:
-        graphs[r.name] = {**meta, **r.to_dict()}
-    data = {
+    graphs.update(entries)
+    out = {
         "schema": REPORT_SCHEMA,
         "passed": all(g.get("status") == PASS for g in graphs.values()),
         "graphs": dict(sorted(graphs.items())),
     }
-    atomic_write(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    run = last_run if last_run is not None else data.get("last_run")
+    if run is not None:
+        out["last_run"] = run
+    atomic_write(path, (json.dumps(out, indent=2, default=str) + "\n").encode())
     return path
+
+
+def write_report(results: Sequence[ExportResult], path: str | Path, **meta: object) -> Path:
+    """Merge ``results`` (each stamped with ``meta``: weights, seed, torch version) into the report."""
+    with report_lock(path):
+        return update_report(path, {r.name: {**meta, **r.to_dict()} for r in results})
 
 
 def _keys(precision: str) -> tuple[str, str]:

@@ -1,65 +1,111 @@
-"""An ONNX model on disk is the ``.onnx`` file plus the side files its initializers point to."""
+"""An ONNX model on disk is the ``.onnx`` file plus the side files its initializers point to.
+
+Every function here either accounts for all of a model's files or raises a :class:`LatentmuseError`
+naming the one it could not read: a hash or a stat that silently skipped a missing external-data file
+would vouch for a model that cannot load (the builder and the runtime trust these records).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import LatentmuseError
 from ..files import sha256_files
+
+_FIX = "re-export the graph (`latentmuse export --graphs NAME`)."
+
+
+def _unreadable(path: Path, exc: BaseException, what: str = "ONNX file") -> LatentmuseError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return LatentmuseError(f"{what} {path} cannot be read ({text}).", _FIX)
 
 
 def external_data_files(path: str | Path) -> list[Path]:
-    """The existing side files (external data) an ONNX model's initializers name, read from its header."""
+    """The side files (external data) an ONNX model's initializers name, read from its header.
+
+    Raises a LatentmuseError naming the file when the header cannot be parsed, or when a side file it
+    names is missing, not a regular file, or outside the model's folder (an absolute or ``..``
+    location: ONNX Runtime would read whatever it points to).
+    """
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
     path = Path(path)
     try:
-        import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not parseable here: the file stands alone
-        return []
+    except Exception as exc:  # noqa: BLE001 - OSError, DecodeError, ...: any failure means unreadable
+        raise _unreadable(path, exc) from None
     found: set[Path] = set()
     for tensor in _get_all_tensors(model):
-        if uses_external_data(tensor):
-            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-            if location and (path.parent / location).is_file():
-                found.add(path.parent / location)
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        relative = Path(location)
+        if not location or relative.is_absolute() or ".." in relative.parts:
+            raise LatentmuseError(
+                f"ONNX file {path}: initializer {tensor.name!r} has external data at {location!r}, "
+                "not a file beside the model.", _FIX)
+        side = path.parent / relative
+        if not side.is_file():
+            raise LatentmuseError(
+                f"external-data file {side} of {path} (initializer {tensor.name!r}) is missing.", _FIX)
+        found.add(side)
     return sorted(found)
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """The ``.onnx`` file and its side files, the header first (see :func:`external_data_files`)."""
+    path = Path(path)
+    return [path, *external_data_files(path)]
 
 
 def onnx_sha256(path: str | Path) -> str:
     """sha256 of an ONNX model: the .onnx file followed by its external data files."""
-    return sha256_files(path, *external_data_files(path))
+    files = model_files(path)
+    try:
+        return sha256_files(*files)
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else Path(path)
+        raise _unreadable(where, exc, "ONNX file" if where == Path(path) else "external-data file") from None
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise _unreadable(path, exc, "model file") from None
+    return st.st_size, st.st_mtime_ns
 
 
 def onnx_stat(path: str | Path) -> list[list]:
     """``[[file name, bytes, mtime_ns], ...]`` of the model's files: recorded at export so that a reader
     can tell a file is untouched since (as make and rsync do) without hashing gigabytes again."""
-    path = Path(path)
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in (path, *external_data_files(path))]
+    return [[p.name, *_stat(p)] for p in model_files(path)]
 
 
 def onnx_bytes(path: str | Path) -> int:
     """Size on disk of an ONNX model including its external data."""
-    return sum(p.stat().st_size for p in (Path(path), *external_data_files(path)))
-
-
-def remove_onnx(path: str | Path) -> None:
-    """Delete an ONNX file and the side file this package writes beside it (``NAME.onnx.data``)."""
-    path = Path(path)
-    for p in (path, path.with_name(path.name + ".data")):
-        p.unlink(missing_ok=True)
+    return sum(_stat(p)[0] for p in model_files(path))
 
 
 def save_onnx(model, path: str | Path, external: bool) -> None:
-    """Save a ModelProto; ``external``: every initializer over 1 KiB in one side file ``NAME.onnx.data``."""
+    """Save a ModelProto to a new file; ``external``: every initializer over 1 KiB in one side file
+    ``NAME.onnx.data``.
+
+    Refuses to write over an existing model (onnx appends to an existing side file, and the exporter
+    writes into a private staging folder, so an existing file here is a bug, never a file to delete).
+    """
     import onnx
 
     path = Path(path)
-    remove_onnx(path)
+    side = path.with_name(path.name + ".data")
+    existing = [p for p in (path, side) if p.exists()]
+    if existing:
+        raise FileExistsError(f"refusing to overwrite {existing[0]}")
     if external:
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=path.name + ".data", size_threshold=1024,
+            location=side.name, size_threshold=1024,
         )
     else:
         onnx.save_model(model, str(path))

@@ -1,4 +1,8 @@
-"""``latentmuse export``: PyTorch -> ONNX (fp32 + fp16) for every graph, validated against PyTorch."""
+"""``latentmuse export``: PyTorch -> ONNX (fp32 + fp16) for every graph, validated against PyTorch.
+
+A graph's files in ``--out`` are replaced only by an export that validated; the report is written on
+every outcome, SIGINT and SIGTERM included (see :mod:`latentmuse.export.publish`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from rich.table import Table
 from ..errors import LatentmuseError
 from ..artifacts.export_report import FAIL, PASS, REPORT_NAME, UNVALIDATED
 from ..models.layouts import default_weights_dir
+from ..outcomes import signals_as_interrupts
 from .console import make_console
+from .trust import TrustTorchscriptOption
 
 console = make_console()
 
@@ -40,6 +46,20 @@ def _default_graphs(weights: str) -> list[str]:
     ]
 
 
+def graph_names(value: str | list[str] | None) -> list[str]:
+    """Graph names from ``--graphs`` (comma-separated, and repeatable where the option is a list);
+    an unknown name is a usage error (exit 2) naming the known ones, before anything loads."""
+    items = [value] if isinstance(value, str) else list(value or [])
+    names = [g.strip() for item in items for g in item.split(",") if g.strip()]
+    if names:
+        from ..graphs.registry import GRAPHS
+
+        unknown = [n for n in names if n not in GRAPHS]
+        if unknown:
+            raise typer.BadParameter(f"unknown graph {unknown[0]!r}; choose from {', '.join(GRAPHS)}.")
+    return names
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
 
@@ -50,8 +70,9 @@ _STATUS = {PASS: "[green]pass[/]", FAIL: "[red]FAIL[/]", UNVALIDATED: "[yellow]u
 def _line(r, index: int, total: int) -> str:
     """One line per finished graph, printed as it finishes."""
     head = f"{_STATUS[r.status]} [{index}/{total}] {r.name}"
+    kept = "; kept the previous validated export" if r.kept_previous else ""
     if r.error:
-        return f"{head}: {r.error}"
+        return f"{head}: {r.error}{kept}"
     parts = [f"{r.exporter} opset {r.opset}", f"{r.seconds:.1f} s", f"{r.bytes / 1e6:.1f} MB"]
     if r.fp32_max_abs is not None:
         parts.append(f"fp32 max-abs {r.fp32_max_abs:.2e}")
@@ -60,25 +81,26 @@ def _line(r, index: int, total: int) -> str:
     parts.extend(r.skipped)
     if r.exporter_note:
         parts.append(r.exporter_note)
-    return f"{head}: " + ", ".join(parts)
+    return f"{head}: " + ", ".join(parts) + kept
 
 
 def export(
     weights: Annotated[str, typer.Option("--weights", "-w", help="Weights folder, or `smoke` for seeded tiny test weights.")] = str(default_weights_dir()),
-    graphs: Annotated[Optional[str], typer.Option("--graphs", "-g", help="Comma-separated graph names (default: all available).")] = None,
+    graphs: Annotated[Optional[str], typer.Option("--graphs", "-g", callback=graph_names, help="Comma-separated graph names (default: all available).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the .onnx files and export_report.json.")] = Path("engines/onnx"),
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write this run's report here (OUT/export_report.json, which `latentmuse build` reads, is always kept).")] = None,
     fp16: Annotated[bool, typer.Option(help="Also write and validate NAME.fp16.onnx.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for smoke weights and validation inputs.")] = 0,
+    trust_torchscript: TrustTorchscriptOption = None,
 ) -> None:
-    """Export graphs to ONNX (fp32 + fp16), validate each on ONNX Runtime CPU against PyTorch. Exits 1 on any failure."""
-    from ..export.onnx_export import SMOKE, export_many
-    from ..graphs.registry import GRAPHS
+    """Export graphs to ONNX (fp32 + fp16), validate each on ONNX Runtime CPU against PyTorch. Exits 1 on any failure.
 
-    names = [g.strip() for g in graphs.split(",") if g.strip()] if graphs else _default_graphs(weights)
-    unknown = [n for n in names if n not in GRAPHS]
-    if unknown:
-        raise LatentmuseError(f"unknown graph {unknown[0]!r}.", f"use some of {', '.join(GRAPHS)}.")
+    A graph's files are replaced only by an export that validated: a failed re-export keeps the previous
+    validated one (and says so). Nothing else in OUT is touched.
+    """
+    from ..export.onnx_export import SMOKE, export_many
+
+    names = graph_names(graphs) or _default_graphs(weights)  # (the option's callback checked them already)
     if not names:
         raise LatentmuseError(f"no exportable weights found in {weights}.", "run `latentmuse weights check` on it.")
     if weights == SMOKE:
@@ -97,8 +119,10 @@ def export(
 
     status.start()
     try:
-        results = export_many(names, weights, out, fp16=fp16, seed=seed, also_report=report, on_start=started,
-                              progress=phase, on_done=lambda r: console.print(_line(r, current["index"], total), soft_wrap=True))
+        with signals_as_interrupts():  # SIGTERM too unwinds: the staging folder goes, the report says so
+            results = export_many(names, weights, out, fp16=fp16, seed=seed, also_report=report, on_start=started,
+                                  progress=phase, trust_torchscript=trust_torchscript,
+                                  on_done=lambda r: console.print(_line(r, current["index"], total), soft_wrap=True))
     finally:
         status.stop()
 

@@ -5,6 +5,12 @@ and compute capability, precision and profiles, plan present). Each build runs i
 ``python -m latentmuse.engines.trt_build`` so that a builder that segfaults or aborts becomes a clean
 :class:`LatentmuseError` naming the graph; the manifest is updated (atomically) after each success.
 
+A builder that runs past ``timeout_s`` (default :data:`DEFAULT_TIMEOUT_S`, an hour: a full-size UNet3D
+takes minutes on a datacenter GPU) is killed with every process it started (it runs in a session of
+its own), and so is one still running when the orchestrator is interrupted. The builder writes its
+plan and the timing cache into a private folder inside the engines folder; only a build that
+finished moves them into place, so a killed build leaves no partial plan or cache behind.
+
 Only an ONNX file that the exporter's ``export_report.json`` lists, with this sha256, as validated
 against PyTorch is built ("a wrong export is worse than none"); ``allow_unvalidated`` overrides that
 and the manifest entry records ``validated: false``.
@@ -12,16 +18,21 @@ and the manifest entry records ``validated: false``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..choices import ENGINE_PRECISIONS
 from ..errors import LatentmuseError
 from ..artifacts import manifest as mf
 from ..artifacts.export_report import REPORT_NAME, entry_for_file, read_report, validated_entry
@@ -88,8 +99,8 @@ def choose_onnx(onnx_dir: Path, graph: str, precision: str, report: Mapping[str,
     """``{graph}.fp16.onnx`` for fp16, ``{graph}.onnx`` for fp32. ``auto`` takes the fp16 graph when it
     was exported, unless its validation failed where the fp32 one passed (fp16 overflow): then fp32."""
     fp16, fp32 = onnx_dir / f"{graph}.fp16.onnx", onnx_dir / f"{graph}.onnx"
-    if precision not in ("auto", "fp16", "fp32"):
-        raise LatentmuseError(f"precision {precision!r} is not known.", "use auto, fp16 or fp32.")
+    if precision not in ENGINE_PRECISIONS:
+        raise LatentmuseError(f"precision {precision!r} is not known.", f"use {', '.join(ENGINE_PRECISIONS)}.")
     if precision == "auto" and fp16.is_file():
         entry = report.get(graph, {})
         if not (entry.get("fp16_pass") is False and entry.get("fp32_pass") is True and fp32.is_file()):
@@ -114,6 +125,48 @@ def _signal_name(code: int) -> str:
         return signal.Signals(-code).name
     except ValueError:
         return f"signal {-code}"
+
+
+#: Seconds a builder subprocess may run before it is killed (``latentmuse build --timeout``).
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+def builder_command(onnx: Path, plan: Path, profiles: Mapping, timing_cache: Path,
+                    workspace_bytes: int | None) -> list[str]:
+    """The builder subprocess's argument list (never a shell string)."""
+    command = [sys.executable, "-m", "latentmuse.engines.trt_build", "--onnx", str(onnx), "--plan", str(plan),
+               "--profiles", json.dumps(profiles), "--timing-cache", str(timing_cache)]
+    if workspace_bytes:
+        command += ["--workspace-bytes", str(int(workspace_bytes))]
+    return command
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the builder's whole session (TensorRT may have started helpers), then reap the builder.
+
+    The builder is not yet reaped here, so its pid (the session's group id) cannot have been reused."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.communicate()
+
+
+def run_builder(command: Sequence[str], timeout_s: float | None, graph: str) -> subprocess.CompletedProcess:
+    """Run one builder in a session of its own; past ``timeout_s`` (or on an interrupt) it and every
+    process it started are killed. A timeout is a LatentmuseError naming the graph."""
+    process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise LatentmuseError(f"builder for graph {graph} timed out after {timeout_s:g} s and was stopped.",
+                              f"give it longer with --timeout SECONDS, or build it alone (--graphs {graph}).") from None
+    except BaseException:  # KeyboardInterrupt: the builder, in a session of its own, did not get the signal
+        _kill_group(process)
+        raise
+    return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
 
 
 def _result_line(stdout: str) -> dict | None:
@@ -157,13 +210,14 @@ def build_all(
     allow_unvalidated: bool = False,
     report: Callable[[str], None] | None = None,
     gpu: GpuInfo | None = None,
-    timeout_s: float | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
     workspace_bytes: int | None = None,
 ) -> list[BuildResult]:
     """Build (or skip) every graph's engine into ``out_dir``; ``specs`` maps names to GraphSpecs or to
     profile dicts ``{input: (min, opt, max)}``. Only ONNX files that ``export_report.json`` lists as
-    validated against PyTorch are built, unless ``allow_unvalidated``. Raises :class:`BuildError` after
-    trying every graph if any failed (the manifest keeps every success)."""
+    validated against PyTorch are built, unless ``allow_unvalidated``. Each builder is killed after
+    ``timeout_s`` seconds (None: no limit). Raises :class:`BuildError` after trying every graph if any
+    failed (the manifest keeps every success)."""
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     trt_version = tensorrt_version()
     if trt_version is None:
@@ -193,6 +247,17 @@ def build_all(
         detail = "; ".join(f"{r.graph}: {r.reason}" for r in failed)
         raise BuildError(f"{len(failed)} of {len(results)} engine build(s) failed: {detail}", results)
     return results
+
+
+@contextlib.contextmanager
+def _build_folder(out_dir: Path, graph: str) -> Iterator[Path]:
+    """A private folder in the engines folder for one build's plan and timing cache, removed afterwards
+    with whatever the builder left in it (nothing else is ever in it)."""
+    path = Path(tempfile.mkdtemp(prefix=f".{graph}.build-", dir=out_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _up_to_date(entry: mf.EngineEntry | None, digest: str, chosen: str, profiles: dict, ctx: _Build) -> tuple[bool, str]:
@@ -229,22 +294,23 @@ def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
     reason = "forced" if ctx.force else reason
     ctx.say(f"{graph}: building {onnx.name} ({chosen}; {reason})"
             + ("" if validated else f" [UNVALIDATED: {why}]"))
-    command = [sys.executable, "-m", "latentmuse.engines.trt_build", "--onnx", str(onnx), "--plan", str(plan),
-               "--profiles", json.dumps(profiles), "--timing-cache", str(ctx.timing_cache)]
-    if ctx.workspace_bytes:
-        command += ["--workspace-bytes", str(int(ctx.workspace_bytes))]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=ctx.timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise LatentmuseError(f"builder for graph {graph} timed out after {exc.timeout:.0f} s.") from exc
-    if done.returncode < 0:
-        raise LatentmuseError(f"builder for graph {graph} crashed ({_signal_name(done.returncode)}).")
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise LatentmuseError(f"builder for graph {graph} failed: {lines[-1] if lines else f'exit {done.returncode}'}")
-    result = _result_line(done.stdout)
-    if result is None:
-        raise LatentmuseError(f"builder for graph {graph} printed no result.")
+    with _build_folder(ctx.out_dir, graph) as private:
+        cache = private / ctx.timing_cache.name
+        if ctx.timing_cache.is_file():
+            shutil.copy2(ctx.timing_cache, cache)
+        staged = private / plan.name
+        done = run_builder(builder_command(onnx, staged, profiles, cache, ctx.workspace_bytes), ctx.timeout_s, graph)
+        if done.returncode < 0:
+            raise LatentmuseError(f"builder for graph {graph} crashed ({_signal_name(done.returncode)}).")
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            raise LatentmuseError(f"builder for graph {graph} failed: {lines[-1] if lines else f'exit {done.returncode}'}")
+        result = _result_line(done.stdout)
+        if result is None or not staged.is_file():
+            raise LatentmuseError(f"builder for graph {graph} printed no result.")
+        os.replace(staged, plan)
+        if cache.is_file():
+            os.replace(cache, ctx.timing_cache)
     new = mf.EngineEntry(
         graph=graph, onnx=str(onnx.resolve()), onnx_sha256=digest, precision=chosen, profiles=profiles,
         tensorrt_version=str(result["tensorrt_version"]), gpu_name=ctx.gpu.name,

@@ -8,6 +8,11 @@ unvalidated with the numbers, instead of being killed halfway.
 
 The exporter is the dynamo one (``torch.onnx.export(dynamo=True)``, opset 18); only if it fails does
 the TorchScript exporter (``dynamo=False``, opset 17) take over, and the result records which ran.
+
+Nothing already exported is lost on the way (see :mod:`.publish`): every file is written and validated
+in a private staging folder inside ``out_dir``, and replaces the graph's files there only once the new
+export validated (a failed re-export keeps the previous validated graph and its report entry). The
+folder's ``export_report.json`` is updated for every graph on every outcome, interrupts included.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +35,9 @@ from ..errors import LatentmuseError
 from ..models.smoke import SMOKE, model_for, smoke_model
 from . import validate as v
 from .fp16 import convert_fp16
-from ..artifacts.onnx_files import check_onnx, onnx_bytes, onnx_sha256, onnx_stat, remove_onnx, save_onnx
-from ..artifacts.export_report import REPORT_NAME, ExportResult, Validation, write_report
+from ..artifacts.onnx_files import check_onnx, onnx_bytes, onnx_sha256, onnx_stat, save_onnx
+from ..artifacts.export_report import FAIL, REPORT_NAME, ExportResult, Validation
+from .publish import COMPLETE, FAILED, INTERRUPTED, RunRecord, Staged, publish, record_run, staging
 from ..graphs.spec import GraphSpec
 from ..runners.compare import compare, cosine, max_abs_error, run_all
 from ..runners.torch_runner import TorchRunner
@@ -50,9 +57,11 @@ __all__ = ["EXTERNAL_DATA_THRESHOLD", "REPORT_NAME", "SMOKE", "export_graph", "e
 # --------------------------------------------------------------------------------------------- models
 
 
-def load_graph_model(spec: GraphSpec, weights: str | Path, seed: int = 0) -> nn.Module:
-    """The model feeding ``spec``: from a weights folder, or ``"smoke"`` tiny seeded weights."""
-    return model_for(spec.model_key, weights, seed)
+def load_graph_model(spec: GraphSpec, weights: str | Path, seed: int = 0,
+                     trust_torchscript: str | Path | None = None) -> nn.Module:
+    """The model feeding ``spec``: from a weights folder, or ``"smoke"`` tiny seeded weights
+    (``trust_torchscript``: a FAN TorchScript archive the user vouches for)."""
+    return model_for(spec.model_key, weights, seed, trust_torchscript)
 
 
 def _plain_attention(model: nn.Module) -> None:
@@ -115,18 +124,18 @@ def _export_torchscript(wrapper, spec, args, path, opset, external) -> None:
         axes = {i: s for i, s in enumerate(t.shape) if isinstance(s, str)}
         if axes:
             dynamic_axes[t.name] = axes
+    # Past 2 GB the TorchScript exporter scatters one file per tensor beside its output: it writes into
+    # a folder of its own (inside the staging folder), and the model is gathered into one side file.
+    target = path.parent / "scattered" / path.name if external else path
+    target.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        wrapper, args, str(path), dynamo=False, opset_version=opset, dynamic_axes=dynamic_axes or None,
+        wrapper, args, str(target), dynamo=False, opset_version=opset, dynamic_axes=dynamic_axes or None,
         input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
     )
-    if external:  # the TorchScript exporter scatters one file per tensor: gather them into one side file
+    if external:
         import onnx
 
-        model = onnx.load(str(path))
-        for stale in path.parent.iterdir():
-            if stale != path and not stale.suffix == ".onnx" and not stale.name.endswith((".data", ".json")):
-                stale.unlink()
-        save_onnx(model, path, external=True)
+        save_onnx(onnx.load(str(target)), path, external=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -138,20 +147,27 @@ class _NoDynamo(Exception):
     pass
 
 
-def _export_file(wrapper, spec, args, path, opset, external, dynamo) -> tuple[str, int, str]:
-    """Write ``path`` with the dynamo exporter, or the TorchScript one if that fails (or ``dynamo=False``)."""
+def _export_file(wrapper, spec, args, folder: Path, opset, external, dynamo) -> tuple[Path, str, int, str]:
+    """Write ``folder/<exporter>/NAME.onnx`` with the dynamo exporter, or the TorchScript one if that
+    fails (or ``dynamo=False``). Each exporter writes into a folder of its own, so a failed attempt's
+    partial files are never mistaken for, or mixed with, the other's."""
+    def target(exporter: str) -> Path:
+        (folder / exporter).mkdir()
+        return folder / exporter / f"{spec.name}.onnx"
+
     try:
         if not dynamo:
             raise _NoDynamo
+        path = target("dynamo")
         with _quiet_exporter():
             _export_dynamo(wrapper, spec, args, path, opset, external)
-        return "dynamo", opset, ""
+        return path, "dynamo", opset, ""
     except Exception as exc:  # noqa: BLE001 - any exporter failure falls back once
         if isinstance(exc, _NoDynamo):
             note = "dynamo=False requested"
         else:
             note = f"dynamo failed: {type(exc).__name__}: {_first_line(exc)}"
-    remove_onnx(path)
+    path = target("torchscript")
     try:
         with _quiet_exporter():
             _export_torchscript(wrapper, spec, args, path, min(opset, 17), external)
@@ -160,7 +176,7 @@ def _export_file(wrapper, spec, args, path, opset, external, dynamo) -> tuple[st
             f"{spec.name}: export failed with both exporters ({note}; torchscript: {exc}).",
             "run with LATENTMUSE_DEBUG=1 for the traceback.",
         ) from exc
-    return "torchscript", min(opset, 17), note
+    return path, "torchscript", min(opset, 17), note
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -237,6 +253,18 @@ def _sizes_text(sizes: Mapping[str, int]) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How to export and validate one graph (``export_graph``'s keyword arguments)."""
+
+    opset: int
+    fp16: bool
+    seed: int
+    external_data_threshold_bytes: int
+    dynamo: bool
+    available_bytes: int | None
+
+
 def export_graph(
     spec: GraphSpec,
     model: nn.Module,
@@ -250,11 +278,18 @@ def export_graph(
     dynamo: bool = True,
     available_bytes: int | None = None,
     progress: Progress | None = None,
+    meta: Mapping[str, object] | None = None,
+    also_report: str | Path | None = None,
+    run: RunRecord | None = None,
 ) -> ExportResult:
-    """Export ``spec``'s graph of ``model`` into ``out_dir`` and validate it (see the module doc).
+    """Export ``spec``'s graph of ``model`` into ``out_dir``, validate it, and put it in place (see the
+    module doc); ``out_dir/export_report.json`` (and ``also_report``) get its entry, stamped with
+    ``meta`` (weights, seed; the torch version by default).
 
     ``available_bytes`` replaces the machine's available memory in the decision whether ONNX Runtime
-    can run a graph (tests use it); ``progress`` hears each phase.
+    can run a graph (tests use it); ``progress`` hears each phase. An exception leaves ``out_dir`` as
+    it was. The result's ``kept_previous`` is true when the export was not installed because the
+    folder holds a validated earlier one (the result then describes the discarded attempt).
     """
     say = progress or (lambda _message: None)
     out_dir = Path(out_dir)
@@ -267,39 +302,50 @@ def export_graph(
     small = [name for name, n in traced.items() if n < 2]
     if small:
         raise LatentmuseError(f"{spec.name}: dynamic dims {small} traced below 2.", "trace at size 2 or more.")
-    args = tuple(spec.random_feeds(traced, seed).values())
+    options = _Options(opset, fp16, seed, external_data_threshold_bytes, dynamo, available_bytes)
+    with staging(out_dir, spec.name) as stage:
+        result, staged = _export_staged(spec, model, wrapper, traced, stage, options, say)
+        publish(result, staged, out_dir, meta=meta if meta is not None else {"torch": torch.__version__},
+                also=[Path(also_report)] if also_report else [], run=run)
+    return result
+
+
+def _export_staged(spec: GraphSpec, model: nn.Module, wrapper: nn.Module, traced: Mapping[str, int], stage: Path,
+                   options: _Options, say: Progress) -> tuple[ExportResult, Staged]:
+    """Export, check, convert and validate inside the staging folder ``stage``."""
+    args = tuple(spec.random_feeds(traced, options.seed).values())
     weight_bytes = parameter_bytes(model)
-    path = out_dir / f"{spec.name}.onnx"
-    remove_onnx(path)
+    threshold = options.external_data_threshold_bytes
 
     say("exporting to ONNX")
     exporting = _Stopwatch()
     with exporting:
-        exporter, used_opset, note = _export_file(wrapper, spec, args, path, opset,
-                                                  weight_bytes > external_data_threshold_bytes, dynamo)
+        path, exporter, used_opset, note = _export_file(wrapper, spec, args, stage, options.opset,
+                                                        weight_bytes > threshold, options.dynamo)
         say("checking the ONNX graph")
         check_onnx(path)
     result = ExportResult(
         name=spec.name, file=str(path), bytes=onnx_bytes(path),
         external_data=path.with_name(path.name + ".data").is_file(), exporter=exporter, opset=used_opset,
-        seconds=round(exporting.seconds, 2), sha256=onnx_sha256(path), stat=onnx_stat(path), atol=spec.atol, rtol=spec.rtol,
-        exporter_note=note,
+        seconds=round(exporting.seconds, 2), sha256=onnx_sha256(path), stat=onnx_stat(path), atol=spec.atol,
+        rtol=spec.rtol, exporter_note=note,
     )
+    staged = Staged(path)
 
     clock = _Stopwatch()
-    refs = _References(spec, wrapper, seed)
+    refs = _References(spec, wrapper, options.seed)
     with clock:
-        _validate_fp32(result, spec, path, refs, available_bytes, say)
-    if fp16:
-        half = out_dir / f"{spec.name}.fp16.onnx"
+        _validate_fp32(result, spec, path, refs, options.available_bytes, say)
+    if options.fp16:
+        (stage / "fp16").mkdir()
+        half = stage / "fp16" / f"{spec.name}.fp16.onnx"
         say("converting to fp16")
         gc.collect()
         conversion = _Stopwatch()
         try:
             with conversion:
-                convert_fp16(path, half, external=weight_bytes // 2 > external_data_threshold_bytes)
+                convert_fp16(path, half, external=weight_bytes // 2 > threshold)
         except Exception as exc:  # noqa: BLE001 - reported as a failed fp16 graph, the fp32 one stands
-            remove_onnx(half)
             result.fp16_pass = False
             result.exporter_note = "; ".join(filter(None, [
                 result.exporter_note, f"fp16 conversion failed: {type(exc).__name__}: {str(exc)[:200]}"]))
@@ -308,10 +354,11 @@ def export_graph(
             result.fp16_file, result.fp16_bytes, result.fp16_sha256 = str(half), onnx_bytes(half), onnx_sha256(half)
             result.fp16_stat = onnx_stat(half)
             result.min_cosine_fp16 = spec.min_cosine_fp16
+            staged.fp16 = half
             with clock:
-                _validate_fp16(result, spec, half, refs, available_bytes, say)
+                _validate_fp16(result, spec, half, refs, options.available_bytes, say)
     result.validation_seconds = round(clock.seconds, 2)
-    return result
+    return result, staged
 
 
 def export_many(
@@ -325,13 +372,16 @@ def export_many(
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[ExportResult], None] | None = None,
     progress: Progress | None = None,
+    trust_torchscript: str | Path | None = None,
 ) -> list[ExportResult]:
     """Export several graphs from one weights source, one model in memory at a time.
 
     A graph whose export raises is recorded as failed (with the error's first line) and the others go on;
-    ``LATENTMUSE_DEBUG=1`` re-raises unexpected errors with their traceback.
+    ``LATENTMUSE_DEBUG=1`` re-raises unexpected errors with their traceback (after recording them).
     The report ``out_dir/export_report.json`` (and ``also_report`` when given) is merged after each
-    graph, stamped with the weights, seed and torch version, so an interrupted run keeps what it did.
+    graph, stamped with the weights, seed and torch version, and its ``last_run`` says what this export
+    did to each graph: written when it starts, after each graph, and when it ends, fails or is
+    interrupted (the interrupt is re-raised once recorded).
     """
     from ..graphs.registry import GRAPHS
 
@@ -339,8 +389,11 @@ def export_many(
     if unknown:
         raise LatentmuseError(f"unknown graph {unknown[0]!r}.", f"use some of {', '.join(GRAPHS)}.")
     out_dir = Path(out_dir)
-    reports = [out_dir / REPORT_NAME, *([Path(also_report)] if also_report else [])]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    also = [Path(also_report)] if also_report else []
     meta = {"weights": str(weights), "seed": seed, "torch": torch.__version__}
+    run = RunRecord.start(names, str(weights), seed)
+    record_run(run, out_dir, also)
     loaded: tuple[str, nn.Module] | None = None
     results = []
     for name in names:
@@ -353,17 +406,27 @@ def export_many(
                 gc.collect()
                 if progress:
                     progress(f"loading {spec.model_key} weights")
-                loaded = (spec.model_key, load_graph_model(spec, weights, seed))
-            result = export_graph(spec, loaded[1], out_dir, fp16=fp16, seed=seed, progress=progress)
+                loaded = (spec.model_key, load_graph_model(spec, weights, seed, trust_torchscript))
+            result = export_graph(spec, loaded[1], out_dir, fp16=fp16, seed=seed, progress=progress, meta=meta,
+                                  also_report=also_report, run=run)
         except Exception as exc:  # noqa: BLE001 - one graph's failure (ORT, exporter, memory) is not the run's
-            if os.environ.get("LATENTMUSE_DEBUG") and not isinstance(exc, LatentmuseError):
-                raise
             text = str(exc) if isinstance(exc, LatentmuseError) else f"{type(exc).__name__}: {_first_line(exc)}"
             result = ExportResult(name=name, file=str(out_dir / f"{name}.onnx"), error=text)
+            debug = os.environ.get("LATENTMUSE_DEBUG") and not isinstance(exc, LatentmuseError)
+            if debug:
+                run.finish(FAILED)
+            publish(result, None, out_dir, meta=meta, also=also, run=run)
+            if debug:
+                raise
+        except BaseException:  # KeyboardInterrupt (SIGINT, or SIGTERM turned into one), SystemExit
+            run.finish(INTERRUPTED)
+            interrupted = ExportResult(name=name, file=str(out_dir / f"{name}.onnx"), error=INTERRUPTED)
+            publish(interrupted, None, out_dir, meta=meta, also=also, run=run, interrupted=True)
+            raise
         results.append(result)
-        for path in reports:
-            write_report([result], path, **meta)
         gc.collect()
         if on_done:
             on_done(result)
+    run.finish(FAILED if any(r.status == FAIL for r in results) else COMPLETE)
+    record_run(run, out_dir, also)
     return results

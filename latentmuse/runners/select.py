@@ -151,7 +151,11 @@ class EngineStore:
         path = self.onnx_dir / (f"{graph}.onnx" if precision == "fp32" else f"{graph}.fp16.onnx")
         if not path.is_file():
             return None, f"no {path}"
-        entry, why = validated_entry(self.report(), graph, precision, self.sha256(path, graph, precision))
+        try:
+            digest = self.sha256(path, graph, precision)
+        except LatentmuseError as exc:  # a side file missing or unreadable: this file is no option
+            return None, exc.message
+        entry, why = validated_entry(self.report(), graph, precision, digest)
         if entry is None:
             return None, f"{path.name}: {why}"
         other = self.same_weights(entry)
