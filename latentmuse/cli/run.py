@@ -10,8 +10,9 @@ from rich.table import Table
 
 from typing import TYPE_CHECKING
 
-from ..choices import Codec
+from ..choices import Backend, Codec, FaceDetector, Generator, Precision, Resolution
 from ..models.layouts import default_weights_dir
+from ..outcomes import ExitCode, signals_as_interrupts
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
 from .console import make_console
 from .progress import RichProgress
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from ..runtime.pipeline import RunReport
 
 console = make_console()
+error_console = make_console(stderr=True)
 
 
 def _face_option(value: str) -> str:
@@ -46,41 +48,53 @@ def _face_summary(result: RunReport) -> str:
 
 def run(
     video: Annotated[Path, typer.Argument(help="Input video (any container/codec PyAV reads).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output video: .mp4/.m4v, .mov, .mkv (H.264 + AAC), .webm (VP9 + Opus) or .avi (MPEG-4 + PCM); written only on success.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output video: .mp4/.m4v, .mov, .mkv (H.264 + AAC), .webm (VP9 + Opus) or .avi (MPEG-4 + PCM); written only when the run completes (exit 0 or 3).")],
     audio: Annotated[Optional[Path], typer.Option(help="Audio to lip-sync to (wav, mp3, m4a, flac or a video); default: the video's own track.")] = None,
     weights: Annotated[str, typer.Option(help="Weights folder, or 'smoke' for seeded random test-size weights (meaningless pixels).")] = str(default_weights_dir()),
-    generator: Annotated[str, typer.Option(help="auto (latentsync when the weights have a UNet3D, else musetalk) | musetalk | latentsync")] = "auto",
-    backend: Annotated[str, typer.Option(help="auto (per graph: TensorRT if its engine fits this machine, else ONNX Runtime if validated, else PyTorch) | trt | ort | torch")] = "auto",
+    generator: Annotated[Generator, typer.Option(help="auto: latentsync when the weights have a UNet3D, else musetalk.")] = Generator("auto"),
+    backend: Annotated[Backend, typer.Option(help="auto: per graph, TensorRT if its engine fits this machine, else ONNX Runtime if validated, else PyTorch.")] = Backend("auto"),
     engines: Annotated[Optional[Path], typer.Option(help="Engines folder (`make engines`): manifest.json, plans, onnx/. Default: $LATENTMUSE_ENGINES or engines/.")] = None,
-    precision: Annotated[str, typer.Option(help="PyTorch runners: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16")] = "auto",
-    face_detector: Annotated[str, typer.Option(help="auto (s3fd when its weights exist, else dlib) | s3fd | dlib")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="PyTorch runners; auto: fp16 on CUDA, fp32 on CPU.")] = Precision("auto"),
+    face_detector: Annotated[FaceDetector, typer.Option(help="auto: s3fd when its weights exist, else dlib.")] = FaceDetector("auto"),
     face: Annotated[str, typer.Option(callback=_face_option, metavar="largest|center|X,Y", help="The face to dub when several are in view, chosen at its first appearance and then followed: the largest, the one nearest the centre, or the one at pixel X,Y (docs/FACES.md).")] = "largest",
     min_face_size: Annotated[int, typer.Option(min=1, help="Faces whose detector box is shorter than this many pixels pass through unchanged (counted in the report).")] = DEFAULT_MIN_FACE_SIZE,
     batch_size: Annotated[int, typer.Option(help="Frames per MuseTalk batch.")] = 8,
     steps: Annotated[int, typer.Option(help="LatentSync: DDIM steps.")] = DEFAULT_STEPS,
     guidance: Annotated[float, typer.Option(help="LatentSync: classifier-free guidance scale (1 turns it off and halves the work).")] = DEFAULT_GUIDANCE,
-    resolution: Annotated[str, typer.Option(help="LatentSync: auto (what the weights folder's version was trained at: 1.5 256, 1.6 512) | 256 | 512")] = "auto",
+    resolution: Annotated[Resolution, typer.Option(help="LatentSync; auto: what the weights folder's version was trained at (1.5 256, 1.6 512).")] = Resolution("auto"),
     deepcache: Annotated[bool, typer.Option("--deepcache/--no-deepcache", help="LatentSync: reuse deep UNet3D features on 2 of every 3 steps (faster, slightly different).")] = False,
     fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Hand windows LatentSync cannot serve to MuseTalk (default), or stop with an error.")] = True,
     seed: Annotated[int, typer.Option(help="LatentSync: seed of the initial noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     codec: Annotated[Codec, typer.Option(help="Output video codec; auto: the container's default. mp4: h264 hevc mpeg4; mov: h264 hevc prores mpeg4 mjpeg; mkv: any; webm: vp9; avi: mpeg4 mjpeg (docs/RELIABILITY.md).")] = Codec("auto"),
-    report: Annotated[Optional[Path], typer.Option(help="Write the run report (JSON) here.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the run report (JSON) here, whatever the outcome (its status says which).")] = None,
+    allow_failed_frames: Annotated[bool, typer.Option("--allow-failed-frames", help="Exit 0 even when frames failed every generator (they are passed through unchanged either way; default: exit 3).")] = False,
 ) -> None:
-    """Re-generate the mouth in VIDEO to match the audio; every input frame is accounted for."""
+    """Re-generate the mouth in VIDEO to match the audio; every input frame is accounted for.
+
+    Exit codes: 0 done, 1 error (no output), 2 usage, 3 frames failed every generator (the video is
+    written with them passed through), 130 / 143 stopped by SIGINT / SIGTERM (no output).
+    """
     from ..runtime.pipeline import RunOptions, run as run_pipeline
 
     options = RunOptions(
-        video=video, output=output, audio=audio, weights=weights, generator=generator, backend=backend,
-        face_detector=face_detector, face=face, min_face_size=min_face_size, batch_size=batch_size, seed=seed, device=device, report=report,
-        steps=steps, guidance=guidance, resolution=resolution, deepcache=deepcache, fallback=fallback,
-        engines=engines, precision=precision, codec=codec.value,
+        video=video, output=output, audio=audio, weights=weights, generator=generator.value, backend=backend.value,
+        face_detector=face_detector.value, face=face, min_face_size=min_face_size, batch_size=batch_size, seed=seed, device=device, report=report,
+        steps=steps, guidance=guidance, resolution=resolution.value, deepcache=deepcache, fallback=fallback,
+        engines=engines, precision=precision.value, allow_failed_frames=allow_failed_frames, codec=codec.value,
     )
-    with RichProgress(console) as progress:
+    with signals_as_interrupts(), RichProgress(console) as progress:
         result = run_pipeline(options, progress)
     console.print(summary_table(result, title=f"wrote {output}"))
     for warning in result.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")
+    if result.exit_code == ExitCode.FAILED_FRAMES:
+        error_console.print(f"[bold red]error:[/] {result.error} in {output}. Fix: see the fallbacks above "
+                            "(and the report); pass --allow-failed-frames to accept such frames.", soft_wrap=True)
+    elif result.error:
+        console.print(f"[bold yellow]warning:[/] {result.error} (accepted: --allow-failed-frames).")
+    if result.exit_code != ExitCode.OK:
+        raise typer.Exit(result.exit_code)
 
 
 def summary_table(result: RunReport, title: str) -> Table:
@@ -102,6 +116,9 @@ def summary_table(result: RunReport, title: str) -> Table:
         table.add_row("runners", ", ".join(f"{role} {r['backend']}" for role, r in result.runners.items()))
     fallbacks = "; ".join(f"{f['count']} frames {f['generator']} -> {f['to']}: {f['reason']}" for f in result.fallbacks)
     table.add_row("fallbacks", fallbacks or "none")
+    if result.retries:
+        table.add_row("smaller batches", "; ".join(f"{r['generator']} {r['batch'][0]} -> {r['batch'][1]} from frame "
+                                                   f"{r['frames'][0][0]}: {r['reason']}" for r in result.retries))
     table.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stages.items() if "." not in k))
     if result.stages:
         table.add_row("generator seconds", ", ".join(f"{k.split('.', 1)[1]} {v:.1f}" for k, v in result.stages.items() if "." in k))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..choices import BACKENDS, FACE_DETECTORS, GENERATORS, PRECISIONS, RESOLUTIONS  # noqa: F401 - re-exported
 from ..errors import LatentmuseError
+from ..files import atomic_write
+from ..outcomes import STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_INTERRUPTED, STATUS_OK, ExitCode, Interrupted
 from . import media
 from .audio import AudioFeatures
 from .blending import FaceParser
@@ -32,19 +34,15 @@ from .contracts import Face, VideoInfo
 from .datagen import FrameJob, Window, output_frame_count, ping_pong_schedule
 from .faces import front_end_kind, make_front_end
 from .generators.base import GenerationBatch
-from .generators.chain import GeneratorChain
+from .generators.chain import PASSTHROUGH, GeneratorChain, describe
 from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
 from .generators.musetalk import MuseTalkGenerator, crop_box
 from ..models.layouts import LATENTSYNC_RESOLUTION
-from ..runners.select import BACKENDS
-from ..runners.torch_runner import PRECISIONS, torch_dtype
+from ..runners.torch_runner import torch_dtype
 from .models import SMOKE, SMOKE_WARNING, ModelSet, load_models, resolve_device, run_graphs, unet3d_weights, weights_version
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, uses_guidance
 from .tracking import DEFAULT_MIN_FACE_SIZE, DUBBED, LOST, OVERLAP, TOO_SMALL, FaceTracker, parse_face_policy
 
-GENERATORS = ("auto", "musetalk", "latentsync")
-FACE_DETECTORS = ("auto", "s3fd", "dlib")
-RESOLUTIONS = ("auto", "256", "512")
 #: Smoke weights are always drawn with this seed (``--seed`` is the sampling seed), so graphs exported
 #: from ``smoke`` hold the very weights a smoke run computes with.
 SMOKE_SEED = 0
@@ -93,17 +91,29 @@ class RunOptions:
     fallback: bool = True
     engines: Path | None = None  # default: $LATENTMUSE_ENGINES or engines/
     precision: str = "auto"
+    #: Exit 0 even when frames failed every generator (they are passed through either way).
+    allow_failed_frames: bool = False
     #: The output's video codec: auto (the container's default) or one it takes (media.formats).
     codec: str = "auto"
 
 
 @dataclass
 class RunReport:
+    """What a run did, written as JSON (``--report``) on every outcome once the report path is known
+    good: ``status`` is ok | failed_frames | error | interrupted, ``error`` its one line (None when
+    ok), ``exit_code`` the code the CLI exits with (:class:`~latentmuse.outcomes.ExitCode`), and
+    ``frames_written`` the frames encoded so far (all of ``frames_out`` unless the run stopped early;
+    a stopped run's output is deleted, so they exist nowhere)."""
+
     video: str
     audio: str
     output: str
     frames_in: int
     frames_out: int
+    status: str = STATUS_OK
+    error: str | None = None
+    exit_code: int = ExitCode.OK
+    frames_written: int = 0
     frames_processed: int = 0
     frames_passthrough: int = 0
     frames_no_face: int = 0
@@ -131,18 +141,33 @@ class RunReport:
     deepcache: bool | None = None
     seed: int = 0
     fallbacks: list[dict] = field(default_factory=list)
+    retries: list[dict] = field(default_factory=list)  # windows retried with a smaller batch after running out of memory
     runners: dict[str, dict] = field(default_factory=dict)  # role -> graph, backend, reason, skipped
     stages: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        """Atomically, through a uniquely named temporary file beside ``path``: a reader (or a second
+        run writing the same report) never sees half a file, and a crash leaves no fragment."""
+        try:
+            atomic_write(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
+        except OSError as exc:
+            raise LatentmuseError(f"cannot write the report {path} ({exc.strerror or exc}).",
+                                  "check free disk space and the folder's permissions.") from None
 
 
 def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
-    """Every check that needs no model: fails fast, before anything heavy is loaded."""
+    """Every check that needs no model: fails fast, before anything heavy is loaded.
+
+    :func:`run` makes the same checks in two steps (:func:`check_options`, then :func:`check_inputs`)
+    so that it can write the report for any error after the report's path is known to be writable.
+    """
+    check_options(options)
+    return check_inputs(options)
+
+
+def check_options(options: RunOptions) -> None:
+    """The options' values, then the output's and the report's paths (nothing is read or loaded)."""
     if options.batch_size < 1:
         raise LatentmuseError(f"--batch-size {options.batch_size} is not positive.", "use --batch-size 8.")
     for value, allowed, flag in ((options.generator, GENERATORS, "--generator"), (options.backend, BACKENDS, "--backend"),
@@ -159,14 +184,19 @@ def validate(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
             f"--guidance {options.guidance} is below 1.",
             f"use --guidance 1 to turn classifier-free guidance off, or {DEFAULT_GUIDANCE} (LatentSync's default).",
         )
-    info = media.probe(options.video)
-    parse_face_policy(options.face).check_frame(info.width, info.height)
-    media.choose_codec(options.output, options.codec, (info.width, info.height))  # container, encoder, size
-    audio_path = options.audio if options.audio is not None else options.video
     inputs = [options.video] + ([options.audio] if options.audio is not None else [])
     media.check_output_path(options.output, inputs, extensions=media.OUTPUT_FORMATS)
+    media.choose_codec(options.output, options.codec)  # the container takes it; its encoder exists
     if options.report is not None:
         media.check_output_path(options.report, inputs + [options.output])
+
+
+def check_inputs(options: RunOptions) -> tuple[VideoInfo, Path, np.ndarray]:
+    """The video's header and the whole audio track (decoded once, here): (info, audio path, samples)."""
+    info = media.probe(options.video)
+    parse_face_policy(options.face).check_frame(info.width, info.height)
+    media.choose_codec(options.output, options.codec, (info.width, info.height))  # it can code this size
+    audio_path = options.audio if options.audio is not None else options.video
     audio = media.load_audio(audio_path, what="video" if options.audio is None else "audio file")
     if output_frame_count(len(audio), info.fps) == 0:
         raise LatentmuseError(f"the audio in {audio_path} is shorter than one video frame.", "use a longer audio track.")
@@ -233,19 +263,76 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
 
     ``sink`` replaces the video writer (tests pass a lossless in-memory sink); ``models`` replaces
     loading from ``options.weights`` (already loaded models, or the tests' stand-in runners).
+
+    Returns the report, whose ``status`` is ok or failed_frames (the video is complete either way;
+    failed frames are passed through). Any error or interruption (:class:`~latentmuse.outcomes.Interrupted`)
+    propagates after the report is written with status error or interrupted; the writer has then
+    deleted its temporary files, so nothing is left at ``options.output``. Errors in the options or
+    the output paths (:func:`check_options`) come before the report can be written and write none.
     """
     progress = progress or SilentProgress()
-    stages: dict[str, float] = {}
     tic = time.perf_counter()
-    info, audio_path, audio = validate(options)
-    n_out = output_frame_count(len(audio), info.fps)
-    schedule = ping_pong_schedule(info.frame_count, n_out)
+    check_options(options)
     report = RunReport(
-        video=str(options.video), audio=str(audio_path), output=str(options.output),
-        frames_in=info.frame_count, frames_out=n_out, fps=f"{info.fps.numerator}/{info.fps.denominator}",
-        audio_seconds=round(len(audio) / 16_000, 3), weights=str(options.weights), seed=options.seed,
+        video=str(options.video), audio=str(options.audio if options.audio is not None else options.video),
+        output=str(options.output), frames_in=0, frames_out=0, weights=str(options.weights), seed=options.seed,
         face=str(parse_face_policy(options.face)), min_face_size=options.min_face_size,
     )
+    try:
+        _run(options, report, progress, sink, models, tic)
+    except BaseException as exc:
+        _stopped(report, exc)
+        if options.report is not None:
+            try:
+                report.write(options.report)
+            except LatentmuseError as write_error:  # the run's own error is the one to show
+                progress.note(str(write_error))
+        raise
+    _finished(report, options.allow_failed_frames)
+    if options.report is not None:
+        report.write(options.report)
+    return report
+
+
+def _stopped(report: RunReport, exc: BaseException) -> None:
+    """Fill in how a run that raised ended: interrupted (by which signal) or error, with its one line."""
+    if isinstance(exc, Interrupted):
+        report.status, report.error, report.exit_code = STATUS_INTERRUPTED, str(exc), exc.exit_code
+    elif isinstance(exc, KeyboardInterrupt):  # a caller without signals_as_interrupts
+        report.status, report.error, report.exit_code = STATUS_INTERRUPTED, "interrupted by SIGINT", ExitCode.SIGINT
+    else:
+        line = str(exc) if isinstance(exc, LatentmuseError) else describe(exc)
+        report.status, report.error, report.exit_code = STATUS_ERROR, line, ExitCode.ERROR
+    report.stages = {k: round(v, 3) for k, v in report.stages.items()}
+
+
+def _finished(report: RunReport, allow_failed_frames: bool) -> None:
+    """A complete video: ok, or failed_frames (exit 3 unless accepted) with how many and why."""
+    if not report.frames_failed:
+        report.status, report.error, report.exit_code = STATUS_OK, None, ExitCode.OK
+        return
+    report.status = STATUS_FAILED_FRAMES
+    report.error = failed_frames_line(report)
+    report.exit_code = ExitCode.OK if allow_failed_frames else ExitCode.FAILED_FRAMES
+
+
+def failed_frames_line(report: RunReport) -> str:
+    """One line: how many process frames every generator failed on, and each reason with its count."""
+    reasons = "; ".join(f"{f['generator']}: {f['reason']} ({f['count']} frames)" for f in report.fallbacks
+                        if f["to"] == PASSTHROUGH)
+    return (f"{report.frames_failed} of {report.frames_out} frames failed every generator and were passed "
+            f"through unchanged ({reasons or 'no reason recorded'})")
+
+
+def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media.FrameSink | None,
+         models: ModelSet | None, tic: float) -> None:
+    """The stages of :func:`run`, filling ``report`` as they go (so a stopped run reports how far it got)."""
+    stages = report.stages
+    info, audio_path, audio = check_inputs(options)
+    n_out = output_frame_count(len(audio), info.fps)
+    schedule = ping_pong_schedule(info.frame_count, n_out)
+    report.frames_in, report.frames_out = info.frame_count, n_out
+    report.fps, report.audio_seconds = f"{info.fps.numerator}/{info.fps.denominator}", round(len(audio) / 16_000, 3)
     warn = _warner(report, progress)
     if str(options.weights) == SMOKE:
         warn(SMOKE_WARNING)
@@ -299,18 +386,19 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     stages["faces"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    writer = sink if sink is not None else media.VideoWriter(
-        options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
-        sample_aspect_ratio=info.sample_aspect_ratio,
-    )
     progress.start("generate", n_out)
     progress.start("windows", len(windows))
     total_steps = len(windows) * chain.primary.settings.steps if isinstance(chain.primary, LatentSyncGenerator) else 0
     if total_steps:
         progress.start("steps", total_steps)
-    with writer, media.FrameSource(options.video, info) as source:
+    writer = sink if sink is not None else media.VideoWriter(
+        options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
+        sample_aspect_ratio=info.sample_aspect_ratio,
+    )
+    with writer, media.FrameSource(options.video, info) as source:  # any exception: the writer deletes its files
         for out_index, frame in _execute(windows, tags, _jobs(source, schedule, faces), chain, features, n_out, progress):
             writer.write(frame)
+            report.frames_written += 1
             progress.advance("generate")
     if total_steps > steps_done[0]:  # windows that fell back ran no DDIM steps
         progress.advance("steps", total_steps - steps_done[0])
@@ -327,10 +415,8 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     report.frames_failed = chain.frames_failed
     report.frames_passthrough = n_out - report.frames_processed
     report.fallbacks = chain.fallbacks
+    report.retries = chain.retries
     report.stages = {k: round(v, 3) for k, v in stages.items()}
-    if options.report is not None:
-        report.write(options.report)
-    return report
 
 
 def _warner(report: RunReport, progress: Progress):
