@@ -292,3 +292,35 @@ def test_cli_failed_reexport_says_it_kept_the_previous_one(tmp_path, capsys, mon
     assert {k: v for k, v in _snapshot(out).items() if k != REPORT_NAME} == files
     code, stdout, err = run_cli(capsys, "export", "--weights", "smoke", "--graphs", "vae,nope", "--out", str(out))
     assert code == 2 and "unknown graph 'vae'" in err and "Traceback" not in stdout + err
+
+
+def test_signal_during_the_swap_waits_until_the_graph_is_in_place(tmp_path, monkeypatch):
+    """SIGTERM arriving while the files are being renamed: the swap and its report entry complete, then
+    the export stops (Interrupted), and the report says the graph is done and the run interrupted."""
+    import signal
+
+    from latentmuse.outcomes import signals_as_interrupts
+
+    out = tmp_path / "onnx"
+    real, renames = os.replace, []
+
+    def replace_then_signal(src, dst):
+        if Path(dst).suffix in (".onnx", ".data"):  # the graph's files, not the report's atomic writes
+            renames.append(Path(dst).name)
+            if len(renames) == 1:
+                signal.raise_signal(signal.SIGTERM)  # delivered now; held until the swap is over
+        real(src, dst)
+
+    monkeypatch.setattr(pub.os, "replace", replace_then_signal)
+    with signals_as_interrupts(), pytest.raises(Interrupted) as info:
+        oe.export_many([NAME, "s3fd"], oe.SMOKE, out, fp16=False)
+    assert info.value.signum == signal.SIGTERM
+    assert renames == [f"{NAME}.onnx"]  # every file of the graph was renamed (one here), then it stopped
+    data = read_report_data(out / REPORT_NAME)
+    entry = data["graphs"][NAME]
+    assert entry["status"] == "pass" and entry["sha256"] == onnx_sha256(out / f"{NAME}.onnx")
+    assert "last_export" not in entry
+    assert data["last_run"]["status"] == "interrupted"
+    assert data["last_run"]["graphs"] == {NAME: {"status": "pass", "files": "replaced"},
+                                          "s3fd": {"status": "not reached", "files": "none"}}
+    _no_staging(out)

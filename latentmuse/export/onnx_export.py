@@ -37,7 +37,7 @@ from . import validate as v
 from .fp16 import convert_fp16
 from ..artifacts.onnx_files import check_onnx, onnx_bytes, onnx_sha256, onnx_stat, save_onnx
 from ..artifacts.export_report import FAIL, REPORT_NAME, ExportResult, Validation
-from .publish import COMPLETE, FAILED, INTERRUPTED, RunRecord, Staged, publish, record_run, staging
+from .publish import COMPLETE, FAILED, INTERRUPTED, NOT_REACHED, RunRecord, Staged, publish, record_run, staging
 from ..graphs.spec import GraphSpec
 from ..runners.compare import compare, cosine, max_abs_error, run_all
 from ..runners.torch_runner import TorchRunner
@@ -418,10 +418,13 @@ def export_many(
             publish(result, None, out_dir, meta=meta, also=also, run=run)
             if debug:
                 raise
-        except BaseException:  # KeyboardInterrupt (SIGINT, or SIGTERM turned into one), SystemExit
+        except BaseException:  # KeyboardInterrupt, Interrupted (SIGINT/SIGTERM), SystemExit
             run.finish(INTERRUPTED)
-            interrupted = ExportResult(name=name, file=str(out_dir / f"{name}.onnx"), error=INTERRUPTED)
-            publish(interrupted, None, out_dir, meta=meta, also=also, run=run, interrupted=True)
+            if run.graphs[name]["status"] == NOT_REACHED:  # stopped before this graph was put in place
+                interrupted = ExportResult(name=name, file=str(out_dir / f"{name}.onnx"), error=INTERRUPTED)
+                publish(interrupted, None, out_dir, meta=meta, also=also, run=run, interrupted=True)
+            else:  # a signal held while its files were swapped in: the graph is done, the run stops
+                record_run(run, out_dir, also)
             raise
         results.append(result)
         gc.collect()
