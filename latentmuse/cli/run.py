@@ -16,6 +16,7 @@ from ..outcomes import ExitCode, signals_as_interrupts
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
 from .console import make_console
 from .progress import RichProgress
+from .trust import TrustTorchscriptOption
 
 if TYPE_CHECKING:
     from ..runtime.pipeline import RunReport
@@ -69,6 +70,7 @@ def run(
     codec: Annotated[Codec, typer.Option(help="Output video codec; auto: the container's default. mp4: h264 hevc mpeg4; mov: h264 hevc prores mpeg4 mjpeg; mkv: any; webm: vp9; avi: mpeg4 mjpeg (docs/RELIABILITY.md).")] = Codec("auto"),
     report: Annotated[Optional[Path], typer.Option(help="Write the run report (JSON) here, whatever the outcome (its status says which).")] = None,
     allow_failed_frames: Annotated[bool, typer.Option("--allow-failed-frames", help="Exit 0 even when frames failed every generator (they are passed through unchanged either way; default: exit 3).")] = False,
+    trust_torchscript: TrustTorchscriptOption = None,
 ) -> None:
     """Re-generate the mouth in VIDEO to match the audio; every input frame is accounted for.
 
@@ -82,6 +84,7 @@ def run(
         face_detector=face_detector.value, face=face, min_face_size=min_face_size, batch_size=batch_size, seed=seed, device=device, report=report,
         steps=steps, guidance=guidance, resolution=resolution.value, deepcache=deepcache, fallback=fallback,
         engines=engines, precision=precision.value, allow_failed_frames=allow_failed_frames, codec=codec.value,
+        trust_torchscript=trust_torchscript,
     )
     with signals_as_interrupts(), RichProgress(console) as progress:
         result = run_pipeline(options, progress)

@@ -95,6 +95,8 @@ class RunOptions:
     allow_failed_frames: bool = False
     #: The output's video codec: auto (the container's default) or one it takes (media.formats).
     codec: str = "auto"
+    #: A FAN TorchScript archive the user vouches for, loaded whatever its sha256 (docs/SECURITY.md).
+    trust_torchscript: Path | None = None
 
 
 @dataclass
@@ -248,7 +250,8 @@ def load_run_models(options: RunOptions, kind: str, face_kind: str, device, note
     roles = run_graphs(kind, resolution=settings.resolution, guided=uses_guidance(settings.guidance),
                        deepcache=settings.deepcache, face_detector=face_kind)
     return load_models(options.weights, device, roles, seed=SMOKE_SEED, backend=options.backend,
-                       engines=options.engines, precision=options.precision, note=note)
+                       engines=options.engines, precision=options.precision, note=note,
+                       trust_torchscript=options.trust_torchscript)
 
 
 def backend_summary(models: ModelSet) -> str:
