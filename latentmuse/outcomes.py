@@ -63,25 +63,47 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+class SignalGuard:
+    """The signals one command has received, and the handler that turns the first into :class:`Interrupted`.
+
+    Raising from a signal handler is not always enough: a signal that lands while a finalizer
+    (``__del__``) or a catch-all handler runs has its exception swallowed there ("Exception ignored
+    in ..."). So the signal is also remembered, and :meth:`check`, called at the command's regular
+    checkpoints (every progress update), raises it again. A second signal does not raise: the first
+    one's unwinding (the writer deleting its temporary files, the report) runs undisturbed.
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal has arrived (a no-op otherwise)."""
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.pending is None:
+            self.pending = signum
+            raise Interrupted(signum)
+
+
 @contextlib.contextmanager
-def signals_as_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
-    """While the block runs, each of ``signums`` raises :class:`Interrupted` in the main thread.
+def signals_as_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[SignalGuard]:
+    """While the block runs, the first of ``signums`` raises :class:`Interrupted` in the main thread;
+    yields the :class:`SignalGuard` whose ``check`` the command calls at its checkpoints.
 
     Installed for one command's duration and restored after it (no handler is set at import, so a
     program embedding latentmuse keeps its own). Python runs the handler between bytecodes: a run
     stops at the end of the network call in progress (milliseconds on a GPU, longer for a full-size
-    model on a CPU). Outside the main thread signals cannot be handled: the block runs unchanged.
+    model on a CPU). Outside the main thread signals cannot be handled: the guard never fires.
     """
+    guard = SignalGuard()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield guard
         return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in signums}
+    previous = {signum: signal.signal(signum, guard.handle) for signum in signums}
     try:
-        yield
+        yield guard
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -4,6 +4,7 @@ seconds, one line on stderr, no output file, no temporary file, and a report say
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from latentmuse.outcomes import Interrupted, signals_as_interrupts
 from latentmuse.samples import build_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +86,44 @@ def test_sigint_and_sigterm_stop_a_run_and_leave_nothing_but_the_report(clip, tm
         assert report["status"] == "interrupted" and report["exit_code"] == cases[signum]
         assert report["error"] == f"interrupted by {signum.name}"
         assert 0 <= report["frames_written"] < report["frames_out"] == 40
+
+
+def _deliver(signum: int) -> None:
+    """Send ``signum`` to this process and give the interpreter bytecodes at which to run its handler."""
+    os.kill(os.getpid(), signum)
+    for _ in range(10_000):
+        pass
+
+
+def test_a_signal_swallowed_by_a_finalizer_is_raised_at_the_next_checkpoint(monkeypatch):
+    swallowed: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_value))
+
+    class Finalized:
+        def __del__(self):
+            _deliver(signal.SIGTERM)  # the handler's exception is "ignored" here, as in any __del__
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as info:
+        with signals_as_interrupts() as guard:
+            obj = Finalized()
+            del obj  # the signal arrives inside the finalizer and its exception is swallowed
+            assert guard.pending == signal.SIGTERM
+            _deliver(signal.SIGINT)  # a second signal does not raise (the first one's cleanup must run)
+            guard.check()  # ... but the checkpoint does
+            pytest.fail("check() did not raise")
+    assert info.value.signum == signal.SIGTERM and info.value.exit_code == 143
+    assert str(info.value) == "interrupted by SIGTERM"
+    assert [type(exc) for exc in swallowed] == [Interrupted]  # the handler's own raise was lost in __del__
+    assert signal.getsignal(signal.SIGTERM) is before  # restored after the command
+
+
+def test_the_handlers_are_installed_only_for_the_command():
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    import latentmuse.cli.app  # noqa: F401 - importing the CLI installs nothing
+
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+    with signals_as_interrupts() as guard:
+        assert signal.getsignal(signal.SIGTERM) == guard.handle == signal.getsignal(signal.SIGINT)
+        guard.check()  # nothing pending: no-op
+    assert {signum: signal.getsignal(signum) for signum in before} == before

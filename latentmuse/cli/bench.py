@@ -3,6 +3,7 @@ the UNet3D per DDIM step, and the pipeline's stages end to end; tables, JSON and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,7 +25,8 @@ _PHASES = {"export": "ONNX export", "measure": "measurements"}
 class BenchBars:
     """The suite's progress as rich bars: one per phase, with what runs now beside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[], None] = lambda: None) -> None:
+        self.check = check  # the command's signal checkpoint, called on every update
         self.bars = Progress(
             SpinnerColumn(), TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[now]}"), console=console, transient=False,
@@ -42,18 +44,21 @@ class BenchBars:
         self.bars.stop()
 
     def phase(self, name: str, total: int | None) -> None:
+        self.check()
         if self.current is not None:
             self.bars.update(self.tasks[self.current], now="")
         self.tasks[name] = self.bars.add_task(_PHASES.get(name, name), total=total, now="")
         self.current = name
 
     def advance(self, name: str) -> None:
+        self.check()
         task = self.tasks[name]
         self.bars.advance(task)
         if self.bars.tasks[task].total is None:
             self.bars.update(task, total=self.bars.tasks[task].completed)
 
     def status(self, text: str) -> None:
+        self.check()
         if self.current is not None:
             self.bars.update(self.tasks[self.current], now=text[:100])
 
@@ -96,7 +101,7 @@ def bench(
                            device=device, end_to_end=end_to_end, json_out=json_out, plot=plot,
                            command=_command_line(ctx))
     plan = prepare(options)  # every usage check, before anything heavy
-    with signals_as_interrupts(), BenchBars() as bars:  # a signal stops the worker and removes the temporary folder
+    with signals_as_interrupts() as guard, BenchBars(guard.check) as bars:  # a signal stops the worker, removes the temporary folder
         result = run_bench(options, bars, plan)
     for table in graph_tables(result):
         console.print(table)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -9,8 +11,12 @@ _LABELS = {"audio": "audio features", "faces": "faces + landmarks", "generate": 
 
 
 class RichProgress:
-    def __init__(self, console: Console) -> None:
+    """``check`` is called on every update: the command's signal checkpoint
+    (:meth:`latentmuse.outcomes.SignalGuard.check`), so a pipeline stage never needs to know about signals."""
+
+    def __init__(self, console: Console, check: Callable[[], None] = lambda: None) -> None:
         self.console = console
+        self.check = check
         self.bars = Progress(
             SpinnerColumn(), TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
@@ -25,9 +31,11 @@ class RichProgress:
         self.bars.stop()
 
     def start(self, stage: str, total: int | None) -> None:
+        self.check()
         self.tasks[stage] = self.bars.add_task(_LABELS.get(stage, stage), total=total)
 
     def advance(self, stage: str, amount: int = 1) -> None:
+        self.check()
         task = self.tasks[stage]
         self.bars.advance(task, amount)
         if self.bars.tasks[task].total is None:

@@ -86,7 +86,7 @@ def run(
         engines=engines, precision=precision.value, allow_failed_frames=allow_failed_frames, codec=codec.value,
         trust_torchscript=trust_torchscript,
     )
-    with signals_as_interrupts(), RichProgress(console) as progress:
+    with signals_as_interrupts() as guard, RichProgress(console, check=guard.check) as progress:
         result = run_pipeline(options, progress)
     console.print(summary_table(result, title=f"wrote {output}"))
     for warning in result.warnings:

@@ -394,11 +394,12 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
     total_steps = len(windows) * chain.primary.settings.steps if isinstance(chain.primary, LatentSyncGenerator) else 0
     if total_steps:
         progress.start("steps", total_steps)
-    writer = sink if sink is not None else media.VideoWriter(
-        options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
-        sample_aspect_ratio=info.sample_aspect_ratio,
-    )
-    with writer, media.FrameSource(options.video, info) as source:  # any exception: the writer deletes its files
+    # Entered as soon as it exists (nothing runs in between): any exception or signal from here on
+    # unwinds through the writer's __exit__, which deletes its temporary files.
+    with (sink if sink is not None else media.VideoWriter(
+            options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
+            sample_aspect_ratio=info.sample_aspect_ratio,
+          )) as writer, media.FrameSource(options.video, info) as source:
         for out_index, frame in _execute(windows, tags, _jobs(source, schedule, faces), chain, features, n_out, progress):
             writer.write(frame)
             report.frames_written += 1
