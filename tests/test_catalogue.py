@@ -491,8 +491,6 @@ def test_run_on_paths_with_spaces_and_non_ascii(capsys, tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == sorted([video.name, output.name, report.name])
 
 
-@pytest.mark.xfail(strict=True, reason="cli/app.py prints the error line (and run.py its table title) through rich "
-                   "markup without escaping it: a name with [/b] raises rich's MarkupError, a traceback")
 def test_error_naming_a_path_with_brackets_is_one_line(capsys, tmp_path):
     """Editors name files "take [final].mp4"; the line naming one must show it as it is."""
     folder = tmp_path / "[draft]"

@@ -92,11 +92,17 @@ def test_frames_that_failed_every_generator_are_written_and_exit_3(capsys, clip,
 
 
 def test_allow_failed_frames_exits_0_and_the_report_still_says_failed_frames(capsys, clip, standins, tmp_path):
-    fail_musetalk(standins)
-    code, out, err = cli_run(capsys, clip, tmp_path, "--allow-failed-frames")
+    """Also: square brackets in a path or a reason are shown as they are (rich markup would eat them)."""
+    fail_musetalk(standins, "injected [/b] [red]")
+    folder = tmp_path / "take [v2]"
+    folder.mkdir()
+    code, out, err = cli_run(capsys, clip, folder, "--allow-failed-frames")
     assert code == 0 and error_lines(err) == [], err
-    assert "warning: 15 of 20 frames failed every generator" in " ".join(out.split())
-    report = read_report(tmp_path)
+    flat = " ".join(out.split())
+    assert "warning: 15 of 20 frames failed every generator and were passed through unchanged " \
+           "(musetalk: RuntimeError: injected [/b] [red] (15 frames))" in flat
+    assert f"wrote {folder / 'out.mp4'}" in flat and "passthrough: RuntimeError: injected [/b] [red]" in flat
+    report = read_report(folder)
     assert (report["status"], report["exit_code"], report["frames_failed"]) == ("failed_frames", 0, 15)
 
 

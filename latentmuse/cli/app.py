@@ -19,6 +19,7 @@ from rich.console import Console
 from ..errors import LatentmuseError
 from ..outcomes import ExitCode, Interrupted
 from . import bench, build, doctor, export, run, sample, weights
+from .console import plain
 
 app = typer.Typer(
     name="latentmuse",
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     except LatentmuseError as exc:
         if os.environ.get("LATENTMUSE_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        err.print(f"[bold red]error:[/] {plain(exc)}", markup=True)
         sys.exit(ExitCode.ERROR)
     except Interrupted as exc:  # the command's signal handler: its temporary files are already gone
         err.print(f"[bold red]{exc}[/]: stopped, no output written")

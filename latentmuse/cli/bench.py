@@ -15,7 +15,7 @@ from ..choices import RUNNER_BACKENDS, Generator
 from ..models.layouts import default_weights_dir
 from ..outcomes import signals_as_interrupts
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from .console import make_console
+from .console import make_console, plain
 
 console = make_console()
 
@@ -63,7 +63,7 @@ class BenchBars:
             self.bars.update(self.tasks[self.current], now=text[:100])
 
     def note(self, message: str) -> None:
-        console.print(f"[bold yellow]{message}[/]", soft_wrap=True)
+        console.print(f"[bold yellow]{plain(message)}[/]", soft_wrap=True)
 
 
 def _backends_choice(value: str) -> str:
@@ -111,12 +111,12 @@ def bench(
         console.print(stages_table(result))
     if json_out is not None:
         write_json(result, json_out)
-        console.print(f"JSON written to {json_out}")
+        console.print(f"JSON written to {plain(json_out)}")
     if plot is not None and result["ran"]:
         from ..bench.plot import write_plot
 
         write_plot(result, plot)
-        console.print(f"plot written to {plot}")
+        console.print(f"plot written to {plain(plot)}")
     error = no_backend_ran(result)
     if error is not None:
         raise error
@@ -141,7 +141,7 @@ def _command_line(ctx: typer.Context) -> list[str]:
 
 def _table(title: str) -> Table:
     """A table whose title stays on one line (rich wraps a title to the table's width)."""
-    return Table(title=title, title_justify="left", min_width=len(title) + 2)
+    return Table(title=plain(title), title_justify="left", min_width=len(title) + 2)
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -212,7 +212,7 @@ def stages_table(result: dict) -> Table:
     table = _table(f"end to end: {frames} frames of the sample clip, {result['generator']}, {result['weights']} "
                    f"weights, {result['device']}")
     if skipped:
-        table.caption, table.caption_justify = "skipped: " + "; ".join(skipped), "left"
+        table.caption, table.caption_justify = plain("skipped: " + "; ".join(skipped)), "left"
     table.add_column("stage")
     for backend in ran:
         table.add_column(f"{backend} s", justify="right")

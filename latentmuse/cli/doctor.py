@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..models.layouts import Sidecar, default_weights_dir, layouts
 from ..system import probe_system
-from .console import make_console
+from .console import make_console, plain
 
 console = make_console()
 
@@ -25,22 +25,22 @@ def doctor(
     for column in ("check", "status", "detail"):
         table.add_column(column, overflow="fold")
     for probe in probe_system().probes:
-        table.add_row(probe.name, "[green]ok[/]" if probe.ok else "[yellow]no[/]", probe.detail)
+        table.add_row(probe.name, "[green]ok[/]" if probe.ok else "[yellow]no[/]", plain(probe.detail))
     if weights.is_dir():
         version = Sidecar.read(weights).latentsync_version
         for entry in layouts(version):
             path = entry.locate(weights)
             status = "[green]found[/]" if path else ("[yellow]absent[/]" if entry.optional else "[red]missing[/]")
-            table.add_row(f"weights: {entry.key}", status, str(path) if path else f"needed for {entry.needed_for}")
+            table.add_row(f"weights: {entry.key}", status, plain(path) if path else f"needed for {entry.needed_for}")
     else:
-        table.add_row("weights", "[yellow]none[/]", f"{weights} does not exist: `latentmuse weights download --dir {weights}`")
+        table.add_row("weights", "[yellow]none[/]", plain(f"{weights} does not exist: `latentmuse weights download --dir {weights}`"))
     manifest = engines / "manifest.json"
     if manifest.is_file():
         try:
             graphs = json.loads(manifest.read_text()).get("graphs", {})
-            table.add_row("engines", "[green]found[/]", f"{len(graphs)} graph(s) in {manifest}")
+            table.add_row("engines", "[green]found[/]", plain(f"{len(graphs)} graph(s) in {manifest}"))
         except (OSError, ValueError) as exc:
-            table.add_row("engines", "[red]broken[/]", f"{manifest}: {exc}")
+            table.add_row("engines", "[red]broken[/]", plain(f"{manifest}: {exc}"))
     else:
-        table.add_row("engines", "[yellow]none[/]", f"no {manifest}: run `make engines` on the GPU machine")
+        table.add_row("engines", "[yellow]none[/]", plain(f"no {manifest}: run `make engines` on the GPU machine"))
     console.print(table)

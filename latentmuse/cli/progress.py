@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _LABELS = {"audio": "audio features", "faces": "faces + landmarks", "generate": "generate + encode", "windows": "generator windows", "steps": "denoising steps", "unet3d": "UNet3D timing calls"}
@@ -42,4 +43,4 @@ class RichProgress:
             self.bars.update(task, total=self.bars.tasks[task].completed)
 
     def note(self, message: str) -> None:
-        self.console.print(f"[bold yellow]{message}[/]")
+        self.console.print(f"[bold yellow]{escape(message)}[/]")

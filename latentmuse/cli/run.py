@@ -14,7 +14,7 @@ from ..choices import Backend, Codec, FaceDetector, Generator, Precision, Resolu
 from ..models.layouts import default_weights_dir
 from ..outcomes import ExitCode, signals_as_interrupts
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
-from .console import make_console
+from .console import PlainTable, make_console, plain
 from .progress import RichProgress
 from .trust import TrustTorchscriptOption
 
@@ -90,19 +90,19 @@ def run(
         result = run_pipeline(options, progress)
     console.print(summary_table(result, title=f"wrote {output}"))
     for warning in result.warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}")
+        console.print(f"[bold yellow]warning:[/] {plain(warning)}")
     if result.exit_code == ExitCode.FAILED_FRAMES:
-        error_console.print(f"[bold red]error:[/] {result.error} in {output}. Fix: see the fallbacks above "
+        error_console.print(f"[bold red]error:[/] {plain(result.error)} in {plain(output)}. Fix: see the fallbacks above "
                             "(and the report); pass --allow-failed-frames to accept such frames.", soft_wrap=True)
     elif result.error:
-        console.print(f"[bold yellow]warning:[/] {result.error} (accepted: --allow-failed-frames).")
+        console.print(f"[bold yellow]warning:[/] {plain(result.error)} (accepted: --allow-failed-frames).")
     if result.exit_code != ExitCode.OK:
         raise typer.Exit(result.exit_code)
 
 
 def summary_table(result: RunReport, title: str) -> Table:
     """The run report as a two-column table (also used by ``bench``)."""
-    table = Table(title=title, show_header=False)
+    table = PlainTable(title=title, show_header=False)  # paths and reasons, shown as they are
     by = ", ".join(f"{n} {name}" for name, n in sorted(result.frames_by_generator.items())) or "none"
     table.add_row("frames out", f"{result.frames_out} ({result.frames_processed} generated, {result.frames_passthrough} passthrough)")
     table.add_row("frames per generator", by)

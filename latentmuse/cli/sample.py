@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .console import make_console
+from .console import make_console, plain
 
 console = make_console()
 
@@ -17,4 +17,4 @@ def sample(out_dir: Annotated[Path, typer.Argument(help="Folder to write sample.
     from ..samples import build_sample
 
     media = build_sample(out_dir)
-    console.print(f"sample video: {media.video}")
+    console.print(f"sample video: {plain(media.video)}")

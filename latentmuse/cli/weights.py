@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..choices import RandomSize, choice_enum
 from ..models.layouts import LATENTSYNC_REPOS, default_weights_dir, layouts
-from .console import make_console
+from .console import PlainTable, make_console, plain
 from .trust import TrustTorchscriptOption
 
 app = typer.Typer(help="Get, check and convert model weights.", no_args_is_help=True)
@@ -40,9 +40,9 @@ def download(
 
     fetched = folder.download(
         dir, latentsync_version=latentsync.value, models=_keys(model), client=folder.HubClient(endpoint=endpoint),
-        verify=verify, report=lambda line: console.print(line),
+        verify=verify, report=lambda line: console.print(plain(line)),
     )
-    table = Table(title=f"weights in {dir}")
+    table = PlainTable(title=f"weights in {dir}")
     for column in ("file", "from", "action", "MB"):
         table.add_column(column)
     for item in fetched:
@@ -60,7 +60,7 @@ def check(
         from ..models import folder
 
         rows = folder.check_folder(dir, _keys(model), report=status.update)
-    table = Table(title=f"weights check (strict loading): {dir}")
+    table = Table(title=plain(f"weights check (strict loading): {dir}"))
     table.add_column("model")
     table.add_column("file", overflow="fold")
     table.add_column("loads", no_wrap=True)
@@ -72,9 +72,9 @@ def check(
             file = "[yellow]absent (optional)[/]" if row.optional else "[red]missing[/]"
             loads = "-"
         else:
-            file, loads = str(row.path.relative_to(dir)), "[green]yes[/]" if row.loads else "[red]no[/]"
+            file, loads = plain(row.path.relative_to(dir)), "[green]yes[/]" if row.loads else "[red]no[/]"
         params = f"{row.parameters:,}" if row.parameters is not None else "-"
-        table.add_row(row.key, file, loads, params, row.message)
+        table.add_row(row.key, file, loads, params, plain(row.message))
         failed |= (row.path is not None and not row.loads) or (row.path is None and not row.optional)
     console.print(table)
     if failed:
@@ -90,7 +90,7 @@ def convert(
     """Write safetensors copies of the pickled checkpoints (loaded strictly first); loaders prefer them."""
     from ..models import folder
 
-    written = folder.convert(dir, _keys(model), report=lambda line: console.print(line),
+    written = folder.convert(dir, _keys(model), report=lambda line: console.print(plain(line)),
                              trust_torchscript=trust_torchscript)
     console.print(f"{len(written)} file(s) written.")
 
@@ -105,5 +105,5 @@ def random(
     """Write seeded random weights in the official file formats (for tests and demos: outputs are noise)."""
     from ..models.random_weights import write_random_weights
 
-    write_random_weights(dir, size=size.value, seed=seed, models=_keys(model), report=lambda line: console.print(line))
-    console.print(f"[yellow]random weights in {dir}: outputs are meaningless, for tests and demos only[/]")
+    write_random_weights(dir, size=size.value, seed=seed, models=_keys(model), report=lambda line: console.print(plain(line)))
+    console.print(f"[yellow]random weights in {plain(dir)}: outputs are meaningless, for tests and demos only[/]")
