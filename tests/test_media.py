@@ -642,3 +642,17 @@ def test_sample_is_deterministic(sample, tmp_path: Path) -> None:
         for got in (first, second):  # crf 18: well above 35 dB PSNR to what was rendered
             mse = np.mean((got.astype(np.float64) - rendered) ** 2)
             assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35, index
+
+
+def test_an_interrupt_while_the_writer_starts_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A signal arriving after the temp files exist but before the writer returns (here: in av.open)."""
+    from latentmuse.outcomes import Interrupted
+    from latentmuse.runtime.media import writer as writer_module
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(15)
+
+    monkeypatch.setattr(writer_module.av, "open", interrupted)
+    with pytest.raises(Interrupted):
+        VideoWriter(tmp_path / "out.mp4", 32, 32, Fraction(25))
+    assert list(tmp_path.iterdir()) == []

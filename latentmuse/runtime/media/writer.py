@@ -199,6 +199,9 @@ class VideoWriter:
         except (av.FFmpegError, OSError) as exc:
             self.abort()
             raise self._failure(exc, "starting to write") from None
+        except BaseException:  # an interrupt (SIGINT/SIGTERM) between creating the temp files and returning
+            self.abort()
+            raise
 
     # -- temporary files and errors
 
