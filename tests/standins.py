@@ -129,3 +129,30 @@ def whisper_standin() -> FnRunner:
         tiled = steps.repeat(1, 1, 5)[..., :384]
         return {"states": tiled[:, :, None].expand(-1, -1, 5, -1).contiguous()}
     return FnRunner("whisper_encoder", encode)
+
+
+class Notes:
+    """A progress sink that keeps the notes (the messages a run would show) for the tests to read."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def start(self, stage, total):
+        pass
+
+    def advance(self, stage, amount=1):
+        pass
+
+    def note(self, message):
+        self.messages.append(message)
+
+
+def twenty_frame_sample(folder):
+    """0.8 s at 25 fps, 200 x 200: 20 frames, faces in 0-4 and 10-19 (15 process frames), 5-9 a faceless cutaway."""
+    from fractions import Fraction
+
+    from latentmuse.samples import build_sample
+
+    sample = build_sample(folder, seconds=Fraction(4, 5), size=(200, 200), cutaway=(Fraction(1, 5), Fraction(2, 5)))
+    assert sample.frame_count == 20 and list(sample.cutaway_frames) == list(range(5, 10))
+    return sample

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,7 +24,6 @@ import av
 import numpy as np
 import pytest
 
-from latentmuse.errors import LatentmuseError
 from latentmuse.runtime import media
 from latentmuse.runtime.datagen import ping_pong_schedule
 from latentmuse.runtime.pipeline import RunOptions, validate

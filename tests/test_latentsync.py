@@ -26,7 +26,7 @@ from latentmuse.runtime.generators.musetalk import crop_box
 from latentmuse.runtime.pipeline import RunOptions, run
 from latentmuse.samples import build_sample
 
-from .standins import block_decode, block_encode, standin_models
+from .standins import Notes, block_decode, block_encode, standin_models
 
 STEPS = 3  # DDIM(3): timesteps 667, 334, 1
 
@@ -55,20 +55,6 @@ def process_count(clip) -> int:
 
 def last(clip) -> int:
     return len(clip[1]) - 1
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def start(self, stage, total):
-        pass
-
-    def advance(self, stage, amount=1):
-        pass
-
-    def note(self, message):
-        self.messages.append(message)
 
 
 def run_standins(clip, tmp_path, *, generator="latentsync", guidance=1.5, setup=None, **options):

@@ -7,7 +7,6 @@ the retried output can be compared with a run that used the small batch from the
 
 from __future__ import annotations
 
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,9 +14,8 @@ import pytest
 from latentmuse.runtime import media
 from latentmuse.runtime.generators.base import BatchOutOfMemory, batch_memory, is_out_of_memory
 from latentmuse.runtime.pipeline import RunOptions, run
-from latentmuse.samples import build_sample
 
-from .standins import OutOfMemoryAbove, standin_models, whisper_standin
+from .standins import Notes, OutOfMemoryAbove, standin_models, twenty_frame_sample, whisper_standin
 
 OOM = "out of memory in {what} at batch {batch} (CUDA out of memory. Tried to allocate {batch2} x 2.00 GiB)"
 MUSETALK = "MuseTalk's VAE, UNet and face parser"
@@ -26,24 +24,7 @@ MUSETALK = "MuseTalk's VAE, UNet and face parser"
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """0.8 s at 25 fps: 20 frames, faces in 0-4 and 10-19 (15 process frames), 5-9 a faceless cutaway."""
-    sample = build_sample(tmp_path_factory.mktemp("clip"), seconds=Fraction(4, 5), size=(200, 200),
-                          cutaway=(Fraction(1, 5), Fraction(2, 5)))
-    assert sample.frame_count == 20 and list(sample.cutaway_frames) == list(range(5, 10))
-    return sample
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def start(self, stage, total):
-        pass
-
-    def advance(self, stage, amount=1):
-        pass
-
-    def note(self, message):
-        self.messages.append(message)
+    return twenty_frame_sample(tmp_path_factory.mktemp("clip"))
 
 
 def run_with(clip, tmp_path, generator: str, setup=None, **options):

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import threading
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,9 @@ from latentmuse.errors import LatentmuseError
 from latentmuse.outcomes import ExitCode
 from latentmuse.runtime import media, pipeline
 from latentmuse.runtime.pipeline import RunOptions, RunReport, run
-from latentmuse.samples import build_sample
 
 from .conftest import run_cli
-from .standins import standin_models, whisper_standin
+from .standins import standin_models, twenty_frame_sample, whisper_standin
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -33,10 +31,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """0.8 s at 25 fps: 20 frames, 15 with a face, frames 5-9 a faceless cutaway."""
-    sample = build_sample(tmp_path_factory.mktemp("clip"), seconds=Fraction(4, 5), size=(200, 200),
-                          cutaway=(Fraction(1, 5), Fraction(2, 5)))
-    assert sample.frame_count == 20 and list(sample.cutaway_frames) == list(range(5, 10))
-    return sample
+    return twenty_frame_sample(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture
