@@ -37,6 +37,7 @@ from .generators.base import GenerationBatch
 from .generators.chain import PASSTHROUGH, GeneratorChain, describe
 from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
 from .generators.musetalk import MuseTalkGenerator, crop_box
+from .heap import HeapTrimmer
 from ..models.layouts import LATENTSYNC_RESOLUTION
 from ..runners.torch_runner import torch_dtype
 from .models import SMOKE, SMOKE_WARNING, ModelSet, load_models, resolve_device, run_graphs, unet3d_weights, weights_version
@@ -381,7 +382,8 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
 
     tic = time.perf_counter()
     tracker = FaceTracker(options.face, options.min_face_size)
-    faces = detect_faces(options.video, front_end, tracker, max(schedule) + 1, options.face_batch_size, progress)
+    heap = HeapTrimmer()  # long clips: freed frame buffers go back to the system (runtime/heap.py)
+    faces = detect_faces(options.video, front_end, tracker, max(schedule) + 1, options.face_batch_size, progress, heap)
     _report_faces(report, tracker, schedule, warn)
     chain.prepare(faces)
     tags = [faces[i] is not None for i in schedule]
@@ -404,6 +406,7 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
             writer.write(frame)
             report.frames_written += 1
             progress.advance("generate")
+            heap.tick()
     if total_steps > steps_done[0]:  # windows that fell back ran no DDIM steps
         progress.advance("steps", total_steps - steps_done[0])
     stages["generate_and_write"] = time.perf_counter() - tic
@@ -439,7 +442,7 @@ def _check_face_options(options: RunOptions) -> None:
 
 
 def detect_faces(video: Path, front_end, tracker: FaceTracker, n_frames: int, batch_size: int,
-                 progress: Progress) -> list[Face | None]:
+                 progress: Progress, heap: HeapTrimmer | None = None) -> list[Face | None]:
     """One streaming pass: the dubbed face's landmarks (or None) for the first ``n_frames`` input frames.
 
     Per batch: every face candidate of every frame (the detector), the tracker's choice in frame
@@ -457,6 +460,8 @@ def detect_faces(video: Path, front_end, tracker: FaceTracker, n_frames: int, ba
             usable = face if face is not None and crop_box(face, frame.shape) is not None else None
             faces.append(tracker.confirm(sel, usable))
         progress.advance("faces", len(chunk))
+        if heap is not None:
+            heap.tick(len(chunk))
 
     chunk: list[np.ndarray] = []
     for index, frame in enumerate(media.iter_frames(video)):
