@@ -156,3 +156,25 @@ def twenty_frame_sample(folder):
     sample = build_sample(folder, seconds=Fraction(4, 5), size=(200, 200), cutaway=(Fraction(1, 5), Fraction(2, 5)))
     assert sample.frame_count == 20 and list(sample.cutaway_frames) == list(range(5, 10))
     return sample
+
+
+def run_concurrently(target, args_list) -> list[BaseException]:
+    """``target(*args)`` in one thread per ``args``, all started together; the exceptions they raised."""
+    import threading
+
+    start = threading.Barrier(len(args_list))
+    errors: list[BaseException] = []
+
+    def body(*args) -> None:
+        try:
+            start.wait()
+            target(*args)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=args) for args in args_list]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

@@ -473,25 +473,12 @@ def test_two_writers_on_one_path_never_make_a_corrupt_file(tmp_path: Path) -> No
 
 def test_two_runs_writing_one_path_at_once(tmp_path: Path) -> None:
     """Two threads writing and closing the same path at the same time: one complete file remains."""
-    import threading
 
     speech = write_wav(tmp_path / "speech.wav", sine(1.0, 16000), 16000)
     out = tmp_path / "out.mp4"
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
+    from .standins import run_concurrently
 
-    def writer(offset: int) -> None:
-        try:
-            start.wait()
-            _write_clip(out, speech, n=25, offset=offset)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(offset,)) for offset in (0, 100)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_concurrently(lambda offset: _write_clip(out, speech, n=25, offset=offset), [(0,), (100,)])
     assert errors == []
     got = [read_index(f) for f in iter_frames(out)]
     assert got in (list(range(25)), list(range(100, 125)))

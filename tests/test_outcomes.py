@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -205,19 +204,13 @@ def test_report_write_is_atomic_and_a_failed_write_keeps_the_previous_report(tmp
 def test_concurrent_report_writes_never_mix(tmp_path):
     """Each write has its own temporary file, so whichever rename lands last, the file is one whole report."""
     path = tmp_path / "report.json"
-    errors: list[BaseException] = []
+    from .standins import run_concurrently
 
     def writer(frames: int) -> None:
-        try:
-            for _ in range(20):
-                _report(frames).write(path)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=writer, args=(n,)) for n in (100, 200000)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        for _ in range(20):
+            _report(frames).write(path)
+
+    errors = run_concurrently(writer, [(100,), (200000,)])
     assert errors == [] and read_json(path)["frames_in"] in (100, 200000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
