@@ -18,6 +18,21 @@ def sha256_files(*paths: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+class Digests:
+    """sha256 of files' contents, each computed once while the file is unchanged (same size and
+    mtime): a batch hashes a video for its job key and its face-cache key with one read."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int], str] = {}
+
+    def sha256(self, path: str | Path) -> str:
+        stat = os.stat(path)
+        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._known:
+            self._known[key] = sha256_files(path)
+        return self._known[key]
+
+
 def atomic_write(path: str | Path, payload: bytes) -> None:
     """Write through a temporary file in the same folder, then rename: a crash never leaves half a file.
 

@@ -27,6 +27,15 @@ def reference_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
     return [(key, tuple(shape)) for key, shape, _dtype in reference(name)["state_dict"]]
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test's CLI runs (in process or as children) use a face-track cache of their own, never
+    the user's ~/.cache/latentmuse."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("LATENTMUSE_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture
 def marker_pickle(tmp_path: Path) -> tuple[Path, Path]:
     """A pickle whose loading would create a marker file (through os.system), and that marker's path."""

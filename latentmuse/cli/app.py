@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ..errors import LatentmuseError
 from ..outcomes import ExitCode, Interrupted
-from . import bench, build, doctor, export, run, sample, weights
+from . import bench, build, cache, doctor, export, run, sample, weights
 from .console import plain
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(weights.app, name="weights")
+app.add_typer(cache.app, name="cache")
 app.command("run")(run.run)
 app.command("bench")(bench.bench)
 app.command("sample")(sample.sample)

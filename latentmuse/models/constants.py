@@ -6,3 +6,5 @@ SCALING_FACTOR = 0.18215
 MEL_FRAMES = 3000
 #: Whisper encoder states per second of audio (the encoder halves the mel rate).
 STATES_PER_SECOND = 50
+#: ``--weights smoke``: seeded random weights in test-size configurations (models/smoke.py).
+SMOKE = "smoke"

@@ -12,7 +12,7 @@ from torch import nn
 
 from .layouts import layout
 
-SMOKE = "smoke"
+from .constants import SMOKE  # noqa: E402 - one spelling for the light modules too
 SMOKE_WARNING = (
     "SMOKE WEIGHTS: seeded random weights in test-size configurations. The pipeline, frame accounting "
     "and timings are real; the generated mouth pixels are meaningless."

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +25,7 @@ import torch
 
 from ..choices import BACKENDS, FACE_DETECTORS, GENERATORS, PRECISIONS, RESOLUTIONS  # noqa: F401 - re-exported
 from ..errors import LatentmuseError
-from ..files import atomic_write
+from ..files import Digests, atomic_write
 from ..outcomes import STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_INTERRUPTED, STATUS_OK, ExitCode, Interrupted
 from . import media
 from .audio import AudioFeatures
@@ -38,11 +38,13 @@ from .generators.chain import PASSTHROUGH, GeneratorChain, describe
 from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
 from .generators.musetalk import MuseTalkGenerator, crop_box
 from .heap import HeapTrimmer
-from ..models.layouts import LATENTSYNC_RESOLUTION
+from .options import LoadOptions, RunOptions  # noqa: F401 - RunOptions re-exported
+from ..models.layouts import LATENTSYNC_RESOLUTION, layout
 from ..runners.torch_runner import torch_dtype
 from .models import SMOKE, SMOKE_WARNING, ModelSet, load_models, resolve_device, run_graphs, unet3d_weights, weights_version
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, uses_guidance
-from .tracking import DEFAULT_MIN_FACE_SIZE, DUBBED, LOST, OVERLAP, TOO_SMALL, FaceTracker, parse_face_policy
+from .facecache import CacheKey, FaceCache, FaceTrack
+from .tracking import DEFAULT_MIN_FACE_SIZE, DUBBED, LOST, OVERLAP, TOO_SMALL, FaceTracker, TrackerSettings, parse_face_policy
 
 #: Smoke weights are always drawn with this seed (``--seed`` is the sampling seed), so graphs exported
 #: from ``smoke`` hold the very weights a smoke run computes with.
@@ -67,37 +69,6 @@ class SilentProgress:
 
     def note(self, message: str) -> None:
         pass
-
-
-@dataclass
-class RunOptions:
-    video: Path
-    output: Path
-    audio: Path | None = None
-    weights: str | Path = SMOKE
-    generator: str = "auto"
-    backend: str = "auto"
-    face_detector: str = "auto"
-    face: str = "largest"  # the dubbed face: largest | center | x,y (runtime/tracking.py, docs/FACES.md)
-    min_face_size: int = DEFAULT_MIN_FACE_SIZE  # pixels of detector box height; smaller faces pass through
-    batch_size: int = 8
-    seed: int = 0
-    device: str = "auto"
-    report: Path | None = None
-    face_batch_size: int = 16
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
-    resolution: str = "auto"
-    deepcache: bool = False
-    fallback: bool = True
-    engines: Path | None = None  # default: $LATENTMUSE_ENGINES or engines/
-    precision: str = "auto"
-    #: Exit 0 even when frames failed every generator (they are passed through either way).
-    allow_failed_frames: bool = False
-    #: The output's video codec: auto (the container's default) or one it takes (media.formats).
-    codec: str = "auto"
-    #: A FAN TorchScript archive the user vouches for, loaded whatever its sha256 (docs/SECURITY.md).
-    trust_torchscript: Path | None = None
 
 
 @dataclass
@@ -128,6 +99,7 @@ class RunReport:
     frames_face_lost: int = 0  # after the choice, the dubbed face not found or overlapping another
     frames_face_too_small: int = 0  # faces below min_face_size
     face_passthrough: dict[str, int] = field(default_factory=dict)  # reason -> frames; sums to frames_no_face
+    face_cache: str = "off"  # hit | miss | off (runtime/facecache.py)
     frames_by_generator: dict[str, int] = field(default_factory=dict)
     windows: int = 0
     fps: str = ""
@@ -173,20 +145,10 @@ def check_options(options: RunOptions) -> None:
     """The options' values, then the output's and the report's paths (nothing is read or loaded)."""
     if options.batch_size < 1:
         raise LatentmuseError(f"--batch-size {options.batch_size} is not positive.", "use --batch-size 8.")
-    for value, allowed, flag in ((options.generator, GENERATORS, "--generator"), (options.backend, BACKENDS, "--backend"),
-                                 (options.face_detector, FACE_DETECTORS, "--face-detector"),
-                                 (options.precision, PRECISIONS, "--precision"),
-                                 (str(options.resolution), RESOLUTIONS, "--resolution")):
-        if value not in allowed:
-            raise LatentmuseError(f"{flag} {value} is not known.", f"use one of {', '.join(allowed)}.")
+    check_load_options(options.load_options())
     _check_face_options(options)
     if not 1 <= options.steps <= 1000:
         raise LatentmuseError(f"--steps {options.steps} is outside 1..1000.", f"use --steps {DEFAULT_STEPS} (LatentSync's default).")
-    if not (math.isfinite(options.guidance) and options.guidance >= 1.0):
-        raise LatentmuseError(
-            f"--guidance {options.guidance} is below 1.",
-            f"use --guidance 1 to turn classifier-free guidance off, or {DEFAULT_GUIDANCE} (LatentSync's default).",
-        )
     inputs = [options.video] + ([options.audio] if options.audio is not None else [])
     media.check_output_path(options.output, inputs, extensions=media.OUTPUT_FORMATS)
     media.choose_codec(options.output, options.codec)  # the container takes it; its encoder exists
@@ -245,14 +207,73 @@ def latentsync_settings(options: RunOptions, version: str) -> LatentSyncSettings
                               seed=options.seed, deepcache=options.deepcache, vae_batch=max(2 * options.batch_size, 16))
 
 
-def load_run_models(options: RunOptions, kind: str, face_kind: str, device, note: Callable[[str], None]) -> ModelSet:
-    """The runners this run needs, each graph on the backend ``options.backend`` chooses for it."""
-    settings = latentsync_settings(options, weights_version(options.weights))
-    roles = run_graphs(kind, resolution=settings.resolution, guided=uses_guidance(settings.guidance),
-                       deepcache=settings.deepcache, face_detector=face_kind)
+def resolution_for(options: LoadOptions | RunOptions, version: str) -> int:
+    """The LatentSync crop size: the weights' native one for ``auto``."""
+    return LATENTSYNC_RESOLUTION[version] if str(options.resolution) == "auto" else int(options.resolution)
+
+
+def load_run_models(options: LoadOptions | RunOptions, kind: str, face_kind: str, device,
+                    note: Callable[[str], None]) -> ModelSet:
+    """The runners a load needs, each graph on the backend ``options.backend`` chooses for it."""
+    roles = run_graphs(kind, resolution=resolution_for(options, weights_version(options.weights)),
+                       guided=uses_guidance(options.guidance), deepcache=options.deepcache, face_detector=face_kind)
     return load_models(options.weights, device, roles, seed=SMOKE_SEED, backend=options.backend,
                        engines=options.engines, precision=options.precision, note=note,
                        trust_torchscript=options.trust_torchscript)
+
+
+@dataclass
+class Session:
+    """Everything loaded once and shared by the clips of a load: the runners, the face front end,
+    the generator kind and the device (:class:`~latentmuse.runtime.lipsync.LipSync` holds one).
+
+    ``owned``: the session loaded its models and closes them; models handed in (tests, the bench)
+    belong to the caller.
+    """
+
+    load: LoadOptions
+    models: ModelSet
+    kind: str
+    device: torch.device
+    front_end: object
+    seconds: float = 0.0
+    owned: bool = True
+    digests: Digests = field(default_factory=Digests)  # content hashes of the clips' files, computed once
+
+    def close(self) -> None:
+        if self.owned:
+            self.models.close()
+
+
+def check_load_options(load: LoadOptions) -> None:
+    """Load-time values, before anything is loaded."""
+    for value, allowed, flag in ((load.generator, GENERATORS, "--generator"), (load.backend, BACKENDS, "--backend"),
+                                 (load.face_detector, FACE_DETECTORS, "--face-detector"),
+                                 (load.precision, PRECISIONS, "--precision"),
+                                 (str(load.resolution), RESOLUTIONS, "--resolution")):
+        if value not in allowed:
+            raise LatentmuseError(f"{flag} {value} is not known.", f"use one of {', '.join(allowed)}.")
+    if not (math.isfinite(load.guidance) and load.guidance >= 1.0):
+        raise LatentmuseError(
+            f"--guidance {load.guidance} is below 1.",
+            f"use --guidance 1 to turn classifier-free guidance off, or {DEFAULT_GUIDANCE} (LatentSync's default).",
+        )
+
+
+def open_session(load: LoadOptions, note: Callable[[str], None], models: ModelSet | None = None) -> Session:
+    """Load what every clip of ``load`` needs (``models`` instead of loading them: not owned)."""
+    tic = time.perf_counter()
+    check_load_options(load)
+    device = resolve_device(load.device)
+    torch_dtype(load.precision, device)  # a precision this device cannot run fails before any loading
+    kind = choose_generator(load)
+    weights_root = None if str(load.weights) == SMOKE else Path(load.weights)
+    face_kind = front_end_kind(load.face_detector, weights_root if weights_root and weights_root.is_dir() else None)
+    owned = models is None
+    if models is None:
+        models = load_run_models(load, kind, face_kind, device, note)
+    front_end = make_front_end(face_kind, models.weights_root, device, models.runners)
+    return Session(load, models, kind, device, front_end, time.perf_counter() - tic, owned)
 
 
 def backend_summary(models: ModelSet) -> str:
@@ -263,10 +284,12 @@ def backend_summary(models: ModelSet) -> str:
 
 def run(options: RunOptions, progress: Progress | None = None, sink: media.FrameSink | None = None,
         models: ModelSet | None = None) -> RunReport:
-    """Lip-sync ``options.video`` to its audio (or ``options.audio``) and write ``options.output``.
+    """Lip-sync ``options.video`` to its audio (or ``options.audio``) and write ``options.output``:
+    one clip, loading its models after the inputs check out (and closing them after).
 
     ``sink`` replaces the video writer (tests pass a lossless in-memory sink); ``models`` replaces
-    loading from ``options.weights`` (already loaded models, or the tests' stand-in runners).
+    loading from ``options.weights`` (already loaded models, or the tests' stand-in runners). For
+    many clips on one load, use :class:`~latentmuse.runtime.lipsync.LipSync`.
 
     Returns the report, whose ``status`` is ok or failed_frames (the video is complete either way;
     failed frames are passed through). Any error or interruption (:class:`~latentmuse.outcomes.Interrupted`)
@@ -274,6 +297,24 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
     deleted its temporary files, so nothing is left at ``options.output``. Errors in the options or
     the output paths (:func:`check_options`) come before the report can be written and write none.
     """
+    holder: list[Session] = []
+
+    def session(note: Callable[[str], None]) -> Session:
+        if not holder:
+            holder.append(open_session(options.load_options(), note, models))
+        return holder[0]
+
+    try:
+        return run_clip(options, session, progress, sink)
+    finally:
+        if holder:
+            holder[0].close()
+
+
+def run_clip(options: RunOptions, session: Callable[[Callable[[str], None]], Session],
+             progress: Progress | None = None, sink: media.FrameSink | None = None) -> RunReport:
+    """One clip on the session ``session(note)`` returns (asked for once the clip's inputs check out,
+    so a bad input costs no load); see :func:`run` for the outcomes."""
     progress = progress or SilentProgress()
     tic = time.perf_counter()
     check_options(options)
@@ -283,7 +324,7 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
         face=str(parse_face_policy(options.face)), min_face_size=options.min_face_size,
     )
     try:
-        _run(options, report, progress, sink, models, tic)
+        _run(options, report, progress, sink, session, tic)
     except BaseException as exc:
         _stopped(report, exc)
         if options.report is not None:
@@ -329,7 +370,7 @@ def failed_frames_line(report: RunReport) -> str:
 
 
 def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media.FrameSink | None,
-         models: ModelSet | None, tic: float) -> None:
+         session: Callable[[Callable[[str], None]], Session], tic: float) -> None:
     """The stages of :func:`run`, filling ``report`` as they go (so a stopped run reports how far it got)."""
     stages = report.stages
     info, audio_path, audio = check_inputs(options)
@@ -345,14 +386,12 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
     stages["validate"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    device = resolve_device(options.device)
-    torch_dtype(options.precision, device)  # a precision this device cannot run fails before any loading
-    kind = choose_generator(options)
-    weights_root = None if str(options.weights) == SMOKE else Path(options.weights)
-    face_kind = front_end_kind(options.face_detector, weights_root if weights_root and weights_root.is_dir() else None)
-    if models is None:
-        models = load_run_models(options, kind, face_kind, device, progress.note)
-    front_end = make_front_end(face_kind, models.weights_root, device, models.runners)
+    loaded = session(progress.note)
+    models, kind, device, front_end = loaded.models, loaded.kind, loaded.device, loaded.front_end
+    if loaded.load != options.load_options():
+        raise LatentmuseError("this clip's load-time options differ from the loaded models' "
+                              f"({_load_difference(loaded.load, options.load_options())}).",
+                              "set them when loading (LipSync.from_weights), or load again.")
     steps_done = [0]
 
     def on_step() -> None:
@@ -371,7 +410,7 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
             warn(f"LatentSync unavailable ({chain.unavailable}): every window goes to MuseTalk.")
     report.device, report.face_detector, report.generator = str(device), front_end.name, chain.name
     report.backend, report.precision = backend_summary(models), PRECISION_NAMES.get(models.dtype, str(models.dtype))
-    stages["load_models"] = time.perf_counter() - tic
+    stages["load_models"] = time.perf_counter() - tic  # ~0 for the second clip of a load
 
     tic = time.perf_counter()
     progress.start("audio", None)
@@ -381,10 +420,10 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
     stages["audio_features"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    tracker = FaceTracker(options.face, options.min_face_size)
     heap = HeapTrimmer()  # long clips: freed frame buffers go back to the system (runtime/heap.py)
-    faces = detect_faces(options.video, front_end, tracker, max(schedule) + 1, options.face_batch_size, progress, heap)
-    _report_faces(report, tracker, schedule, warn)
+    track, report.face_cache = face_pass(options, loaded, max(schedule) + 1, progress, heap, warn)
+    faces = track.faces
+    _report_faces(report, track, schedule, warn)
     chain.prepare(faces)
     tags = [faces[i] is not None for i in schedule]
     windows = chain.plan(tags)
@@ -424,6 +463,11 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
     report.fallbacks = chain.fallbacks
     report.retries = chain.retries
     report.stages = {k: round(v, 3) for k, v in stages.items()}
+
+
+def _load_difference(loaded: LoadOptions, wanted: LoadOptions) -> str:
+    return ", ".join(f"{f.name} {getattr(wanted, f.name)} not {getattr(loaded, f.name)}" for f in fields(LoadOptions)
+                     if getattr(loaded, f.name) != getattr(wanted, f.name))
 
 
 def _warner(report: RunReport, progress: Progress):
@@ -481,17 +525,58 @@ def detect_faces(video: Path, front_end, tracker: FaceTracker, n_frames: int, ba
     return faces
 
 
-def _report_faces(report: RunReport, tracker: FaceTracker, schedule: list[int], warn: Callable[[str], None]) -> None:
+def face_pass(options: RunOptions, session: Session, n_frames: int, progress: Progress, heap: HeapTrimmer,
+              warn: Callable[[str], None]) -> tuple[FaceTrack, str]:
+    """The dubbed face over the first ``n_frames`` frames, from the face-track cache when it has them
+    (``"hit"``), else detected and stored (``"miss"``), or detected with the cache off (``"off"``)."""
+    cache = key = None
+    if options.cache is not None:
+        cache = FaceCache(options.cache, warn)
+        key = face_cache_key(options, session, session.digests.sha256(options.video))
+        track = cache.get(key, n_frames)
+        if track is not None:
+            progress.start("faces", n_frames)
+            progress.advance("faces", n_frames)
+            return track, "hit"
+    tracker = FaceTracker(options.face, options.min_face_size)
+    faces = detect_faces(options.video, session.front_end, tracker, n_frames, options.face_batch_size, progress, heap)
+    track = FaceTrack(faces, list(tracker.statuses), list(tracker.seen_by_frame[:n_frames]), tracker.dubbed)
+    if cache is not None:
+        cache.put(key, track, options.video)
+        return track, "miss"
+    return track, "off"
+
+
+def face_cache_key(options: RunOptions, session: Session, video_sha256: str) -> CacheKey:
+    """Everything the face pass depends on besides the video's content (runtime/facecache.py)."""
+    front_end = session.front_end.name
+    weights: object = "system dlib shape predictor"
+    if front_end != "dlib":
+        root = session.models.weights_root
+        if root is None:
+            weights = f"smoke seed {SMOKE_SEED}"
+        else:  # the detector's files as they are now: replaced in place, they miss
+            files = [layout(k, session.models.latentsync_version).locate(root) for k in ("s3fd", "fan68")]
+            weights = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] if f is not None else None for f in files]
+        weights = {"files": weights, "backends": {r: session.models.choices[g].backend for r, g in session.models.roles.items()
+                                                  if r in ("s3fd", "fan68") and g in session.models.choices}}
+    settings = {"front_end": front_end, "weights": weights, "device": session.device.type,
+                "dtype": PRECISION_NAMES.get(session.models.dtype, str(session.models.dtype)),
+                "face": str(parse_face_policy(options.face)), "min_face_size": options.min_face_size,
+                "tracker": asdict(TrackerSettings())}
+    return CacheKey(video_sha256, settings)
+
+
+def _report_faces(report: RunReport, track: FaceTrack, schedule: list[int], warn: Callable[[str], None]) -> None:
     """Which face was dubbed and why every other frame passed through, counted in output frames."""
-    counts = tracker.counts(schedule)
-    report.face, report.min_face_size = str(tracker.policy), int(tracker.min_face_size)
-    report.dubbed_face = tracker.dubbed.to_dict() if tracker.dubbed is not None else None
-    report.faces_seen = tracker.faces_seen
+    counts = track.counts(schedule)
+    report.dubbed_face = track.dubbed.to_dict() if track.dubbed is not None else None
+    report.faces_seen = track.faces_seen
     report.frames_face_lost = counts[LOST] + counts[OVERLAP]
     report.frames_face_too_small = counts[TOO_SMALL]
     report.face_passthrough = {status: n for status, n in counts.items() if status != DUBBED and n}
-    if tracker.dubbed is not None and tracker.dubbed.note:
-        warn(f"{tracker.dubbed.note} (at {report.dubbed_face['box']}, input frame {tracker.dubbed.first_frame}).")
+    if track.dubbed is not None and track.dubbed.note:
+        warn(f"{track.dubbed.note} (at {report.dubbed_face['box']}, input frame {track.dubbed.first_frame}).")
     if report.frames_face_too_small:
         warn(f"{report.frames_face_too_small} frames passed through: the face is smaller than --min-face-size "
              f"{report.min_face_size} px (detector box height); lower it to dub them.")

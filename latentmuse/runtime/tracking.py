@@ -270,6 +270,7 @@ class FaceTracker:
         self.dubbed: DubbedFace | None = None
         self.faces_seen = 0  # tracks started: distinct faces (and detector false positives) seen
         self.statuses: list[str] = []  # one per confirmed frame
+        self.seen_by_frame: list[int] = []  # faces_seen after each selected frame (a prefix's count)
         self._tracks: list[_Track] = []
         self._dubbed_track: _Track | None = None
         self._next_frame = 0
@@ -333,6 +334,7 @@ class FaceTracker:
             if di not in used:
                 tracks.append(_Track(cand.box, t, current=cand))
                 self.faces_seen += 1
+        self.seen_by_frame.append(self.faces_seen)
         self._tracks = [tr for tr in tracks if tr is self._dubbed_track or t - tr.last_seen <= s.forget_after]
 
         # 4. the choice, once

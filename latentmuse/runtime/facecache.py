@@ -1,0 +1,235 @@
+"""The face-track cache: a video's face pass (tracked face, landmarks, statuses) computed once.
+
+Teams dub one presenter video into many languages; the face pass (detection, tracking, 68 landmarks
+per frame) depends on the video and the front end, never on the audio. An entry holds the pass for
+the first ``n`` frames, keyed by the video's *content* (sha256, so a renamed or copied file still
+hits and an edited one misses) and every setting the pass depends on: front end and its weights,
+device type and dtype (S3FD's boxes differ in the last digits between fp16 and fp32), the ``--face``
+policy, ``--min-face-size`` and the tracker's constants. Tracking is causal (frame ``t`` depends on
+frames ``<= t`` only), so an entry for ``n`` frames serves every run that needs ``n`` or fewer: a
+shorter audio track hits, a longer one recomputes and replaces the entry.
+
+What is *not* cached, and why: LatentSync's alignment transforms are smoothed over the run's frames
+(a prefix of a longer run's transforms is not the shorter run's), and they cost about a millisecond
+per thousand frames to recompute from the cached landmarks; reference latents depend on the weights,
+resolution and the VAE's precision, and are encoded inside the batched generator call, where they
+cost no extra pass (docs/SCALE.md).
+
+Entries are one ``.npz`` each (no pickle: ``allow_pickle=False``), written atomically through a
+unique temporary name, so concurrent writers of one key each rename a whole file and the last wins.
+Each carries a sha256 of its arrays; an entry that fails to load or to check is a miss with a
+warning, and the recomputed pass replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_write
+from .contracts import Face
+from .tracking import STATUSES, DubbedFace
+
+#: Bumped whenever the entry layout or the face pass's results change.
+CACHE_VERSION = 1
+SUFFIX = ".lmfaces.npz"
+FOLDER = "faces"
+
+
+@dataclass
+class FaceTrack:
+    """The face pass over a video's first ``len(faces)`` frames: per frame the dubbed face (or None),
+    its tracker status and how many faces had been seen so far, and which face was dubbed."""
+
+    faces: list[Face | None]
+    statuses: list[str]
+    seen: list[int]  # faces_seen after each frame's selection
+    dubbed: DubbedFace | None
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    @property
+    def faces_seen(self) -> int:
+        return self.seen[-1] if self.seen else 0
+
+    def prefix(self, n: int) -> FaceTrack:
+        """The pass over the first ``n`` frames (what a run of ``n`` frames would have computed)."""
+        dubbed = self.dubbed if self.dubbed is not None and self.dubbed.first_frame < n else None
+        return FaceTrack(self.faces[:n], self.statuses[:n], self.seen[:n], dubbed)
+
+    def counts(self, schedule) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for i in schedule:
+            out[self.statuses[i]] += 1
+        return out
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a face pass depends on; ``digest`` names the entry."""
+
+    video_sha256: str
+    settings: dict = field(hash=False)
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps({"version": CACHE_VERSION, "video": self.video_sha256, **self.settings}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class CacheEntry:
+    """One entry as ``latentmuse cache ls`` shows it."""
+
+    path: Path
+    video: str
+    frames: int
+    settings: dict
+    bytes: int
+    modified: float
+
+
+class FaceCache:
+    """Entries under ``root/faces/``; ``warn`` hears about corrupt entries."""
+
+    def __init__(self, root: str | Path, warn=lambda message: None) -> None:
+        self.root = Path(root)
+        self.folder = self.root / FOLDER
+        self.warn = warn
+
+    def path(self, key: CacheKey) -> Path:
+        return self.folder / f"{key.digest}{SUFFIX}"
+
+    # ----------------------------------------------------------------------------- read
+
+    def get(self, key: CacheKey, frames: int) -> FaceTrack | None:
+        """The pass over ``frames`` frames, or None (no entry, a shorter one, or a corrupt one)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            meta, track = _read(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, never fatal
+            self.warn(f"face cache entry {path.name} is corrupt ({_reason(exc)}): faces detected again.")
+            return None
+        if meta.get("key") != key.digest:
+            self.warn(f"face cache entry {path.name} belongs to another key: faces detected again.")
+            return None
+        if len(track) < frames:
+            return None
+        return track.prefix(frames)
+
+    # ----------------------------------------------------------------------------- write
+
+    def put(self, key: CacheKey, track: FaceTrack, video: str | Path) -> Path | None:
+        """Store ``track`` (atomically); an entry that cannot be written is a warning, not an error."""
+        path = self.path(key)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, _encode(key, track, str(video)))
+        except OSError as exc:
+            self.warn(f"face cache not written to {self.folder} ({exc.strerror or exc}); the run goes on.")
+            return None
+        return path
+
+    # ----------------------------------------------------------------------------- manage
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry (readable or not), newest first."""
+        out = []
+        for path in sorted(self.folder.glob(f"*{SUFFIX}")) if self.folder.is_dir() else []:
+            stat = path.stat()
+            try:
+                meta, _ = _read(path)
+                video, frames, settings = meta["video"], int(meta["frames"]), meta["settings"]
+            except Exception as exc:  # noqa: BLE001
+                video, frames, settings = f"(corrupt: {_reason(exc)})", 0, {}
+            out.append(CacheEntry(path, video, frames, settings, stat.st_size, stat.st_mtime))
+        return sorted(out, key=lambda e: e.modified, reverse=True)
+
+    def clear(self) -> tuple[int, int]:
+        """Delete this cache's entries and its writers' leftover temporary files (nothing else in
+        the folder); (files deleted, bytes freed)."""
+        count = freed = 0
+        if not self.folder.is_dir():
+            return 0, 0
+        for path in self.folder.iterdir():
+            ours = path.name.endswith(SUFFIX) or (path.name.startswith(".") and SUFFIX + "." in path.name
+                                                  and path.name.endswith(".tmp"))
+            if ours and path.is_file():
+                freed += path.stat().st_size
+                path.unlink(missing_ok=True)
+                count += 1
+        return count, freed
+
+
+# --------------------------------------------------------------------------------- the entry format
+
+_ARRAYS = ("present", "landmarks", "boxes", "scores", "statuses", "seen")
+
+
+def _arrays(track: FaceTrack) -> dict[str, np.ndarray]:
+    n = len(track)
+    present = np.array([f is not None for f in track.faces], dtype=bool)
+    landmarks = np.zeros((n, 68, 2), np.float32)
+    boxes = np.zeros((n, 4), np.float64)
+    scores = np.zeros(n, np.float64)
+    for i, face in enumerate(track.faces):
+        if face is not None:
+            landmarks[i] = face.landmarks
+            boxes[i] = face.box
+            scores[i] = face.score
+    statuses = np.array([STATUSES.index(s) for s in track.statuses], dtype=np.int8)
+    return {"present": present, "landmarks": landmarks, "boxes": boxes, "scores": scores, "statuses": statuses,
+            "seen": np.asarray(track.seen, dtype=np.int64)}
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in _ARRAYS:
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
+def _encode(key: CacheKey, track: FaceTrack, video: str) -> bytes:
+    arrays = _arrays(track)
+    meta = {"version": CACHE_VERSION, "key": key.digest, "video": video, "video_sha256": key.video_sha256,
+            "settings": key.settings, "frames": len(track), "written": time.time(),
+            "dubbed": None if track.dubbed is None else asdict(track.dubbed), "sha256": _checksum(arrays)}
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def _read(path: Path) -> tuple[dict, FaceTrack]:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        arrays = {name: data[name] for name in _ARRAYS}
+    if meta.get("version") != CACHE_VERSION:
+        raise ValueError(f"version {meta.get('version')}, expected {CACHE_VERSION}")
+    if _checksum(arrays) != meta.get("sha256"):
+        raise ValueError("checksum mismatch")
+    n = int(meta["frames"])
+    if any(len(arrays[name]) != n for name in _ARRAYS):
+        raise ValueError("array lengths disagree")
+    faces = [Face(arrays["landmarks"][i].copy(), tuple(float(v) for v in arrays["boxes"][i]), float(arrays["scores"][i]))
+             if arrays["present"][i] else None for i in range(n)]
+    statuses = [STATUSES[int(s)] for s in arrays["statuses"]]
+    dubbed = meta.get("dubbed")
+    if dubbed is not None:
+        dubbed = DubbedFace(**{**dubbed, "box": tuple(dubbed["box"])})
+    return meta, FaceTrack(faces, statuses, [int(v) for v in arrays["seen"]], dubbed)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+

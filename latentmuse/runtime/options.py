@@ -1,0 +1,115 @@
+"""What a run is told: load-time options (which networks, where, on what) and per-clip options.
+
+Loading is the expensive part of a run (gigabytes of weights, engine deserialisation, seconds to
+minutes), so the options that decide *which runners exist* are a type of their own,
+:class:`LoadOptions`, fixed for the life of a :class:`~latentmuse.runtime.lipsync.LipSync`. Everything
+that only changes how one clip is processed is a :class:`ClipOptions` and may differ from clip to clip
+(a batch's per-job options). :class:`RunOptions` is both, plus the clip's paths: the flat form the
+``run`` command and the one-shot :func:`~latentmuse.runtime.pipeline.run` take.
+
+The split follows the graphs: ``guidance`` (guided or batch-1 UNet3D graph), ``resolution`` and
+``deepcache`` choose different UNet3D graphs, so they are load-time; ``steps`` and ``seed`` are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..models.constants import SMOKE
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Which runners a :class:`~latentmuse.runtime.lipsync.LipSync` loads, once."""
+
+    weights: str | Path = SMOKE
+    generator: str = "auto"
+    backend: str = "auto"
+    engines: Path | None = None  # default: $LATENTMUSE_ENGINES or engines/
+    device: str = "auto"
+    precision: str = "auto"
+    face_detector: str = "auto"
+    #: LatentSync's guidance scale: above 1 loads the guided (batch-2) UNet3D graph, 1 the batch-1 one.
+    guidance: float = DEFAULT_GUIDANCE
+    resolution: str = "auto"
+    deepcache: bool = False
+    #: A FAN TorchScript archive the user vouches for, loaded whatever its sha256 (docs/SECURITY.md).
+    trust_torchscript: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """How one clip is processed; any of these may change between clips of one load."""
+
+    face: str = "largest"  # the dubbed face: largest | center | x,y (runtime/tracking.py, docs/FACES.md)
+    min_face_size: int = DEFAULT_MIN_FACE_SIZE  # pixels of detector box height; smaller faces pass through
+    batch_size: int = 8
+    face_batch_size: int = 16
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    fallback: bool = True
+    #: Exit 0 even when frames failed every generator (they are passed through either way).
+    allow_failed_frames: bool = False
+    #: The output's video codec: auto (the container's default) or one it takes (media.formats).
+    codec: str = "auto"
+    #: The face-track cache folder (runtime/facecache.py); None: no cache.
+    cache: Path | None = None
+
+
+@dataclass
+class RunOptions:
+    """One clip's paths with its load-time and per-clip options, flat (the ``run`` command's form)."""
+
+    video: Path
+    output: Path
+    audio: Path | None = None
+    weights: str | Path = SMOKE
+    generator: str = "auto"
+    backend: str = "auto"
+    face_detector: str = "auto"
+    face: str = "largest"
+    min_face_size: int = DEFAULT_MIN_FACE_SIZE
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    report: Path | None = None
+    face_batch_size: int = 16
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    resolution: str = "auto"
+    deepcache: bool = False
+    fallback: bool = True
+    engines: Path | None = None
+    precision: str = "auto"
+    allow_failed_frames: bool = False
+    codec: str = "auto"
+    trust_torchscript: Path | None = None
+    cache: Path | None = None
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(**{f.name: getattr(self, f.name) for f in fields(LoadOptions)})
+
+    def clip_options(self) -> ClipOptions:
+        return ClipOptions(**{f.name: getattr(self, f.name) for f in fields(ClipOptions)})
+
+    @classmethod
+    def of(cls, video: Path, output: Path, load: LoadOptions, clip: ClipOptions, *, audio: Path | None = None,
+           report: Path | None = None) -> RunOptions:
+        """The flat options of one clip of a load."""
+        values = {f.name: getattr(load, f.name) for f in fields(LoadOptions)}
+        values.update({f.name: getattr(clip, f.name) for f in fields(ClipOptions)})
+        return cls(video=Path(video), output=Path(output), audio=None if audio is None else Path(audio),
+                   report=None if report is None else Path(report), **values)
+
+
+def clip_option_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(ClipOptions))
+
+
+def load_option_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(LoadOptions))
+
+
+__all__ = ["ClipOptions", "LoadOptions", "RunOptions", "clip_option_names", "load_option_names"]
