@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ..errors import LatentmuseError
 from ..outcomes import ExitCode, Interrupted
-from . import bench, build, cache, doctor, export, run, sample, weights
+from . import batch, bench, build, cache, doctor, export, run, sample, weights
 from .console import plain
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app = typer.Typer(
 app.add_typer(weights.app, name="weights")
 app.add_typer(cache.app, name="cache")
 app.command("run")(run.run)
+app.command("batch")(batch.batch)
 app.command("bench")(bench.bench)
 app.command("sample")(sample.sample)
 app.command("export")(export.export)

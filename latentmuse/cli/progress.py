@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-_LABELS = {"audio": "audio features", "faces": "faces + landmarks", "generate": "generate + encode", "windows": "generator windows", "steps": "denoising steps", "unet3d": "UNet3D timing calls"}
+_LABELS = {"jobs": "jobs", "audio": "audio features", "faces": "faces + landmarks", "generate": "generate + encode", "windows": "generator windows", "steps": "denoising steps", "unet3d": "UNet3D timing calls"}
 
 
 class RichProgress:
@@ -32,8 +32,12 @@ class RichProgress:
         self.bars.stop()
 
     def start(self, stage: str, total: int | None) -> None:
+        """A bar for ``stage``; a stage started again (the next clip of a batch) restarts its bar."""
         self.check()
-        self.tasks[stage] = self.bars.add_task(_LABELS.get(stage, stage), total=total)
+        if stage in self.tasks:
+            self.bars.reset(self.tasks[stage], total=total)
+        else:
+            self.tasks[stage] = self.bars.add_task(_LABELS.get(stage, stage), total=total)
 
     def advance(self, stage: str, amount: int = 1) -> None:
         self.check()

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import LatentmuseError
+from ..files import Digests
 from . import media
 from .models import ModelSet
 from .options import ClipOptions, LoadOptions, RunOptions, clip_option_names
@@ -35,8 +36,10 @@ class LipSync:
     """
 
     def __init__(self, load: LoadOptions | None = None, *, lazy: bool = False, models: ModelSet | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, digests: Digests | None = None) -> None:
         self.load_options = load or LoadOptions()
+        #: content hashes of the clips' files (the face cache's and a batch's keys), each file read once
+        self.digests = digests or Digests()
         check_load_options(self.load_options)
         self._models = models
         self._session: Session | None = None
@@ -68,6 +71,7 @@ class LipSync:
             raise LatentmuseError("this LipSync is closed.", "create a new one (LipSync.from_weights) to run more clips.")
         if self._session is None:
             self._session = open_session(self.load_options, note, self._models)
+            self._session.digests = self.digests
             self.loads += 1
         return self._session
 
@@ -92,7 +96,8 @@ class LipSync:
 
     def __call__(self, video: str | Path, output: str | Path, audio: str | Path | None = None,
                  report: str | Path | None = None, options: ClipOptions | None = None, *,
-                 progress: Progress | None = None, sink: media.FrameSink | None = None, **clip: object) -> RunReport:
+                 progress: Progress | None = None, sink: media.FrameSink | None = None, job: dict | None = None,
+                 **clip: object) -> RunReport:
         """Lip-sync ``video`` to ``audio`` (default: its own track) into ``output``; the run report
         (also written to ``report`` when given, whatever the outcome). ``options`` and keywords
         (:class:`ClipOptions` fields, e.g. ``steps=20, face="center"``) set this clip's processing.
@@ -100,7 +105,7 @@ class LipSync:
         Raises :class:`~latentmuse.errors.LatentmuseError` for a clip that cannot be done (nothing is
         written at ``output``); the models stay loaded for the next clip.
         """
-        return run_clip(self.options_for(video, output, audio, report, options, **clip), self.session, progress, sink)
+        return run_clip(self.options_for(video, output, audio, report, options, **clip), self.session, progress, sink, job)
 
     def options_for(self, video: str | Path, output: str | Path, audio: str | Path | None = None,
                     report: str | Path | None = None, options: ClipOptions | None = None, **clip: object) -> RunOptions:

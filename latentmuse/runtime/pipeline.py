@@ -120,6 +120,7 @@ class RunReport:
     runners: dict[str, dict] = field(default_factory=dict)  # role -> graph, backend, reason, skipped
     stages: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    job: dict | None = None  # in a batch: the job's key and its inputs' sha256 (batch/resume.py)
 
     def write(self, path: Path) -> None:
         """Atomically, through a uniquely named temporary file beside ``path``: a reader (or a second
@@ -312,16 +313,17 @@ def run(options: RunOptions, progress: Progress | None = None, sink: media.Frame
 
 
 def run_clip(options: RunOptions, session: Callable[[Callable[[str], None]], Session],
-             progress: Progress | None = None, sink: media.FrameSink | None = None) -> RunReport:
+             progress: Progress | None = None, sink: media.FrameSink | None = None, job: dict | None = None) -> RunReport:
     """One clip on the session ``session(note)`` returns (asked for once the clip's inputs check out,
-    so a bad input costs no load); see :func:`run` for the outcomes."""
+    so a bad input costs no load); see :func:`run` for the outcomes. ``job``: the batch's key for
+    this clip, kept in the report (batch/resume.py)."""
     progress = progress or SilentProgress()
     tic = time.perf_counter()
     check_options(options)
     report = RunReport(
         video=str(options.video), audio=str(options.audio if options.audio is not None else options.video),
         output=str(options.output), frames_in=0, frames_out=0, weights=str(options.weights), seed=options.seed,
-        face=str(parse_face_policy(options.face)), min_face_size=options.min_face_size,
+        face=str(parse_face_policy(options.face)), min_face_size=options.min_face_size, job=job,
     )
     try:
         _run(options, report, progress, sink, session, tic)

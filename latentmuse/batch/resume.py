@@ -1,0 +1,72 @@
+"""Resuming a batch: which jobs are already done, which failed before, which are still to run.
+
+A job's *key* is the sha256 of what decides its output: the video's and the audio's contents (not
+their names or dates), its effective per-clip options, the batch's load-time options and this
+version of latentmuse. It is stored in the job's report (``job.key``). On a rerun a job is
+
+- ``done`` (skipped) when its report has the same key, says ok or failed_frames (a complete video),
+  and its output exists;
+- ``failed`` (skipped, its earlier reason repeated) when its report has the same key and says error:
+  the same inputs and options would fail the same way; ``--retry-failed`` runs it (and reruns
+  failed_frames jobs), e.g. after a driver or disk fault is fixed;
+- to run otherwise: new, changed (any input byte or option), interrupted, or its output deleted.
+  ``--force`` runs every job.
+
+The weights enter the key by their folder's path, not their content (hashing gigabytes per batch
+would cost more than most jobs): after replacing weights in place, use ``--force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import __version__
+from ..files import Digests
+from ..outcomes import STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_OK
+from ..runtime.options import ClipOptions, LoadOptions
+from .jobs import Job
+
+RUN, DONE, FAILED_BEFORE = "run", "done", "failed"
+
+
+def job_key(job: Job, load: LoadOptions, clip: ClipOptions, digests: Digests) -> dict:
+    """The job's key and the content hashes behind it (the report's ``job`` entry)."""
+    video = digests.sha256(job.video)
+    audio = digests.sha256(job.audio) if job.audio is not None else None
+    options = {k: _plain(v) for k, v in asdict(clip).items() if k != "cache"}
+    loading = {k: _plain(v) for k, v in asdict(load).items()}
+    text = json.dumps({"video": video, "audio": audio, "clip": options, "load": loading, "version": __version__},
+                      sort_keys=True)
+    return {"key": hashlib.sha256(text.encode()).hexdigest(), "video_sha256": video, "audio_sha256": audio}
+
+
+def _plain(value):
+    return str(value) if isinstance(value, Path) else value
+
+
+def previous_report(job: Job) -> dict | None:
+    """The job's report from an earlier run, or None (absent or unreadable: the job runs)."""
+    try:
+        return json.loads(job.report_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def decide(job: Job, key: str, *, force: bool = False, retry_failed: bool = False) -> tuple[str, dict | None]:
+    """``run``, ``done`` or ``failed`` (see the module docstring), and the earlier report."""
+    if force:
+        return RUN, None
+    earlier = previous_report(job)
+    if earlier is None or (earlier.get("job") or {}).get("key") != key:
+        return RUN, earlier
+    status = earlier.get("status")
+    if status in (STATUS_OK, STATUS_FAILED_FRAMES) and job.output.is_file():
+        if status == STATUS_FAILED_FRAMES and retry_failed:
+            return RUN, earlier
+        return DONE, earlier
+    if status == STATUS_ERROR and not retry_failed:
+        return FAILED_BEFORE, earlier
+    return RUN, earlier

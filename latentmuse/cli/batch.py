@@ -1,0 +1,89 @@
+"""``latentmuse batch JOBS``: many clips on one model load, resumable, locally or on Ray (docs/SCALE.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..outcomes import ExitCode, signals_as_interrupts
+from ..runtime.options import ClipOptions, LoadOptions
+from .console import PlainTable, make_console, plain
+from .options import processing_options
+from .progress import RichProgress
+
+console = make_console()
+error_console = make_console(stderr=True)
+
+
+@processing_options
+def batch(
+    jobs: Annotated[Path, typer.Argument(help="Job list: .jsonl (one object per line) or .csv (header row) with video, audio, output and optional per-job options; or a folder of videos (audio NAME.wav / NAME.LABEL.wav beside NAME.mp4).")],
+    out: Annotated[Optional[Path], typer.Option(help="With a folder: where the outputs go (default FOLDER/lipsynced).")] = None,
+    summary: Annotated[Optional[Path], typer.Option(help="The batch summary JSON (default: JOBS.summary.json beside the job file, or OUT/batch.summary.json).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo every job, even those done before with the same inputs and options.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Rerun the jobs that failed before (skipped by default: the same inputs would fail the same way).")] = False,
+    ray: Annotated[Optional[str], typer.Option(metavar="auto|ADDRESS", help="Run the jobs on Ray: auto (a running cluster, else a local one) or a cluster address; one actor per GPU (pip install 'latentmuse[ray]').")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: how many actors (default: one per GPU, or 1 on a cluster without GPUs).")] = None,
+    *, load: LoadOptions, clip: ClipOptions,
+) -> None:
+    """Lip-sync every job of JOBS with one model load; each job's report beside its output, plus a summary.
+
+    A job already done with the same inputs (content hashes) and options is skipped; one failing job
+    never stops the others. Exit codes: 0 all done, 1 a job failed, 3 a video has failed frames,
+    130 / 143 interrupted (the summary says which jobs were not reached).
+    """
+    from ..batch.driver import BatchSummary, plan, run_local
+    from ..batch.jobs import read_jobs
+    from ..files import Digests
+    from ..runtime.lipsync import LipSync
+
+    job_list = read_jobs(jobs, out)
+    summary_path = summary or default_summary(jobs, out)
+    digests = Digests()
+    with signals_as_interrupts() as guard, RichProgress(console, check=guard.check) as progress:
+        planned = plan(job_list, load, clip, digests, force=force, retry_failed=retry_failed)
+        if ray is not None:
+            from ..batch.ray_backend import run_ray
+
+            result = run_ray(planned, BatchSummary(str(jobs), "ray", 0), load, ray, workers, progress)
+        else:
+            result = BatchSummary(str(jobs), "local", 1)
+            try:
+                run_local(planned, result, lambda: LipSync(load, progress=progress, digests=digests), progress)
+            finally:
+                summary_path.parent.mkdir(parents=True, exist_ok=True)
+                result.write(summary_path)
+    if ray is not None:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        result.write(summary_path)
+    console.print(summary_table(result, f"batch {jobs}: summary {summary_path}"))
+    code = result.exit_code
+    if code != ExitCode.OK:
+        counts = result.counts
+        line = (result.interrupted + ": stopped" if result.interrupted else
+                f"{counts['failed']} of {len(result.jobs)} jobs failed" if counts["failed"] else
+                "some videos have frames that failed every generator")
+        error_console.print(f"[bold red]error:[/] {plain(line)}; see {plain(summary_path)}. "
+                            "Fix the inputs named above and run the same command again (done jobs are skipped).",
+                            soft_wrap=True)
+        raise typer.Exit(code)
+
+
+def default_summary(jobs: Path, out: Path | None) -> Path:
+    if jobs.is_dir():
+        return (out or jobs / "lipsynced") / "batch.summary.json"
+    return jobs.with_name(jobs.name + ".summary.json")
+
+
+def summary_table(result, title: str) -> PlainTable:
+    """One row per job (status, reason, frames, seconds), then the counts."""
+    table = PlainTable("job", "status", "frames", "seconds", "face cache", "reason", title=title)
+    for r in result.jobs:
+        table.add_row(r.where or r.output, r.status, str(r.frames), f"{r.seconds:.1f}", r.face_cache or "-", r.reason or "")
+    counts = result.counts
+    table.caption = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+                     + (f", {counts['not_run']} not run" if counts["not_run"] else "")
+                     + f" in {result.seconds:.1f} s (models loaded in {result.load_seconds:.1f} s)")
+    return table
