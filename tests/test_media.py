@@ -643,3 +643,23 @@ def test_an_interrupt_while_the_writer_starts_leaves_no_temp_file(tmp_path, monk
     with pytest.raises(Interrupted):
         VideoWriter(tmp_path / "out.mp4", 32, 32, Fraction(25))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_sweeps_only_its_outputs_partials_left_by_dead_writers_on_this_host(tmp_path):
+    """A killed writer (SIGKILL, a lost Ray actor) leaves its temporary files; the next writer of the same
+    output deletes them, and nothing else: not a live writer's, another host's, another output's."""
+    import subprocess
+
+    from latentmuse.runtime.media.writer import _HOST, sweep_stale_partials
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead, live = child.pid, os.getpid()
+    stale = [f".a b.{_HOST}-{dead}-0123abcd.partial.mp4", f".a b.{_HOST}-{dead}-89abcdef.video.partial.mp4"]
+    kept = [f".a b.{_HOST}-{live}-0123abcd.partial.mp4", f".a b.otherhost-{dead}-0123abcd.partial.mp4",
+            f".ab.{_HOST}-{dead}-0123abcd.partial.mp4", f".a b.{_HOST}-{dead}-0123abcd.partial.mkv", "a b.mp4",
+            f".a b.{_HOST}-{dead}-notrandom.partial.mp4"]
+    for name in stale + kept:
+        (tmp_path / name).write_text("x")
+    assert sorted(p.name for p in sweep_stale_partials(tmp_path / "a b.mp4")) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)

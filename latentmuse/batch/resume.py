@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
-from pathlib import Path
 
 from .. import __version__
 from ..files import Digests
 from ..outcomes import STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_OK
-from ..runtime.options import ClipOptions, LoadOptions
+from ..runtime.options import ClipOptions, LoadOptions, options_to_dict
 from .jobs import Job
 
 RUN, DONE, FAILED_BEFORE = "run", "done", "failed"
@@ -36,15 +34,11 @@ def job_key(job: Job, load: LoadOptions, clip: ClipOptions, digests: Digests) ->
     """The job's key and the content hashes behind it (the report's ``job`` entry)."""
     video = digests.sha256(job.video)
     audio = digests.sha256(job.audio) if job.audio is not None else None
-    options = {k: _plain(v) for k, v in asdict(clip).items() if k != "cache"}
-    loading = {k: _plain(v) for k, v in asdict(load).items()}
+    options = {k: v for k, v in options_to_dict(clip).items() if k != "cache"}
+    loading = options_to_dict(load)
     text = json.dumps({"video": video, "audio": audio, "clip": options, "load": loading, "version": __version__},
                       sort_keys=True)
     return {"key": hashlib.sha256(text.encode()).hexdigest(), "video_sha256": video, "audio_sha256": audio}
-
-
-def _plain(value):
-    return str(value) if isinstance(value, Path) else value
 
 
 def previous_report(job: Job) -> dict | None:

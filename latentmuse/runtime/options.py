@@ -13,6 +13,8 @@ The split follows the graphs: ``guidance`` (guided or batch-1 UNet3D graph), ``r
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -104,6 +106,21 @@ class RunOptions:
                    report=None if report is None else Path(report), **values)
 
 
+def options_to_dict(options: LoadOptions | ClipOptions) -> dict:
+    """Plain JSON values (paths as strings): what crosses a process boundary (Ray) or goes in a key."""
+    return {f.name: str(v) if isinstance(v := getattr(options, f.name), Path) else v for f in fields(options)}
+
+
+def options_from_dict(cls: type[LoadOptions] | type[ClipOptions], data: dict):
+    """The inverse of :func:`options_to_dict`: path fields become paths again."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        is_path = hints[name] is Path or (isinstance(hints[name], types.UnionType) and Path in hints[name].__args__)
+        values[name] = Path(value) if is_path and isinstance(value, str) else value
+    return cls(**values)
+
+
 def clip_option_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(ClipOptions))
 
@@ -112,4 +129,5 @@ def load_option_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(LoadOptions))
 
 
-__all__ = ["ClipOptions", "LoadOptions", "RunOptions", "clip_option_names", "load_option_names"]
+__all__ = ["ClipOptions", "LoadOptions", "RunOptions", "clip_option_names", "load_option_names", "options_from_dict",
+           "options_to_dict"]

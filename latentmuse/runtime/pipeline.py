@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +38,7 @@ from .generators.chain import PASSTHROUGH, GeneratorChain, describe
 from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
 from .generators.musetalk import MuseTalkGenerator, crop_box
 from .heap import HeapTrimmer
+from .overlap import BackgroundSink, Prefetch
 from .options import LoadOptions, RunOptions  # noqa: F401 - RunOptions re-exported
 from ..models.layouts import LATENTSYNC_RESOLUTION, layout
 from ..runners.torch_runner import torch_dtype
@@ -184,6 +185,7 @@ def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Prog
     unet = models.runners.get("musetalk_unet") or models.pytorch_runner("musetalk_unet")
     musetalk = MuseTalkGenerator(models["vae_encoder"], models["vae_decoder"], unet, parser,
                                  batch_size=options.batch_size)
+    musetalk.defer_paste = True  # pasting runs in the encoder's thread (runtime/overlap.py)
     if kind == "musetalk":
         return GeneratorChain(musetalk, None, allow_fallback=options.fallback, note=progress.note)
     if not models.has_unet3d and not options.fallback:
@@ -196,6 +198,7 @@ def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Prog
     if models.has_unet3d:
         primary = LatentSyncGenerator(models.runners, latentsync_settings(options, models.latentsync_version),
                                       on_step=on_step)
+        primary.defer_paste = True
     unavailable = None if primary is not None else models.unet3d_unavailable or "no UNet3D runner was loaded"
     return GeneratorChain(primary, musetalk, unavailable=unavailable, primary_name="latentsync",
                           allow_fallback=options.fallback, note=progress.note)
@@ -438,16 +441,23 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
     if total_steps:
         progress.start("steps", total_steps)
     # Entered as soon as it exists (nothing runs in between): any exception or signal from here on
-    # unwinds through the writer's __exit__, which deletes its temporary files.
-    with (sink if sink is not None else media.VideoWriter(
-            options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
-            sample_aspect_ratio=info.sample_aspect_ratio,
-          )) as writer, media.FrameSource(options.video, info) as source:
-        for out_index, frame in _execute(windows, tags, _jobs(source, schedule, faces), chain, features, n_out, progress):
-            writer.write(frame)
-            report.frames_written += 1
-            progress.advance("generate")
-            heap.tick()
+    # unwinds through the writer's __exit__, which deletes its temporary files. Decoding and encoding
+    # run on their own threads, a bounded queue from the generators (runtime/overlap.py); they are
+    # stopped and joined before the writer's __exit__ runs.
+    encoder = None
+    try:
+        with (sink if sink is not None else media.VideoWriter(
+                options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
+                sample_aspect_ratio=info.sample_aspect_ratio,
+              )) as writer, media.FrameSource(options.video, info) as source, \
+                BackgroundSink(writer) as encoder, Prefetch(source.frames(schedule)) as decoded:
+            for out_index, frame in _execute(windows, tags, _jobs(decoded, schedule, faces), chain, features, n_out, progress):
+                encoder.write(frame)
+                progress.advance("generate")
+                heap.tick()
+    finally:
+        if encoder is not None:
+            report.frames_written = encoder.frames_written  # encoded, not just handed over
     if total_steps > steps_done[0]:  # windows that fell back ran no DDIM steps
         progress.advance("steps", total_steps - steps_done[0])
     stages["generate_and_write"] = time.perf_counter() - tic
@@ -584,8 +594,8 @@ def _report_faces(report: RunReport, track: FaceTrack, schedule: list[int], warn
              f"{report.min_face_size} px (detector box height); lower it to dub them.")
 
 
-def _jobs(source: media.FrameSource, schedule: list[int], faces: list[Face | None]) -> Iterator[FrameJob]:
-    for out_index, (in_index, frame) in enumerate(source.frames(schedule)):
+def _jobs(decoded: Iterable[tuple[int, np.ndarray]], schedule: list[int], faces: list[Face | None]) -> Iterator[FrameJob]:
+    for out_index, (in_index, frame) in enumerate(decoded):
         if in_index != schedule[out_index]:  # a decoding fault must not silently shift the video
             raise RuntimeError(f"frame source gave frame {in_index} for output {out_index}, expected {schedule[out_index]}")
         yield FrameJob(out_index, in_index, frame, faces[in_index])

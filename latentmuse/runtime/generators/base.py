@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -97,12 +99,48 @@ class GenerationBatch:
 
 @dataclass
 class StageClock:
-    """Seconds spent per named sub-stage, summed over windows (for the run report)."""
+    """Seconds spent per named sub-stage, summed over windows (for the run report). Thread-safe: a
+    deferred paste (:class:`DeferredFrame`) adds its time from the encoder's thread."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+class DeferredFrame:
+    """An output frame whose last, per-frame CPU step (pasting the generated face into the frame) is
+    still to run: ``resolve()`` runs it once. A generator with ``defer_paste`` set returns these, and
+    the pipeline's encoder thread resolves them (runtime/overlap.py), so pasting overlaps the next
+    window's network calls. The paste is pure array work on shapes the generator already checked."""
+
+    __slots__ = ("_fn", "_args", "_clock", "_stage")
+
+    def __init__(self, fn, args: tuple, clock: StageClock, stage: str) -> None:
+        self._fn, self._args, self._clock, self._stage = fn, args, clock, stage
+
+    def resolve(self) -> np.ndarray:
+        tic = time.perf_counter()
+        frame = self._fn(*self._args)
+        self._clock.add(self._stage, time.perf_counter() - tic)
+        return frame
+
+
+def paste_frames(generator, fn, argument_rows, stage: str) -> list:
+    """``fn(*row)`` per frame now, or deferred (:class:`DeferredFrame`) when ``generator.defer_paste``."""
+    if getattr(generator, "defer_paste", False):
+        return [DeferredFrame(fn, tuple(row), generator.clock, stage) for row in argument_rows]
+    tic = time.perf_counter()
+    out = [fn(*row) for row in argument_rows]
+    generator.clock.add(stage, time.perf_counter() - tic)
+    return out
+
+
+def resolved(frame):
+    """A frame as pixels (resolving a :class:`DeferredFrame`)."""
+    return frame.resolve() if isinstance(frame, DeferredFrame) else frame
 
 
 class Generator(Protocol):

@@ -34,7 +34,7 @@ from ..datagen import Window, clip_windows
 from ...graphs.registry import deepcache_graphs, unet3d_graph
 from ...runners.base import Runner, run_chunked
 from ..sampling import DDIM, DEFAULT_GUIDANCE, DEFAULT_STEPS, deepcache_full_steps, guide, uses_guidance
-from .base import GenerationBatch, GeneratorFailure, StageClock, batch_memory, halve, require_finite
+from .base import GenerationBatch, GeneratorFailure, StageClock, batch_memory, halve, paste_frames, require_finite
 
 #: Frames per UNet3D window (the motion modules' training length; the engines are static at 16).
 WINDOW = 16
@@ -135,6 +135,8 @@ class LatentSyncGenerator:
         self.transforms: list[np.ndarray | None] = []
         self.vae_batch = self.settings.vae_batch  # images per VAE call; see smaller_batch
         self.clock = StageClock()
+        #: return DeferredFrame objects whose paste the pipeline's encoder thread runs (runtime/overlap.py)
+        self.defer_paste = False
 
     # ------------------------------------------------------------------------------------ planning
 
@@ -191,9 +193,8 @@ class LatentSyncGenerator:
         width, height = self.crop_size
         faces = F.interpolate(combined, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
         faces = faces.permute(0, 2, 3, 1).flip(-1).cpu().numpy()  # (F, h, w, 3) BGR in [-1, 1]
-        out = [alignment.paste_face(frame, face, matrix) for frame, face, matrix in zip(batch.frames, faces, matrices)]
-        self.clock.add("paste", time.perf_counter() - tic)
-        return out
+        self.clock.add("resize", time.perf_counter() - tic)
+        return paste_frames(self, alignment.paste_face, list(zip(batch.frames, faces, matrices)), "paste")
 
     def smaller_batch(self) -> tuple[int, int] | None:
         """Halve the VAE's images per call. The UNet3D has no smaller batch (a window is 16 frames, the

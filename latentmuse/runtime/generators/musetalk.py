@@ -21,7 +21,7 @@ from ..contracts import Face
 from ..datagen import Window, frame_windows
 from ...runners.base import Runner
 from ...runners.base import run_chunked
-from .base import GenerationBatch, GeneratorFailure, StageClock, batch_memory, halve, require_finite
+from .base import GenerationBatch, GeneratorFailure, StageClock, batch_memory, halve, paste_frames, require_finite
 
 CROP = 256
 EXTRA_MARGIN = 10  # MuseTalk 1.5's default: the box reaches 10 px below the chin
@@ -80,6 +80,8 @@ class MuseTalkGenerator:
         self.call_batch = batch_size
         self.device = unet.device
         self.clock = StageClock()
+        #: return DeferredFrame objects whose paste the pipeline's encoder thread runs (runtime/overlap.py)
+        self.defer_paste = False
 
     def plan(self, tags: Sequence[bool]) -> list[Window]:
         return frame_windows(tags, self.batch_size)
@@ -137,9 +139,6 @@ class MuseTalkGenerator:
         tic = time.perf_counter()
         crops = [parser_crop(frame, crop_geometry(box, frame.shape)) for frame, box in zip(batch.frames, boxes)]
         labels = self.parser.labels(crops)  # one BiSeNet call for the batch
-        out = [
-            paste_back(frame, np.ascontiguousarray(patch), box, label)
-            for frame, patch, box, label in zip(batch.frames, patches, boxes, labels)
-        ]
-        self.clock.add("blend", time.perf_counter() - tic)
-        return out
+        self.clock.add("parse", time.perf_counter() - tic)
+        return paste_frames(self, paste_back, [(frame, np.ascontiguousarray(patch), box, label) for frame, patch, box, label
+                                               in zip(batch.frames, patches, boxes, labels)], "blend")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
+import socket
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -206,10 +208,14 @@ class VideoWriter:
     # -- temporary files and errors
 
     def _new_temp(self, tag: str) -> Path:
-        """A new, unique, empty hidden file next to the output: ``.{stem}.{random}{tag}.partial{suffix}``."""
+        """A new, unique, empty hidden file next to the output:
+        ``.{stem}.{host}-{pid}-{random}{tag}.partial{suffix}`` (the writer's host and process, so that
+        a later writer of the same output can tell a dead writer's leftovers: :func:`sweep_stale_partials`)."""
+        if not self._temps:
+            sweep_stale_partials(self.path)
         while True:
             candidate = self.path.with_name(
-                f".{self.path.stem}.{secrets.token_hex(4)}{tag}.partial{self.path.suffix}"
+                f".{self.path.stem}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{tag}.partial{self.path.suffix}"
             )
             try:
                 fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -470,3 +476,43 @@ class VideoWriter:
             self._finish(out)
         self._video_tmp.unlink()
         self._temps.remove(self._video_tmp)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def sweep_stale_partials(output: Path) -> list[Path]:
+    """Delete the temporary files of ``output``'s writers that died on this host (killed by SIGKILL,
+    the OOM killer, a lost Ray actor): files named as :meth:`VideoWriter._new_temp` names them for
+    this very output, with this host's name and the id of a process that no longer exists. Nothing
+    else is touched: another host's, a live process's, or a file of another name stays. The deleted
+    paths are returned."""
+    pattern = re.compile(rf"^\.{re.escape(output.stem)}\.{re.escape(_HOST)}-(\d+)-[0-9a-f]{{8}}[A-Za-z_.]*\.partial"
+                         rf"{re.escape(output.suffix)}$")
+    swept = []
+    try:
+        names = os.listdir(output.parent)
+    except OSError:
+        return swept
+    for name in names:
+        match = pattern.match(name)
+        if match and not _alive(int(match.group(1))):
+            candidate = output.parent / name
+            try:
+                candidate.unlink()
+            except OSError:
+                continue
+            swept.append(candidate)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True

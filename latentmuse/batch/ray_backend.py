@@ -1,0 +1,219 @@
+"""``latentmuse batch --ray``: the jobs as Ray tasks on long-lived actors, one per GPU (docs/SCALE.md).
+
+Ray does the distributed part; nothing here is a queue, a scheduler or a worker protocol of our own:
+
+- one actor per GPU (``num_gpus=1``), or CPU actors (``num_cpus=1``) when the cluster has no GPU,
+  each holding a loaded :class:`~latentmuse.runtime.lipsync.LipSync` for the batch's life;
+- each job is an actor method call, handed out by Ray's :class:`ray.util.ActorPool`; an actor that
+  dies (its node lost, the process killed) is restarted by Ray (``max_restarts``) and its job retried
+  there (``max_task_retries``); the restarted actor loads again, and the retried writer deletes the
+  dead attempt's temporary files (:func:`~latentmuse.runtime.media.writer.sweep_stale_partials`);
+- outputs and reports are written by the actors to the job list's paths, which must be on storage
+  every node sees; the driver plans (resumability, exactly as a local batch) and gathers the results;
+- Ctrl-C (or SIGTERM) on the driver asks every actor to stop (a threaded actor's second method call
+  sets a flag its running job checks at every progress step, so the job's writer deletes its
+  temporary files as in a local interrupt), waits for them briefly, then kills the actors.
+
+``ray`` is an optional dependency (``pip install 'latentmuse[ray]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict
+
+from ..errors import LatentmuseError
+from ..outcomes import Interrupted
+from ..runtime.options import ClipOptions, LoadOptions, options_from_dict, options_to_dict
+from .driver import FAILED, BatchSummary, JobResult, Planned, execute, not_run, skipped_result
+from .jobs import Job
+from .resume import RUN
+
+#: Ray's restarts of a dead actor, and retries of the job it was running.
+MAX_RESTARTS = 3
+MAX_TASK_RETRIES = 3
+#: How long the driver waits for stopped actors to clean up before killing them.
+STOP_GRACE_S = 30.0
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise LatentmuseError("--ray needs Ray, which is not installed.", "pip install 'latentmuse[ray]'.") from None
+    return ray
+
+
+def connect(ray, address: str) -> bool:
+    """Join the cluster at ``address``; ``auto``: a running cluster, else a new local one. True when
+    this call started Ray (so the batch shuts it down again)."""
+    if ray.is_initialized():
+        return False
+    if address == "auto":
+        try:
+            ray.init(address="auto", log_to_driver=False)
+        except ConnectionError:
+            ray.init(log_to_driver=False)
+        return True
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:
+        raise LatentmuseError(f"no Ray cluster at {address} ({exc}).",
+                              "start one (`ray start --head`), pass its address, or use --ray auto.") from None
+    return True
+
+
+class _StopCheck:
+    """The progress an actor's job reports to: no display, but each step checks the stop flag."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted(15)
+
+    def start(self, stage, total) -> None:
+        self._check()
+
+    def advance(self, stage, amount=1) -> None:
+        self._check()
+
+    def note(self, message) -> None:
+        pass
+
+
+class LipSyncWorker:
+    """A Ray actor: one loaded LipSync; ``run`` one job at a time, ``stop`` from a second thread."""
+
+    def __init__(self, load: dict, cpu_threads: int | None = None) -> None:
+        if cpu_threads:
+            import torch
+
+            torch.set_num_threads(cpu_threads)
+        from ..runtime.lipsync import LipSync
+
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.stop_event = threading.Event()
+        self.lipsync = LipSync(options_from_dict(LoadOptions, load))
+
+    def run(self, index: int, job: dict, clip: dict, key: dict | None) -> tuple[int, dict]:
+        self.stop_event.clear()
+        result = execute(self.lipsync, Job.from_dict(job), options_from_dict(ClipOptions, clip), key,
+                         _StopCheck(self.stop_event), self.name)
+        return index, asdict(result)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def run_ray(planned: list[Planned], summary: BatchSummary, load: LoadOptions, address: str, workers: int | None,
+            progress) -> BatchSummary:
+    """The planned jobs on Ray actors; fills and returns ``summary`` (see the module docstring)."""
+    ray = import_ray()
+    from ray.util import ActorPool
+
+    tic = time.perf_counter()
+    results: dict[int, JobResult] = {i: skipped_result(p) for i, p in enumerate(planned) if p.decision != RUN}
+    todo = [i for i, p in enumerate(planned) if p.decision == RUN]
+    progress.start("jobs", len(planned))
+    progress.advance("jobs", len(results))
+    started = connect(ray, address) if todo else False
+    actors = []
+    try:
+        if todo:
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            count = min(workers or max(gpus, 1), len(todo))
+            resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+            actor_class = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
+                                     max_concurrency=2, **resources)(LipSyncWorker)
+            actors = [actor_class.remote(options_to_dict(load), None if gpus else 1) for _ in range(count)]
+            summary.workers = count
+            progress.note(f"Ray: {count} actor{'s' if count != 1 else ''} on "
+                          f"{'GPU' if gpus else 'CPU'} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs, {gpus} GPUs in the cluster)")
+            pool = ActorPool(actors)
+            refs: dict = {}  # each call's future -> its job, to name the job of a call that errored
+
+            def call(actor, args):
+                ref = actor.run.remote(*args)
+                refs[ref] = args[0]
+                return ref
+
+            for i in todo:
+                item = planned[i]
+                pool.submit(call, (i, item.job.to_dict(), options_to_dict(item.clip), item.key))
+            _gather(ray, pool, planned, todo, results, refs, progress)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        summary.interrupted = str(exc) or "interrupted by SIGINT"
+        _stop(ray, actors)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if started:
+            ray.shutdown()
+        summary.jobs = [results.get(i) or not_run(p.job) for i, p in enumerate(planned)]
+        summary.seconds = time.perf_counter() - tic
+    return summary
+
+
+def _gather(ray, pool, planned, todo, results, refs, progress) -> None:
+    """Results as they come; the driver's signal checkpoint between them."""
+    remaining = set(todo)
+    while remaining:
+        progress.advance("jobs", 0)  # the signal checkpoint
+        try:
+            index, result = pool.get_next_unordered(timeout=0.5)
+        except TimeoutError:
+            continue
+        except ray.exceptions.RayError as exc:  # the actor died past its restarts: that job failed
+            index = _errored_index(ray, refs, remaining)
+            results[index] = _failed(planned[index].job, f"the Ray worker failed: {_first_line(exc)}")
+        else:
+            results[index] = JobResult(**result)
+        remaining.discard(index)
+        progress.note(f"done: {results[index].where} ({results[index].status}"
+                      f"{', ' + results[index].reason if results[index].reason else ''})")
+        progress.advance("jobs")
+
+
+def _errored_index(ray, refs: dict, remaining: set[int]) -> int:
+    """The job of a call that errored: ActorPool hands back the error without its arguments, so it is
+    a still-unresolved job whose future is ready and raises (with several, any one: each later error
+    takes another)."""
+    for ref, index in refs.items():
+        if index in remaining and ray.wait([ref], timeout=0)[0]:
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.RayError:
+                return index
+    return min(remaining)
+
+
+def _failed(job: Job, reason: str) -> JobResult:
+    result = not_run(job)
+    result.status, result.outcome, result.reason, result.exit_code = FAILED, "error", reason, 1
+    return result
+
+
+def _stop(ray, actors) -> None:
+    """Ask every actor to stop its job (its writer cleans up), then give them a moment."""
+    refs = []
+    for actor in actors:
+        try:
+            refs.append(actor.stop.remote())
+        except Exception:  # noqa: BLE001 - a dead actor needs no stopping
+            pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
+    time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))  # the running jobs reach a checkpoint
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
