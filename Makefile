@@ -10,7 +10,7 @@ OUT    ?= out
 PYTEST_ARGS ?=
 WEIGHTS ?= smoke
 
-.PHONY: demo test test-slow test-gpu soak engines env system-deps clean
+.PHONY: demo test test-slow test-gpu soak bench-scale engines env system-deps clean
 
 env: $(STAMP)
 
@@ -70,6 +70,11 @@ test-gpu: $(STAMP) system-deps
 
 clean:
 	rm -rf $(OUT) .pytest_cache
+
+# Many clips (docs/SCALE.md): N runs vs one batch, cold vs cached face track, Ray with 1 vs 2 actors;
+# writes $(OUT)/scale.json. WEIGHTS=DIR for full-size (random) weights.
+bench-scale: $(STAMP) system-deps
+	$(BIN)/python -m latentmuse.bench.scale --weights "$(WEIGHTS)" --folder $(OUT)/scale --json $(OUT)/scale.json
 
 # Soak (issue 10): a SOAK_MINUTES clip at 1080p runs to completion with every frame present and peak RSS
 # within 20 % of a SOAK_BASELINE-minute clip's; writes $(OUT)/soak.json. Long on a CPU (docs/BENCHMARKS.md).

@@ -83,7 +83,7 @@ def render_frame(index: int, total: int, size: tuple[int, int], cutaway: range, 
     return _view(image, center, span, size)
 
 
-def _speak(text: str, wav: Path) -> None:
+def speak(text: str, wav: Path) -> None:
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise LatentmuseError("espeak-ng is not installed; it speaks the demo's text.", "apt-get install espeak-ng")
@@ -133,7 +133,7 @@ def build_sample(
     image = np.ascontiguousarray(astronaut()[:, :, ::-1])  # RGB -> BGR
     speech = out_dir / "sample_speech.wav"
     video = out_dir / "sample.mp4"
-    _speak(text, speech)
+    speak(text, speech)
     with VideoWriter(video, width, height, fps, speech, crf=crf, preset=preset) as writer:
         for index in range(total):
             writer.write(render_frame(index, total, (width, height), cut, image))

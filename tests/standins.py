@@ -178,3 +178,18 @@ def run_concurrently(target, args_list) -> list[BaseException]:
     for thread in threads:
         thread.join()
     return errors
+
+
+def counted_standin_loads(monkeypatch) -> dict:
+    """Runs load stand-in models (of :func:`standin_models`) behind a counter: ``["n"]`` loads so far."""
+    from latentmuse.runtime import pipeline
+
+    models, _ = standin_models(steps=1, whisper_runner=whisper_standin())
+    counter = {"n": 0, "models": models}
+
+    def load(*args, **kwargs):
+        counter["n"] += 1
+        return models
+
+    monkeypatch.setattr(pipeline, "load_run_models", load)
+    return counter

@@ -13,10 +13,9 @@ import pytest
 
 from latentmuse.errors import LatentmuseError
 from latentmuse.outcomes import ExitCode
-from latentmuse.runtime import pipeline
 
 from .conftest import run_cli
-from .standins import standin_models, twenty_frame_sample, whisper_standin
+from .standins import counted_standin_loads, twenty_frame_sample
 from .test_pipeline import write_wav
 
 COMMON = ("--weights", "smoke", "--face-detector", "dlib", "--generator", "musetalk")
@@ -29,15 +28,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture
 def loads(monkeypatch):
-    models, _ = standin_models(steps=1, whisper_runner=whisper_standin())
-    counter = {"n": 0}
-
-    def load(*args, **kwargs):
-        counter["n"] += 1
-        return models
-
-    monkeypatch.setattr(pipeline, "load_run_models", load)
-    return counter
+    return counted_standin_loads(monkeypatch)
 
 
 def jsonl(path, *jobs: dict):

@@ -18,7 +18,7 @@ from latentmuse.runtime.lipsync import LipSync
 from latentmuse.runtime.options import ClipOptions, LoadOptions, RunOptions
 
 from .conftest import run_cli
-from .standins import Notes, run_concurrently, standin_models, twenty_frame_sample, whisper_standin
+from .standins import Notes, counted_standin_loads, run_concurrently, twenty_frame_sample
 from .test_pipeline import write_wav
 
 LOAD = dict(generator="musetalk", face_detector="dlib")
@@ -31,16 +31,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Stand-in models behind a load counter: ``loads["n"]`` model loads so far."""
-    models, _ = standin_models(steps=1, whisper_runner=whisper_standin())
-    counter = {"n": 0, "models": models}
-
-    def load(*args, **kwargs):
-        counter["n"] += 1
-        return models
-
-    monkeypatch.setattr(pipeline, "load_run_models", load)
-    return counter
+    return counted_standin_loads(monkeypatch)
 
 
 @pytest.fixture

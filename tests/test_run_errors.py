@@ -143,8 +143,9 @@ def test_choices_are_the_runtime_definitions():
     assert run.run and bench.bench  # the commands import their enums from choices
 
 
-COMMAND_PATHS = [["run"], ["bench"], ["sample"], ["export"], ["build"], ["doctor"],
-                 ["weights", "download"], ["weights", "check"], ["weights", "convert"], ["weights", "random"]]
+COMMAND_PATHS = [["run"], ["batch"], ["bench"], ["sample"], ["export"], ["build"], ["doctor"],
+                 ["weights", "download"], ["weights", "check"], ["weights", "convert"], ["weights", "random"],
+                 ["cache", "ls"], ["cache", "clear"]]
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -155,6 +156,10 @@ COMMAND_PATHS = [["run"], ["bench"], ["sample"], ["export"], ["build"], ["doctor
     (["run", "video.mp4"], "Missing option '--output'"),
     (["run", "video.mp4", "-o"], "Option '-o' requires an argument"),
     (["sample"], "Missing argument 'out_dir'"),
+    (["batch"], "Missing argument 'jobs'"),
+    (["batch", "jobs.jsonl", "--generator", "wav2lip"], "'wav2lip' is not one of 'auto', 'musetalk', 'latentsync'"),
+    (["batch", "jobs.jsonl", "--workers", "0"], "Invalid value for '--workers'"),
+    (["cache", "nosuch"], "No such command 'nosuch'"),
     (["weights", "random"], "Missing argument 'dir'"),
     (["run", "v.mp4", "-o", "o.mp4", "--generator", "wav2lip"], "'wav2lip' is not one of 'auto', 'musetalk', 'latentsync'"),
     (["run", "v.mp4", "-o", "o.mp4", "--backend", "cuda"], "'cuda' is not one of 'auto', 'trt', 'ort', 'torch'"),
@@ -180,6 +185,7 @@ def test_usage_mistakes_are_a_usage_message_and_exit_2(capsys, argv, words):
 
 @pytest.mark.parametrize("argv, values", [
     (["run"], ["auto|musetalk|latentsync", "auto|trt|ort|torch", "auto|fp32|fp16", "auto|s3fd|dlib", "auto|256|512"]),
+    (["batch"], ["auto|musetalk|latentsync", "auto|trt|ort|torch", "auto|fp32|fp16", "auto|s3fd|dlib", "auto|256|512"]),
     (["bench"], ["auto|musetalk|latentsync", "torch, ort, trt"]),
     (["weights", "download"], ["1.5|1.6", "musetalk_unet|vae|whisper|unet3d|s3fd|fan68|bisenet"]),
     (["weights", "random"], ["tiny|full"]),

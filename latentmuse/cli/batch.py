@@ -79,11 +79,15 @@ def default_summary(jobs: Path, out: Path | None) -> Path:
 
 def summary_table(result, title: str) -> PlainTable:
     """One row per job (status, reason, frames, seconds), then the counts."""
-    table = PlainTable("job", "status", "frames", "seconds", "face cache", "reason", title=title)
+    table = PlainTable("job", "output", "status", "frames", "seconds", "face cache", "reason", title=title)
     for r in result.jobs:
-        table.add_row(r.where or r.output, r.status, str(r.frames), f"{r.seconds:.1f}", r.face_cache or "-", r.reason or "")
+        table.add_row(r.where, Path(r.output).name, r.status, str(r.frames), f"{r.seconds:.1f}", r.face_cache or "-",
+                      r.reason or "")
     counts = result.counts
     table.caption = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
                      + (f", {counts['not_run']} not run" if counts["not_run"] else "")
-                     + f" in {result.seconds:.1f} s (models loaded in {result.load_seconds:.1f} s)")
+                     + f" in {result.seconds:.1f} s"
+                     + (f" ({result.workers} Ray actor{'s' if result.workers != 1 else ''})" if result.mode == "ray" else
+                        f" (models loaded in {result.load_seconds:.1f} s)" if counts["done"] or counts["failed"] else
+                        " (nothing to run: no models loaded)"))
     return table
