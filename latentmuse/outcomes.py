@@ -73,8 +73,12 @@ class SignalGuard:
     one's unwinding (the writer deleting its temporary files, the report) runs undisturbed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, raise_now: bool = True) -> None:
         self.pending: int | None = None
+        #: False: the handler only records the signal and :meth:`check` raises it. For code that waits
+        #: inside an extension which cannot take an exception from a signal handler (Ray's
+        #: ``ray.wait`` turns one into a SystemError).
+        self.raise_now = raise_now
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a signal has arrived (a no-op otherwise)."""
@@ -84,11 +88,13 @@ class SignalGuard:
     def handle(self, signum: int, frame: object) -> None:
         if self.pending is None:
             self.pending = signum
-            raise Interrupted(signum)
+            if self.raise_now:
+                raise Interrupted(signum)
 
 
 @contextlib.contextmanager
-def signals_as_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[SignalGuard]:
+def signals_as_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *,
+                          raise_now: bool = True) -> Iterator[SignalGuard]:
     """While the block runs, the first of ``signums`` raises :class:`Interrupted` in the main thread;
     yields the :class:`SignalGuard` whose ``check`` the command calls at its checkpoints.
 
@@ -97,7 +103,7 @@ def signals_as_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGT
     stops at the end of the network call in progress (milliseconds on a GPU, longer for a full-size
     model on a CPU). Outside the main thread signals cannot be handled: the guard never fires.
     """
-    guard = SignalGuard()
+    guard = SignalGuard(raise_now)
     if threading.current_thread() is not threading.main_thread():
         yield guard
         return

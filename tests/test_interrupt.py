@@ -127,3 +127,31 @@ def test_the_handlers_are_installed_only_for_the_command():
         assert signal.getsignal(signal.SIGTERM) == guard.handle == signal.getsignal(signal.SIGINT)
         guard.check()  # nothing pending: no-op
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_sigterm_stops_a_batch_with_its_summary_and_nothing_partial(clip, tmp_path):
+    """A batch stopped mid-job: exit 143, the job in progress leaves no output and no temporary file,
+    the summary says which jobs were done and which not reached, and a rerun resumes."""
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    jobs = folder / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"video": str(clip.video), "output": f"out/{k}.mp4"}) + "\n" for k in range(3)))
+    argv = [sys.executable, "-m", "latentmuse", "batch", str(jobs), "--weights", "smoke", "--face-detector", "dlib",
+            "--generator", "musetalk", "--no-cache"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    out = folder / "out"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (out.is_dir() and (out / "0.mp4").exists() and [p for p in out.iterdir() if p.name.startswith(".1.")]):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the batch did not reach its second job: {process.communicate()[1][-2000:]}")
+        time.sleep(0.02)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=START_TIMEOUT_S)
+    assert process.returncode == 143, err[-2000:]
+    summary = json.loads(jobs.with_name("jobs.jsonl.summary.json").read_text())
+    assert [j["status"] for j in summary["jobs"]] == ["done", "not_run", "not_run"]
+    assert summary["interrupted"] == "interrupted by SIGTERM" and summary["exit_code"] == 143
+    assert sorted(p.name for p in out.iterdir()) == ["0.mp4", "0.mp4.json", "1.mp4.json"]  # job 2's report: interrupted
+    assert json.loads((out / "1.mp4.json").read_text())["status"] == "interrupted"

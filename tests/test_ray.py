@@ -56,8 +56,8 @@ def summary_of(jobs: Path) -> dict:
     return json.loads(jobs.with_name(jobs.name + ".summary.json").read_text())
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_ray_batch_runs_every_job_on_its_actors_and_resumes(capsys, cluster, clip, tmp_path, workers):
+def test_a_ray_batch_runs_every_job_on_its_actors_and_resumes(capsys, cluster, clip, tmp_path):
+    workers = 2
     jobs = write_jobs(tmp_path / "jobs", clip, 3)
     code, out, err = run_cli(capsys, "batch", str(jobs), *COMMON, "--ray", "auto", "--workers", str(workers))
     assert code == 0, err
@@ -134,3 +134,32 @@ def test_ray_missing_is_one_line(capsys, tmp_path, clip, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     code, _, err = run_cli(capsys, "batch", str(jobs), *COMMON, "--ray", "auto")
     assert code == 1 and "--ray needs Ray" in err and "pip install 'latentmuse[ray]'" in err
+
+
+@pytest.mark.slow  # a driver process starting its own local cluster: minutes on a loaded 2-core machine
+def test_sigterm_on_the_driver_stops_the_actors_cleanly(clip, tmp_path):
+    """The driver (its own process, starting its own local cluster) gets SIGTERM while an actor is
+    writing: exit 143, the summary says what was done and what not, and no temporary file is left."""
+    import subprocess
+    import sys
+
+    jobs = write_jobs(tmp_path / "jobs", clip, 4)
+    out = jobs.parent / "out"
+    argv = [sys.executable, "-m", "latentmuse", "batch", str(jobs), *COMMON, "--ray", "auto", "--workers", "1"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 600
+    while _writer_pid(out) is None or not (out / "0.mp4").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the batch did not reach a second job: {process.communicate()[1][-2000:]}")
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    summary = summary_of(jobs)
+    statuses = [j["status"] for j in summary["jobs"]]
+    assert statuses[0] == "done" and "not_run" in statuses and summary["interrupted"]
+    assert not list(out.glob(".*partial*"))  # the stopped job's writer deleted its files
+    for k, status in enumerate(statuses):
+        assert (out / f"{k}.mp4").exists() == (status == "done")

@@ -134,7 +134,11 @@ def execute(lipsync, job: Job, clip: ClipOptions, key: dict | None, progress=Non
     tic = time.perf_counter()
     try:
         for folder in {job.output.parent, job.report_path.parent}:
-            folder.mkdir(parents=True, exist_ok=True)  # a batch writes a tree of outputs
+            try:
+                folder.mkdir(parents=True, exist_ok=True)  # a batch writes a tree of outputs
+            except OSError as exc:
+                raise LatentmuseError(f"cannot create the output folder {folder} ({exc.strerror or exc}).",
+                                      "choose an output path in a writable folder.") from None
         report = lipsync(job.video, job.output, job.audio, job.report_path, clip, progress=progress, job=key)
     except (Interrupted, KeyboardInterrupt):
         raise

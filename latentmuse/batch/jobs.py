@@ -17,6 +17,7 @@ video and its languages need no job file. OUT is ``--out`` (default ``FOLDER/lip
 from __future__ import annotations
 
 import csv
+import io
 import json
 import types
 import typing
@@ -132,7 +133,7 @@ def _jsonl_jobs(path: Path) -> list[Job]:
 
 
 def _csv_jobs(path: Path) -> list[Job]:
-    rows = list(csv.DictReader(_text(path).splitlines()))
+    rows = list(csv.DictReader(io.StringIO(_text(path), newline="")))
     jobs = []
     for number, row in enumerate(rows, 2):  # row 1 is the header
         if None in row:

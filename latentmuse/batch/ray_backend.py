@@ -20,12 +20,13 @@ Ray does the distributed part; nothing here is a queue, a scheduler or a worker 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import asdict
 
 from ..errors import LatentmuseError
-from ..outcomes import Interrupted
+from ..outcomes import Interrupted, signals_as_interrupts
 from ..runtime.options import ClipOptions, LoadOptions, options_from_dict, options_to_dict
 from .driver import FAILED, BatchSummary, JobResult, Planned, execute, not_run, skipped_result
 from .jobs import Job
@@ -48,9 +49,25 @@ def import_ray():
 
 def connect(ray, address: str) -> bool:
     """Join the cluster at ``address``; ``auto``: a running cluster, else a new local one. True when
-    this call started Ray (so the batch shuts it down again)."""
+    this call started Ray (so the batch shuts it down again).
+
+    Ray's core installs its own fatal-signal handler for SIGTERM in the driver (it aborts the process
+    with a stack dump); the handlers in place before (the command's: SIGINT and SIGTERM become a clean
+    stop) are put back after ``ray.init``.
+    """
     if ray.is_initialized():
         return False
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _init(ray, address)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
+
+
+def _init(ray, address: str) -> bool:
     if address == "auto":
         try:
             ray.init(address="auto", log_to_driver=False)
@@ -124,7 +141,8 @@ def run_ray(planned: list[Planned], summary: BatchSummary, load: LoadOptions, ad
     progress.start("jobs", len(planned))
     progress.advance("jobs", len(results))
     started = connect(ray, address) if todo else False
-    actors = []
+    actors: list = []
+    refs: dict = {}  # each call's future -> its job, to name the job of a call that errored
     try:
         if todo:
             gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -137,7 +155,6 @@ def run_ray(planned: list[Planned], summary: BatchSummary, load: LoadOptions, ad
             progress.note(f"Ray: {count} actor{'s' if count != 1 else ''} on "
                           f"{'GPU' if gpus else 'CPU'} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs, {gpus} GPUs in the cluster)")
             pool = ActorPool(actors)
-            refs: dict = {}  # each call's future -> its job, to name the job of a call that errored
 
             def call(actor, args):
                 ref = actor.run.remote(*args)
@@ -150,7 +167,7 @@ def run_ray(planned: list[Planned], summary: BatchSummary, load: LoadOptions, ad
             _gather(ray, pool, planned, todo, results, refs, progress)
     except (Interrupted, KeyboardInterrupt) as exc:
         summary.interrupted = str(exc) or "interrupted by SIGINT"
-        _stop(ray, actors)
+        _stop(ray, actors, refs, results)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
@@ -162,10 +179,17 @@ def run_ray(planned: list[Planned], summary: BatchSummary, load: LoadOptions, ad
 
 
 def _gather(ray, pool, planned, todo, results, refs, progress) -> None:
-    """Results as they come; the driver's signal checkpoint between them."""
+    """Results as they come. A signal is only recorded while Ray waits (an exception raised inside
+    ``ray.wait`` would become a SystemError) and raised at the checkpoint between waits."""
+    with signals_as_interrupts(raise_now=False) as guard:
+        _gather_results(ray, pool, planned, todo, results, refs, progress, guard)
+
+
+def _gather_results(ray, pool, planned, todo, results, refs, progress, guard) -> None:
     remaining = set(todo)
     while remaining:
-        progress.advance("jobs", 0)  # the signal checkpoint
+        guard.check()
+        progress.advance("jobs", 0)  # the command's own checkpoint too
         try:
             index, result = pool.get_next_unordered(timeout=0.5)
         except TimeoutError:
@@ -200,18 +224,24 @@ def _failed(job: Job, reason: str) -> JobResult:
     return result
 
 
-def _stop(ray, actors) -> None:
-    """Ask every actor to stop its job (its writer cleans up), then give them a moment."""
-    refs = []
+def _stop(ray, actors, refs: dict, results: dict[int, JobResult]) -> None:
+    """Ask every actor to stop its job (its writer cleans up), wait for the jobs in flight (up to
+    :data:`STOP_GRACE_S`), and keep the results of those that finished meanwhile: the summary must
+    match the files (a job at its last frame completes rather than stops)."""
     for actor in actors:
         try:
-            refs.append(actor.stop.remote())
+            actor.stop.remote()
         except Exception:  # noqa: BLE001 - a dead actor needs no stopping
             pass
-    deadline = time.monotonic() + STOP_GRACE_S
-    if refs:
-        ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
-    time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))  # the running jobs reach a checkpoint
+    pending = [ref for ref, index in refs.items() if index not in results]
+    if pending:
+        ray.wait(pending, num_returns=len(pending), timeout=STOP_GRACE_S)
+    for ref in pending:
+        try:
+            index, result = ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 - stopped (Interrupted in the actor), still running, or dead
+            continue
+        results[index] = JobResult(**result)
 
 
 def _first_line(exc: BaseException) -> str:

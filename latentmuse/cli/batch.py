@@ -87,7 +87,7 @@ def summary_table(result, title: str) -> PlainTable:
     table.caption = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
                      + (f", {counts['not_run']} not run" if counts["not_run"] else "")
                      + f" in {result.seconds:.1f} s"
-                     + (f" ({result.workers} Ray actor{'s' if result.workers != 1 else ''})" if result.mode == "ray" else
+                     + (f" ({result.workers} Ray actor{'s' if result.workers != 1 else ''})" if result.mode == "ray" and result.workers else
                         f" (models loaded in {result.load_seconds:.1f} s)" if counts["done"] or counts["failed"] else
                         " (nothing to run: no models loaded)"))
     return table
