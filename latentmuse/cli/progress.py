@@ -38,6 +38,8 @@ class RichProgress:
             self.bars.reset(self.tasks[stage], total=total)
         else:
             self.tasks[stage] = self.bars.add_task(_LABELS.get(stage, stage), total=total)
+        if total == 0:  # nothing to do (e.g. no window in a clip without a face): shown finished, not spinning
+            self.bars.update(self.tasks[stage], completed=0)
 
     def advance(self, stage: str, amount: int = 1) -> None:
         self.check()

@@ -205,9 +205,7 @@ def build_chain(options: RunOptions, kind: str, models: ModelSet, progress: Prog
 
 
 def latentsync_settings(options: RunOptions, version: str) -> LatentSyncSettings:
-    native = LATENTSYNC_RESOLUTION[version]
-    resolution = native if str(options.resolution) == "auto" else int(options.resolution)
-    return LatentSyncSettings(resolution=resolution, steps=options.steps, guidance=options.guidance,
+    return LatentSyncSettings(resolution=resolution_for(options, version), steps=options.steps, guidance=options.guidance,
                               seed=options.seed, deepcache=options.deepcache, vae_batch=max(2 * options.batch_size, 16))
 
 
