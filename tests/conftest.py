@@ -36,6 +36,22 @@ def private_cache(tmp_path_factory, monkeypatch) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """0.8 s at 25 fps, 200 x 200: 20 frames, 15 with a face, 5-9 a faceless cutaway (modules may define their own)."""
+    from .standins import twenty_frame_sample
+
+    return twenty_frame_sample(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Runs load stand-in models behind a counter: ``loads["n"]`` loads so far (tests/standins.py)."""
+    from .standins import counted_standin_loads
+
+    return counted_standin_loads(monkeypatch)
+
+
 @pytest.fixture
 def marker_pickle(tmp_path: Path) -> tuple[Path, Path]:
     """A pickle whose loading would create a marker file (through os.system), and that marker's path."""

@@ -15,20 +15,9 @@ from latentmuse.errors import LatentmuseError
 from latentmuse.outcomes import ExitCode
 
 from .conftest import run_cli
-from .standins import counted_standin_loads, twenty_frame_sample
 from .test_pipeline import write_wav
 
 COMMON = ("--weights", "smoke", "--face-detector", "dlib", "--generator", "musetalk")
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return twenty_frame_sample(tmp_path_factory.mktemp("clip"))
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    return counted_standin_loads(monkeypatch)
 
 
 def jsonl(path, *jobs: dict):

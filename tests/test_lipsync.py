@@ -18,20 +18,10 @@ from latentmuse.runtime.lipsync import LipSync
 from latentmuse.runtime.options import ClipOptions, LoadOptions, RunOptions
 
 from .conftest import run_cli
-from .standins import Notes, counted_standin_loads, run_concurrently, twenty_frame_sample
+from .standins import Notes, run_concurrently
 from .test_pipeline import write_wav
 
 LOAD = dict(generator="musetalk", face_detector="dlib")
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return twenty_frame_sample(tmp_path_factory.mktemp("clip"))
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    return counted_standin_loads(monkeypatch)
 
 
 @pytest.fixture

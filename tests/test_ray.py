@@ -23,7 +23,6 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 from latentmuse.runtime import media  # noqa: E402
 
 from .conftest import run_cli  # noqa: E402
-from .standins import twenty_frame_sample  # noqa: E402
 from .test_pipeline import write_wav  # noqa: E402
 
 COMMON = ("--weights", "smoke", "--face-detector", "dlib", "--generator", "musetalk", "--no-cache")
@@ -34,11 +33,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return twenty_frame_sample(tmp_path_factory.mktemp("clip"))
 
 
 def write_jobs(folder: Path, clip, n: int) -> Path:

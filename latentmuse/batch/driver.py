@@ -144,8 +144,7 @@ def execute(lipsync, job: Job, clip: ClipOptions, key: dict | None, progress=Non
         raise
     except Exception as exc:  # noqa: BLE001 - one job's failure is its result, never the batch's end
         reason = str(exc) if isinstance(exc, LatentmuseError) else describe(exc)
-        return _result(job, FAILED, outcome="error", reason=reason, seconds=time.perf_counter() - tic,
-                       worker=worker, exit_code=ExitCode.ERROR)
+        return failed_result(job, reason, seconds=time.perf_counter() - tic, worker=worker)
     failed_frames = report.status == STATUS_FAILED_FRAMES
     return _result(job, DONE_NOW, outcome=report.status, reason=report.error if failed_frames else None,
                    frames=report.frames_out, frames_failed=report.frames_failed, seconds=time.perf_counter() - tic,
@@ -155,6 +154,11 @@ def execute(lipsync, job: Job, clip: ClipOptions, key: dict | None, progress=Non
 def _result(job: Job, status: str, **values) -> JobResult:
     return JobResult(job.where, str(job.video), None if job.audio is None else str(job.audio), str(job.output),
                      str(job.report_path), status, **values)
+
+
+def failed_result(job: Job, reason: str, **values) -> JobResult:
+    """A job that ended in an error (in its run, or its worker lost past Ray's retries)."""
+    return _result(job, FAILED, outcome="error", reason=reason, exit_code=ExitCode.ERROR, **values)
 
 
 def not_run(job: Job) -> JobResult:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from ..errors import LatentmuseError
 from ..outcomes import Interrupted, signals_as_interrupts
 from ..runtime.options import ClipOptions, LoadOptions, options_from_dict, options_to_dict
-from .driver import FAILED, BatchSummary, JobResult, Planned, execute, not_run, skipped_result
+from .driver import BatchSummary, JobResult, Planned, execute, failed_result, not_run, skipped_result
 from .jobs import Job
 from .resume import RUN
 
@@ -125,9 +125,6 @@ class LipSyncWorker:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def run_ray(planned: list[Planned], summary: BatchSummary, load: LoadOptions, address: str, workers: int | None,
             progress) -> BatchSummary:
@@ -196,7 +193,7 @@ def _gather_results(ray, pool, planned, todo, results, refs, progress, guard) ->
             continue
         except ray.exceptions.RayError as exc:  # the actor died past its restarts: that job failed
             index = _errored_index(ray, refs, remaining)
-            results[index] = _failed(planned[index].job, f"the Ray worker failed: {_first_line(exc)}")
+            results[index] = failed_result(planned[index].job, f"the Ray worker failed: {_first_line(exc)}")
         else:
             results[index] = JobResult(**result)
         remaining.discard(index)
@@ -216,12 +213,6 @@ def _errored_index(ray, refs: dict, remaining: set[int]) -> int:
             except ray.exceptions.RayError:
                 return index
     return min(remaining)
-
-
-def _failed(job: Job, reason: str) -> JobResult:
-    result = not_run(job)
-    result.status, result.outcome, result.reason, result.exit_code = FAILED, "error", reason, 1
-    return result
 
 
 def _stop(ray, actors, refs: dict, results: dict[int, JobResult]) -> None:

@@ -42,22 +42,19 @@ def batch(
     job_list = read_jobs(jobs, out)
     summary_path = summary or default_summary(jobs, out)
     digests = Digests()
+    result = BatchSummary(str(jobs), "ray" if ray is not None else "local", 0 if ray is not None else 1)
     with signals_as_interrupts() as guard, RichProgress(console, check=guard.check) as progress:
         planned = plan(job_list, load, clip, digests, force=force, retry_failed=retry_failed)
-        if ray is not None:
-            from ..batch.ray_backend import run_ray
+        try:
+            if ray is not None:
+                from ..batch.ray_backend import run_ray
 
-            result = run_ray(planned, BatchSummary(str(jobs), "ray", 0), load, ray, workers, progress)
-        else:
-            result = BatchSummary(str(jobs), "local", 1)
-            try:
+                run_ray(planned, result, load, ray, workers, progress)
+            else:
                 run_local(planned, result, lambda: LipSync(load, progress=progress, digests=digests), progress)
-            finally:
-                summary_path.parent.mkdir(parents=True, exist_ok=True)
-                result.write(summary_path)
-    if ray is not None:
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        result.write(summary_path)
+        finally:  # on every outcome, a load error included
+            summary_path.parent.mkdir(parents=True, exist_ok=True)
+            result.write(summary_path)
     console.print(summary_table(result, f"batch {jobs}: summary {summary_path}"))
     code = result.exit_code
     if code != ExitCode.OK:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..files import atomic_write
 from .contracts import Face
-from .tracking import STATUSES, DubbedFace
+from .tracking import STATUSES, DubbedFace, count_statuses
 
 #: Bumped whenever the entry layout or the face pass's results change.
 CACHE_VERSION = 1
@@ -65,10 +65,7 @@ class FaceTrack:
         return FaceTrack(self.faces[:n], self.statuses[:n], self.seen[:n], dubbed)
 
     def counts(self, schedule) -> dict[str, int]:
-        out = dict.fromkeys(STATUSES, 0)
-        for i in schedule:
-            out[self.statuses[i]] += 1
-        return out
+        return count_statuses(self.statuses, schedule)
 
 
 @dataclass(frozen=True)

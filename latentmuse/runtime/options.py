@@ -125,9 +125,5 @@ def clip_option_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(ClipOptions))
 
 
-def load_option_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(LoadOptions))
-
-
-__all__ = ["ClipOptions", "LoadOptions", "RunOptions", "clip_option_names", "load_option_names", "options_from_dict",
+__all__ = ["ClipOptions", "LoadOptions", "RunOptions", "clip_option_names", "options_from_dict",
            "options_to_dict"]

@@ -410,8 +410,13 @@ class FaceTracker:
     def counts(self, schedule: Sequence[int] | None = None) -> dict[str, int]:
         """Frames per status (every status, zeros included), over ``schedule`` (output frames as input
         indices, ping-pong repeats counted) or over the confirmed input frames."""
-        indices = range(len(self.statuses)) if schedule is None else schedule
-        out = dict.fromkeys(STATUSES, 0)
-        for i in indices:
-            out[self.statuses[i]] += 1
-        return out
+        return count_statuses(self.statuses, schedule)
+
+
+def count_statuses(statuses: Sequence[str], schedule: Sequence[int] | None = None) -> dict[str, int]:
+    """Frames per status (every status, zeros included) over ``schedule`` (input indices, repeats
+    counted), or over all of ``statuses``."""
+    out = dict.fromkeys(STATUSES, 0)
+    for i in range(len(statuses)) if schedule is None else schedule:
+        out[statuses[i]] += 1
+    return out
