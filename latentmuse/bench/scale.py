@@ -12,9 +12,14 @@ runs them), on the demo's clip (skimage's astronaut, espeak-ng speech) at ``--se
 3. ``ray_1_vs_2``: the N jobs with ``batch --ray auto`` (a local Ray cluster on this machine's CPUs)
    with 1 actor against 2.
 
-``python -m latentmuse.bench.scale --weights smoke --json out/scale.json`` (``make bench-scale``). Every
-command's output frames are checked against its report; the JSON holds each command, its wall time,
-its jobs per minute and the ratios.
+The clip has no cutaway: every frame shows the face, so every frame of every job goes through the
+generator (a clip that is all cutaway would time passthrough, not lip sync). After each command every
+job's report is checked: status ok, every input frame written and generated, and the face cache as
+expected (off; a miss then hits; all hits); a command whose jobs did not all do the work fails the
+benchmark with one line.
+
+``python -m latentmuse.bench.scale --weights smoke --json out/scale.json`` (``make bench-scale``). The JSON
+holds each command, its wall time, its jobs and frames generated, its jobs per minute and the ratios.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Timed:
     wall_s: float
     exit_code: int
     jobs_per_minute: float
+    frames_generated: int = 0  # over all its jobs, from their reports
 
 
 @dataclass
@@ -57,24 +63,54 @@ class ScaleResult:
     comparisons: list[Comparison] = field(default_factory=list)
 
 
-def _timed(label: str, command: list[str], jobs: int) -> Timed:
+def check_reports(label: str, outputs: list[Path], frames: int, face_cache: list[str]) -> int:
+    """The frames generated over ``outputs``' reports (``OUTPUT.json``), after checking each did the work.
+
+    Each report must say status ok, ``frames`` frames in and out, all of them generated (none passed
+    through), and the face cache ``face_cache[k]`` for output k; otherwise ``SystemExit`` with one line
+    naming the command, the output and what differs: a benchmark of jobs that skipped the work is wrong.
+    """
+    total = 0
+    for output, cache in zip(outputs, face_cache, strict=True):
+        path = output.with_name(output.name + ".json")
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{label}: no readable report for {output.name} ({exc})") from None
+        expected = {"status": "ok", "frames_in": frames, "frames_out": frames, "frames_processed": frames,
+                    "face_cache": cache}
+        wrong = {k: report.get(k) for k, v in expected.items() if report.get(k) != v}
+        if wrong:
+            raise SystemExit(f"{label}: {output.name} did not do the benchmarked work: got {wrong}, expected "
+                             f"{ {k: expected[k] for k in wrong} }")
+        total += report["frames_processed"]
+    return total
+
+
+def _timed(label: str, command: list[str], outputs: list[Path], frames: int, face_cache: list[str]) -> Timed:
     tic = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     wall = time.perf_counter() - tic
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise SystemExit(f"{label} failed (exit {done.returncode}): {' | '.join(tail)}")
-    return Timed(label, command, jobs, round(wall, 2), done.returncode, round(60 * jobs / wall, 3))
+    generated = check_reports(label, outputs, frames, face_cache)
+    jobs = len(outputs)
+    return Timed(label, command, jobs, round(wall, 2), done.returncode, round(60 * jobs / wall, 3), generated)
 
 
-def _commands_runs(video: Path, audios: list[Path], out: Path, run_args: list[str]) -> list[list[str]]:
-    return [[sys.executable, "-m", "latentmuse", "run", str(video), "--audio", str(a), "-o", str(out / f"{a.stem}.mp4"),
-             "--no-cache", *run_args] for a in audios]
+def _outputs(audios: list[Path], out: Path) -> list[Path]:
+    return [out / f"{a.stem}.mp4" for a in audios]
+
+
+def _run_command(video: Path, audio: Path, output: Path, run_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "latentmuse", "run", str(video), "--audio", str(audio), "-o", str(output),
+            "--report", str(output.with_name(output.name + ".json")), "--no-cache", *run_args]
 
 
 def _jobs_file(video: Path, audios: list[Path], out: Path, path: Path) -> Path:
-    path.write_text("".join(json.dumps({"video": str(video), "audio": str(a), "output": str(out / f"{a.stem}.mp4")}) + "\n"
-                            for a in audios))
+    path.write_text("".join(json.dumps({"video": str(video), "audio": str(a), "output": str(o)}) + "\n"
+                            for a, o in zip(audios, _outputs(audios, out))))
     return path
 
 
@@ -117,8 +153,10 @@ def scale(folder: Path, weights: str, clips: int = 8, seconds: float = 1.0, size
 
     args = ["--weights", weights, "--face-detector", "dlib", *(run_args or [])]
     folder.mkdir(parents=True, exist_ok=True)
-    sample = build_sample(folder / "clip", seconds=Fraction(seconds).limit_denominator(1000), size=size)
+    # cutaway=(0, 0): an empty cutaway, the face in every frame (see the module's docstring)
+    sample = build_sample(folder / "clip", seconds=Fraction(seconds).limit_denominator(1000), size=size, cutaway=(0, 0))
     audios = _speech(folder, clips, seconds)
+    frames = sample.frame_count
     result = ScaleResult(weights, seconds, size, args)
 
     def fresh(name: str) -> Path:
@@ -130,19 +168,24 @@ def scale(folder: Path, weights: str, clips: int = 8, seconds: float = 1.0, size
     # 1. N runs vs one batch
     out = fresh("runs")
     tic = time.perf_counter()
-    for command in _commands_runs(sample.video, audios, out, args):
-        _timed("run", command, 1)
+    each = [_timed("run", _run_command(sample.video, audio, output, args), [output], frames, ["off"])
+            for audio, output in zip(audios, _outputs(audios, out))]
     wall = time.perf_counter() - tic
-    runs = Timed(f"{clips} x latentmuse run", ["latentmuse run ..."] * clips, clips, round(wall, 2), 0, round(60 * clips / wall, 3))
+    runs = Timed(f"{clips} x latentmuse run", ["latentmuse run ..."] * clips, clips, round(wall, 2), 0,
+                 round(60 * clips / wall, 3), sum(t.frames_generated for t in each))
     out = fresh("batch")
-    batch = _timed("one batch", _batch(_jobs_file(sample.video, audios, out, folder / "jobs.jsonl"), args, "--no-cache"), clips)
+    batch = _timed("one batch", _batch(_jobs_file(sample.video, audios, out, folder / "jobs.jsonl"), args, "--no-cache"),
+                   _outputs(audios, out), frames, ["off"] * clips)
     result.comparisons.append(Comparison("runs_vs_batch", runs, batch, round(batch.jobs_per_minute / runs.jobs_per_minute, 3)))
 
-    # 2. four tracks of one video: cold cache vs warm
+    # 2. four tracks of one video: cold cache (a miss, then hits) vs warm (all hits)
     cache, out = fresh("cache"), fresh("cached")
     jobs4 = _jobs_file(sample.video, audios[:4], out, folder / "jobs4.jsonl")
-    cold = _timed("batch, cold cache", _batch(jobs4, args, "--cache", str(cache)), 4)
-    warm = _timed("batch --force, warm cache", _batch(jobs4, args, "--cache", str(cache), "--force"), 4)
+    outputs4 = _outputs(audios[:4], out)
+    cold = _timed("batch, cold cache", _batch(jobs4, args, "--cache", str(cache)), outputs4, frames,
+                  ["miss"] + ["hit"] * (len(outputs4) - 1))
+    warm = _timed("batch --force, warm cache", _batch(jobs4, args, "--cache", str(cache), "--force"), outputs4, frames,
+                  ["hit"] * len(outputs4))
     result.comparisons.append(Comparison("cold_vs_cached", cold, warm, round(warm.jobs_per_minute / cold.jobs_per_minute, 3)))
 
     # 3. Ray, 1 actor vs 2
@@ -152,7 +195,8 @@ def scale(folder: Path, weights: str, clips: int = 8, seconds: float = 1.0, size
             out = fresh(f"ray{workers}")
             jobs = _jobs_file(sample.video, audios, out, folder / f"jobs_ray{workers}.jsonl")
             timed.append(_timed(f"batch --ray auto --workers {workers}",
-                                _batch(jobs, args, "--no-cache", "--ray", "auto", "--workers", str(workers)), clips))
+                                _batch(jobs, args, "--no-cache", "--ray", "auto", "--workers", str(workers)),
+                                _outputs(audios, out), frames, ["off"] * clips))
         result.comparisons.append(Comparison("ray_1_vs_2", timed[0], timed[1],
                                              round(timed[1].jobs_per_minute / timed[0].jobs_per_minute, 3)))
     return result
