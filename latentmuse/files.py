@@ -44,7 +44,7 @@ def atomic_write(path: str | Path, payload: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            os.fchmod(handle.fileno(), file_mode())
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
@@ -52,6 +52,11 @@ def atomic_write(path: str | Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_mode() -> int:
+    """The mode a plain ``open`` gives a new file (0666 less the umask)."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:

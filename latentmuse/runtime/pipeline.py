@@ -36,15 +36,18 @@ from .faces import front_end_kind, make_front_end
 from .generators.base import GenerationBatch
 from .generators.chain import PASSTHROUGH, GeneratorChain, describe
 from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
-from .generators.musetalk import MuseTalkGenerator, crop_box
+from .generators.musetalk import CROP, EXTRA_MARGIN, MuseTalkGenerator, crop_box
 from .heap import HeapTrimmer
 from .overlap import BackgroundSink, Prefetch
 from .options import LoadOptions, RunOptions  # noqa: F401 - RunOptions re-exported
 from ..models.layouts import LATENTSYNC_RESOLUTION, layout
+from ..artifacts.manifest import MANIFEST_NAME
+from ..runners.select import engines_dir
 from ..runners.torch_runner import torch_dtype
 from .models import SMOKE, SMOKE_WARNING, ModelSet, load_models, resolve_device, run_graphs, unet3d_weights, weights_version
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, uses_guidance
 from .facecache import CacheKey, FaceCache, FaceTrack
+from .latentcache import LatentCache, LatentKey, LatentSession
 from .tracking import DEFAULT_MIN_FACE_SIZE, DUBBED, LOST, OVERLAP, TOO_SMALL, FaceTracker, TrackerSettings, parse_face_policy
 
 #: Smoke weights are always drawn with this seed (``--seed`` is the sampling seed), so graphs exported
@@ -101,6 +104,7 @@ class RunReport:
     frames_face_too_small: int = 0  # faces below min_face_size
     face_passthrough: dict[str, int] = field(default_factory=dict)  # reason -> frames; sums to frames_no_face
     face_cache: str = "off"  # hit | miss | off (runtime/facecache.py)
+    latent_cache: str = "off"  # MuseTalk's VAE latents: hit | partial | miss | unused | off (runtime/latentcache.py)
     frames_by_generator: dict[str, int] = field(default_factory=dict)
     windows: int = 0
     fps: str = ""
@@ -424,7 +428,7 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
 
     tic = time.perf_counter()
     heap = HeapTrimmer()  # long clips: freed frame buffers go back to the system (runtime/heap.py)
-    track, report.face_cache = face_pass(options, loaded, max(schedule) + 1, progress, heap, warn)
+    track, report.face_cache, face_key = face_pass(options, loaded, max(schedule) + 1, progress, heap, warn)
     faces = track.faces
     _report_faces(report, track, schedule, warn)
     chain.prepare(faces)
@@ -443,6 +447,10 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
     # run on their own threads, a bounded queue from the generators (runtime/overlap.py); they are
     # stopped and joined before the writer's __exit__ runs.
     encoder = None
+    latents = latent_session(options, loaded, face_key, max(schedule) + 1, warn)
+    for generator in (chain.primary, chain.fallback):
+        if isinstance(generator, MuseTalkGenerator):
+            generator.latents = latents
     try:
         with (sink if sink is not None else media.VideoWriter(
                 options.output, info.width, info.height, info.fps, audio_path, codec=options.codec,
@@ -453,9 +461,14 @@ def _run(options: RunOptions, report: RunReport, progress: Progress, sink: media
                 encoder.write(frame)
                 progress.advance("generate")
                 heap.tick()
+        if latents is not None:  # the output is whole: what this run encoded is worth keeping
+            report.latent_cache = latents.status
+            latents.finish()
     finally:
         if encoder is not None:
             report.frames_written = encoder.frames_written  # encoded, not just handed over
+        if latents is not None:
+            latents.close()
     if total_steps > steps_done[0]:  # windows that fell back ran no DDIM steps
         progress.advance("steps", total_steps - steps_done[0])
     stages["generate_and_write"] = time.perf_counter() - tic
@@ -536,9 +549,10 @@ def detect_faces(video: Path, front_end, tracker: FaceTracker, n_frames: int, ba
 
 
 def face_pass(options: RunOptions, session: Session, n_frames: int, progress: Progress, heap: HeapTrimmer,
-              warn: Callable[[str], None]) -> tuple[FaceTrack, str]:
+              warn: Callable[[str], None]) -> tuple[FaceTrack, str, CacheKey | None]:
     """The dubbed face over the first ``n_frames`` frames, from the face-track cache when it has them
-    (``"hit"``), else detected and stored (``"miss"``), or detected with the cache off (``"off"``)."""
+    (``"hit"``), else detected and stored (``"miss"``), or detected with the cache off (``"off"``);
+    with the cache's key (None when it is off)."""
     cache = key = None
     if options.cache is not None:
         cache = FaceCache(options.cache, warn)
@@ -547,14 +561,14 @@ def face_pass(options: RunOptions, session: Session, n_frames: int, progress: Pr
         if track is not None:
             progress.start("faces", n_frames)
             progress.advance("faces", n_frames)
-            return track, "hit"
+            return track, "hit", key
     tracker = FaceTracker(options.face, options.min_face_size)
     faces = detect_faces(options.video, session.front_end, tracker, n_frames, options.face_batch_size, progress, heap)
     track = FaceTrack(faces, list(tracker.statuses), list(tracker.seen_by_frame[:n_frames]), tracker.dubbed)
     if cache is not None:
         cache.put(key, track, options.video)
-        return track, "miss"
-    return track, "off"
+        return track, "miss", key
+    return track, "off", None
 
 
 def face_cache_key(options: RunOptions, session: Session, video_sha256: str) -> CacheKey:
@@ -565,16 +579,51 @@ def face_cache_key(options: RunOptions, session: Session, video_sha256: str) -> 
         root = session.models.weights_root
         if root is None:
             weights = f"smoke seed {SMOKE_SEED}"
-        else:  # the detector's files as they are now: replaced in place, they miss
-            files = [layout(k, session.models.latentsync_version).locate(root) for k in ("s3fd", "fan68")]
-            weights = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] if f is not None else None for f in files]
-        weights = {"files": weights, "backends": {r: session.models.choices[g].backend for r, g in session.models.roles.items()
-                                                  if r in ("s3fd", "fan68") and g in session.models.choices}}
+        else:
+            weights = _weights_files(session, ("s3fd", "fan68"))
+        weights = {"files": weights, "backends": _backends(session, ("s3fd", "fan68"))}
     settings = {"front_end": front_end, "weights": weights, "device": session.device.type,
                 "dtype": PRECISION_NAMES.get(session.models.dtype, str(session.models.dtype)),
                 "face": str(parse_face_policy(options.face)), "min_face_size": options.min_face_size,
                 "tracker": asdict(TrackerSettings())}
     return CacheKey(video_sha256, settings)
+
+
+def latent_session(options: RunOptions, session: Session, face_key: CacheKey | None, n_frames: int,
+                   warn: Callable[[str], None]) -> LatentSession | None:
+    """The run's view of MuseTalk's latent cache (runtime/latentcache.py), keyed by the face track
+    and what the VAE encoder depends on; None with the cache off."""
+    if face_key is None:
+        return None
+    backends = _backends(session, ("vae_encoder",))
+    encoder: dict = {"backends": backends}
+    if session.models.weights_root is None:
+        encoder["weights"] = f"smoke seed {SMOKE_SEED}"
+    else:
+        encoder["weights"] = _weights_files(session, ("vae",))
+    if any(b != "torch" for b in backends.values()):  # an engine or ONNX graph: its manifest as it is now
+        encoder["engines"] = _stat(engines_dir(session.load.engines) / MANIFEST_NAME)
+    settings = {"generator": MuseTalkGenerator.name, "crop": CROP, "extra_margin": EXTRA_MARGIN, "encoder": encoder,
+                "device": session.device.type, "dtype": PRECISION_NAMES.get(session.models.dtype, str(session.models.dtype))}
+    return LatentCache(options.cache, warn).session(LatentKey(face_key.digest, settings), n_frames)
+
+
+def _stat(path: Path | None) -> list | None:
+    """A file as it is now (path, size, mtime): replaced in place, a cache key that holds it misses."""
+    if path is None or not path.exists():
+        return None
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _weights_files(session: Session, keys: Iterable[str]) -> list:
+    return [_stat(layout(k, session.models.latentsync_version).locate(session.models.weights_root)) for k in keys]
+
+
+def _backends(session: Session, roles: Iterable[str]) -> dict[str, str]:
+    roles = set(roles)
+    return {r: session.models.choices[g].backend for r, g in session.models.roles.items()
+            if r in roles and g in session.models.choices}
 
 
 def _report_faces(report: RunReport, track: FaceTrack, schedule: list[int], warn: Callable[[str], None]) -> None:

@@ -21,6 +21,7 @@ from ..contracts import Face
 from ..datagen import Window, frame_windows
 from ...runners.base import Runner
 from ...runners.base import run_chunked
+from ..latentcache import LatentSession
 from .base import GenerationBatch, GeneratorFailure, StageClock, batch_memory, halve, paste_frames, require_finite
 
 CROP = 256
@@ -82,6 +83,8 @@ class MuseTalkGenerator:
         self.clock = StageClock()
         #: return DeferredFrame objects whose paste the pipeline's encoder thread runs (runtime/overlap.py)
         self.defer_paste = False
+        #: the run's latent cache (runtime/latentcache.py): encoded latents by input frame, or None
+        self.latents: LatentSession | None = None
 
     def plan(self, tags: Sequence[bool]) -> list[Window]:
         return frame_windows(tags, self.batch_size)
@@ -104,26 +107,43 @@ class MuseTalkGenerator:
             self.call_batch = sizes[1]
         return sizes
 
+    def _latents(self, batch: GenerationBatch, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+        """The UNet's (n, 8, 32, 32) input: masked 4 + reference 4 latents per frame, from the latent
+        cache where it has the input frame, else encoded (and given to the cache)."""
+        cached = self.latents.lookup(batch.in_indices) if self.latents is not None else [None] * len(boxes)
+        first: dict[int, int] = {}  # input frame -> its first entry: a repeated input frame is encoded once
+        todo = [first.setdefault(i, k) for k, (i, value) in enumerate(zip(batch.in_indices, cached))
+                if value is None and i not in first]
+        rows: list[torch.Tensor | None] = [None if v is None else torch.from_numpy(v) for v in cached]
+        if todo:
+            tic = time.perf_counter()
+            crops = [cv2.resize(batch.frames[k][y1:y2, x1:x2], (CROP, CROP), interpolation=cv2.INTER_LANCZOS4)
+                     for k, (x1, y1, x2, y2) in ((k, boxes[k]) for k in todo)]
+            image = _to_tensor(crops)
+            masked = image.clone()
+            masked[:, :, CROP // 2 :, :] = 0.0  # lower half masked in [0, 1] space -> -1 after normalising
+            stacked = torch.cat([masked, image]) * 2.0 - 1.0
+            self.clock.add("crop", time.perf_counter() - tic)
+            tic = time.perf_counter()
+            m = len(todo)
+            latents = run_chunked(self.vae_encoder, {"image": stacked}, "latent", 2 * m, self.device)
+            encoded = torch.cat([latents[:m], latents[m:]], dim=1)  # masked 4 + reference 4
+            if self.latents is not None:
+                self.latents.record([batch.in_indices[k] for k in todo], encoded.cpu().numpy())
+            for k, row in zip(todo, encoded):
+                rows[k] = row
+            for k, i in enumerate(batch.in_indices):
+                if rows[k] is None:
+                    rows[k] = rows[first[i]]
+            self.clock.add("vae_encode", time.perf_counter() - tic)
+        return torch.stack([row.to(self.device) for row in rows])
+
     def _generate(self, batch: GenerationBatch) -> list[np.ndarray]:
         boxes = [crop_box(face, frame.shape) for face, frame in zip(batch.faces, batch.frames)]
         if any(box is None for box in boxes):  # the pipeline filters these; be safe
             raise GeneratorFailure("a face has no usable crop box")
-        tic = time.perf_counter()
-        crops = [
-            cv2.resize(frame[y1:y2, x1:x2], (CROP, CROP), interpolation=cv2.INTER_LANCZOS4)
-            for frame, (x1, y1, x2, y2) in zip(batch.frames, boxes)
-        ]
-        image = _to_tensor(crops)
-        masked = image.clone()
-        masked[:, :, CROP // 2 :, :] = 0.0  # lower half masked in [0, 1] space -> -1 after normalising
-        stacked = torch.cat([masked, image]) * 2.0 - 1.0
-        self.clock.add("crop", time.perf_counter() - tic)
-
-        tic = time.perf_counter()
-        latents = run_chunked(self.vae_encoder, {"image": stacked}, "latent", 2 * len(crops), self.device)
-        n = len(crops)
-        unet_in = torch.cat([latents[:n], latents[n:]], dim=1)  # masked 4 + reference 4
-        self.clock.add("vae_encode", time.perf_counter() - tic)
+        n = len(boxes)
+        unet_in = self._latents(batch, boxes)
 
         tic = time.perf_counter()
         audio = musetalk_audio_windows(batch.audio.musetalk_states, batch.n_out, batch.audio.fps, frames=batch.out_indices)
