@@ -13,10 +13,13 @@ import pytest
 from latentmuse.bench.scale import check_reports
 
 
-def _report(path, *, frames=10, processed=10, status="ok", cache="off"):
+def _report(path, *, frames=10, processed=10, status="ok", cache="off", latents=None, generator="musetalk"):
+    if latents is None:
+        latents = {"off": "off", "miss": "miss", "hit": "hit"}[cache]
     path.with_name(path.name + ".json").write_text(json.dumps(
         {"status": status, "frames_in": frames, "frames_out": frames, "frames_processed": processed,
-         "frames_passthrough": frames - processed, "face_cache": cache}))
+         "frames_passthrough": frames - processed, "face_cache": cache, "latent_cache": latents,
+         "generator": generator}))
     return path
 
 
@@ -36,3 +39,10 @@ def test_an_unexpected_cache_status_or_a_missing_report_fails(tmp_path):
         check_reports("warm", [_report(tmp_path / "a.mp4", cache="miss")], 10, ["hit"])
     with pytest.raises(SystemExit, match="no readable report for c.mp4"):
         check_reports("run", [tmp_path / "c.mp4"], 10, ["off"])
+
+
+def test_the_latent_cache_must_follow_the_face_cache_for_musetalk_only(tmp_path):
+    assert check_reports("ls", [_report(tmp_path / "a.mp4", cache="hit", latents="unused", generator="latentsync")],
+                         10, ["hit"]) == 10
+    with pytest.raises(SystemExit, match="'latent_cache': 'miss'"):  # a face hit whose latents were encoded again
+        check_reports("warm", [_report(tmp_path / "b.mp4", cache="hit", latents="miss")], 10, ["hit"])

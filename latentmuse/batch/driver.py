@@ -42,6 +42,7 @@ class JobResult:
     frames_failed: int = 0
     seconds: float = 0.0
     face_cache: str = ""
+    latent_cache: str = ""
     worker: str | None = None
     exit_code: int = ExitCode.OK
 
@@ -148,7 +149,7 @@ def execute(lipsync, job: Job, clip: ClipOptions, key: dict | None, progress=Non
     failed_frames = report.status == STATUS_FAILED_FRAMES
     return _result(job, DONE_NOW, outcome=report.status, reason=report.error if failed_frames else None,
                    frames=report.frames_out, frames_failed=report.frames_failed, seconds=time.perf_counter() - tic,
-                   face_cache=report.face_cache, worker=worker, exit_code=report.exit_code)
+                   face_cache=report.face_cache, latent_cache=report.latent_cache, worker=worker, exit_code=report.exit_code)
 
 
 def _result(job: Job, status: str, **values) -> JobResult:

@@ -15,7 +15,8 @@ runs them), on the demo's clip (skimage's astronaut, espeak-ng speech) at ``--se
 The clip has no cutaway: every frame shows the face, so every frame of every job goes through the
 generator (a clip that is all cutaway would time passthrough, not lip sync). After each command every
 job's report is checked: status ok, every input frame written and generated, and the face cache as
-expected (off; a miss then hits; all hits); a command whose jobs did not all do the work fails the
+expected (off; a miss then hits; all hits; MuseTalk's latent cache
+alongside); a command whose jobs did not all do the work fails the
 benchmark with one line.
 
 ``python -m latentmuse.bench.scale --weights smoke --json out/scale.json`` (``make bench-scale``). The JSON
@@ -63,12 +64,23 @@ class ScaleResult:
     comparisons: list[Comparison] = field(default_factory=list)
 
 
+def expected_latent_cache(generator: str, face_cache: str) -> str:
+    """What a job's ``latent_cache`` must say: MuseTalk's latents are cached beside the face track
+    (a face miss encodes them, a face hit finds them); LatentSync does not use them."""
+    if face_cache == "off":
+        return "off"
+    if generator != "musetalk":
+        return "unused"
+    return "miss" if face_cache == "miss" else "hit"
+
+
 def check_reports(label: str, outputs: list[Path], frames: int, face_cache: list[str]) -> int:
     """The frames generated over ``outputs``' reports (``OUTPUT.json``), after checking each did the work.
 
     Each report must say status ok, ``frames`` frames in and out, all of them generated (none passed
-    through), and the face cache ``face_cache[k]`` for output k; otherwise ``SystemExit`` with one line
-    naming the command, the output and what differs: a benchmark of jobs that skipped the work is wrong.
+    through), the face cache ``face_cache[k]`` for output k and the latent cache that goes with it
+    (:func:`expected_latent_cache`); otherwise ``SystemExit`` with one line naming the command, the
+    output and what differs: a benchmark of jobs that skipped the work is wrong.
     """
     total = 0
     for output, cache in zip(outputs, face_cache, strict=True):
@@ -78,7 +90,7 @@ def check_reports(label: str, outputs: list[Path], frames: int, face_cache: list
         except (OSError, ValueError) as exc:
             raise SystemExit(f"{label}: no readable report for {output.name} ({exc})") from None
         expected = {"status": "ok", "frames_in": frames, "frames_out": frames, "frames_processed": frames,
-                    "face_cache": cache}
+                    "face_cache": cache, "latent_cache": expected_latent_cache(str(report.get("generator")), cache)}
         wrong = {k: report.get(k) for k, v in expected.items() if report.get(k) != v}
         if wrong:
             raise SystemExit(f"{label}: {output.name} did not do the benchmarked work: got {wrong}, expected "

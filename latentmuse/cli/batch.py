@@ -76,10 +76,10 @@ def default_summary(jobs: Path, out: Path | None) -> Path:
 
 def summary_table(result, title: str) -> PlainTable:
     """One row per job (status, reason, frames, seconds), then the counts."""
-    table = PlainTable("job", "output", "status", "frames", "seconds", "face cache", "reason", title=title)
+    table = PlainTable("job", "output", "status", "frames", "seconds", "cache: faces/latents", "reason", title=title)
     for r in result.jobs:
-        table.add_row(r.where, Path(r.output).name, r.status, str(r.frames), f"{r.seconds:.1f}", r.face_cache or "-",
-                      r.reason or "")
+        cache = f"{r.face_cache}/{r.latent_cache}" if r.face_cache and r.latent_cache else r.face_cache or "-"
+        table.add_row(r.where, Path(r.output).name, r.status, str(r.frames), f"{r.seconds:.1f}", cache, r.reason or "")
     counts = result.counts
     table.caption = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
                      + (f", {counts['not_run']} not run" if counts["not_run"] else "")

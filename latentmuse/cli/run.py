@@ -85,6 +85,7 @@ def summary_table(result: RunReport, title: str) -> Table:
                                     f"seed {result.seed}{', deepcache' if result.deepcache else ''}, {result.windows} windows")
     table.add_row("face front end", result.face_detector)
     table.add_row("dubbed face", _face_summary(result))
+    table.add_row("cache", f"faces {result.face_cache}, latents {result.latent_cache}")
     if result.runners:
         table.add_row("runners", ", ".join(f"{role} {r['backend']}" for role, r in result.runners.items()))
     fallbacks = "; ".join(f"{f['count']} frames {f['generator']} -> {f['to']}: {f['reason']}" for f in result.fallbacks)

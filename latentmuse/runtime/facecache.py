@@ -9,11 +9,10 @@ policy, ``--min-face-size`` and the tracker's constants. Tracking is causal (fra
 frames ``<= t`` only), so an entry for ``n`` frames serves every run that needs ``n`` or fewer: a
 shorter audio track hits, a longer one recomputes and replaces the entry.
 
-What is *not* cached, and why: LatentSync's alignment transforms are smoothed over the run's frames
-(a prefix of a longer run's transforms is not the shorter run's), and they cost about a millisecond
-per thousand frames to recompute from the cached landmarks; reference latents depend on the weights,
-resolution and the VAE's precision, and are encoded inside the batched generator call, where they
-cost no extra pass (docs/SCALE.md).
+What is *not* cached here, and why: LatentSync's alignment transforms are smoothed over the run's
+frames (a prefix of a longer run's transforms is not the shorter run's), and they cost about a
+millisecond per thousand frames to recompute from the cached landmarks. MuseTalk's VAE latents of the
+crops are cached beside this entry, under its key (runtime/latentcache.py, docs/SCALE.md).
 
 Entries are one ``.npz`` each (no pickle: ``allow_pickle=False``), written atomically through a
 unique temporary name, so concurrent writers of one key each rename a whole file and the last wins.

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import file_mode
+from ..files import file_mode, sha256_files
 
 #: Bumped whenever the entry layout or the encoder's inputs change.
 LATENT_VERSION = 1
@@ -60,12 +60,8 @@ class LatentKey:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _file_sha(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()[:32]
+def _file_sha(path: Path) -> str:
+    return sha256_files(path)[:32]
 
 
 class LatentCache:
