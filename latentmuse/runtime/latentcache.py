@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import file_mode, sha256_files
+from .facecache import _reason  # one wording of an entry's fault for both caches
 
 #: Bumped whenever the entry layout or the encoder's inputs change.
 LATENT_VERSION = 1
@@ -293,8 +294,3 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
