@@ -128,6 +128,7 @@ def test_ray_missing_is_one_line(capsys, tmp_path, clip, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     code, _, err = run_cli(capsys, "batch", str(jobs), *COMMON, "--ray", "auto")
     assert code == 1 and "--ray needs Ray" in err and "pip install 'latentmuse[ray]'" in err
+    assert not jobs.with_name(jobs.name + ".summary.json").exists() and not (jobs.parent / "out").exists()
 
 
 @pytest.mark.slow  # a driver process starting its own local cluster: minutes on a loaded 2-core machine

@@ -40,6 +40,10 @@ def batch(
     from ..runtime.lipsync import LipSync
 
     job_list = read_jobs(jobs, out)
+    if ray is not None:  # before anything is written: a missing extra leaves no summary behind
+        from ..batch.ray_backend import import_ray
+
+        import_ray()
     summary_path = summary or default_summary(jobs, out)
     digests = Digests()
     result = BatchSummary(str(jobs), "ray" if ray is not None else "local", 0 if ray is not None else 1)
