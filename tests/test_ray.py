@@ -46,8 +46,12 @@ def write_jobs(folder: Path, clip, n: int) -> Path:
     return folder / "jobs.jsonl"
 
 
+def summary_file(jobs: Path) -> Path:
+    return jobs.with_name(jobs.name + ".summary.json")
+
+
 def summary_of(jobs: Path) -> dict:
-    return json.loads(jobs.with_name(jobs.name + ".summary.json").read_text())
+    return json.loads(summary_file(jobs).read_text())
 
 
 def test_a_ray_batch_runs_every_job_on_its_actors_and_resumes(capsys, cluster, clip, tmp_path):
@@ -128,7 +132,7 @@ def test_ray_missing_is_one_line(capsys, tmp_path, clip, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     code, _, err = run_cli(capsys, "batch", str(jobs), *COMMON, "--ray", "auto")
     assert code == 1 and "--ray needs Ray" in err and "pip install 'latentmuse[ray]'" in err
-    assert not jobs.with_name(jobs.name + ".summary.json").exists() and not (jobs.parent / "out").exists()
+    assert not summary_file(jobs).exists() and not (jobs.parent / "out").exists()
 
 
 @pytest.mark.slow  # a driver process starting its own local cluster: minutes on a loaded 2-core machine
