@@ -47,14 +47,19 @@ demo: $(STAMP) system-deps
 	@echo "demo video:  $(OUT)/demo/result.mp4"
 	@echo "demo report: $(OUT)/demo/report.json"
 
-# Export every graph to validated ONNX for WEIGHTS (a folder, or smoke), then build TensorRT plans.
-# Without TensorRT or a GPU the plans are skipped with one line saying why, and make still succeeds.
+# Export every graph to validated ONNX for WEIGHTS (a folder, or smoke), then build TensorRT plans:
+# FLAVOR=auto takes standard TensorRT on a GPU machine that has it, else TensorRT for RTX, which builds
+# ahead of time without a GPU (COMPUTE_CAPABILITY=8.6,8.9 picks its targets; default 8.0,8.6,8.9,12.0).
+# With neither installed the plans are skipped with one line saying why, and make still succeeds.
 ENGINES ?= engines
+FLAVOR ?= auto
+COMPUTE_CAPABILITY ?=
 engines: $(STAMP)
 	$(BIN)/latentmuse export --weights "$(WEIGHTS)" --out $(ENGINES)/onnx
-	@reason=$$($(BIN)/python -c 'from latentmuse.engines import engines_unavailable_reason as r; print(r() or "")'); \
+	@reason=$$($(BIN)/python -c 'import sys; from latentmuse.engines import engines_unavailable_reason as r; print(r(sys.argv[1]) or "")' "$(FLAVOR)"); \
 	if [ -n "$$reason" ]; then echo "$$reason"; \
-	else $(BIN)/latentmuse build --onnx $(ENGINES)/onnx --out $(ENGINES); fi
+	else $(BIN)/latentmuse build --onnx $(ENGINES)/onnx --out $(ENGINES) --flavor "$(FLAVOR)" \
+	  $(if $(COMPUTE_CAPABILITY),--compute-capability "$(COMPUTE_CAPABILITY)"); fi
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)

@@ -30,6 +30,9 @@ RESOLUTIONS = ("auto", "256", "512")
 #: ``latentmuse build --precision``: which exported file an engine is built from (``auto``: the fp16
 #: graph unless only fp32 validated).
 ENGINE_PRECISIONS = ("auto", "fp16", "fp32")
+#: ``latentmuse build --flavor``: which TensorRT builds the plans (``auto``: standard TensorRT when it
+#: imports and a GPU is visible, else TensorRT for RTX; see :mod:`latentmuse.engines.orchestrate`).
+TRT_FLAVORS = ("auto", "tensorrt", "tensorrt-rtx")
 #: Sizes ``latentmuse weights random`` writes: test configurations or the released architectures.
 RANDOM_SIZES = ("tiny", "full")
 #: ``latentmuse run --codec``: the output's video codec (``auto``: its container's default; which
@@ -56,5 +59,6 @@ Precision = choice_enum("Precision", PRECISIONS)
 FaceDetector = choice_enum("FaceDetector", FACE_DETECTORS)
 Resolution = choice_enum("Resolution", RESOLUTIONS)
 EnginePrecision = choice_enum("EnginePrecision", ENGINE_PRECISIONS)
+TrtFlavorChoice = choice_enum("TrtFlavorChoice", TRT_FLAVORS)
 RandomSize = choice_enum("RandomSize", RANDOM_SIZES)
 Codec = choice_enum("Codec", CODECS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -71,3 +72,8 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: letters, digits and dots, runs of anything else one dash."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")

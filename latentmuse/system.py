@@ -97,14 +97,64 @@ def working_ort_providers() -> list[Probe]:
     return probes
 
 
-def tensorrt_probe() -> Probe:
+@dataclass(frozen=True)
+class TrtFlavor:
+    """One of the two TensorRT flavours latentmuse builds and runs (docs/ENGINES.md).
+
+    Standard TensorRT builds on the GPU the plan will run on (a plan is tied to that GPU model);
+    TensorRT for RTX builds ahead of time on any machine, for a list of compute capabilities, and
+    compiles its kernels just in time on the GPU at first run.
+    """
+
+    name: str  # "tensorrt" | "tensorrt-rtx": --flavor, the manifest
+    module: str  # the Python module: "tensorrt" | "tensorrt_rtx"
+    label: str  # for people: "TensorRT" | "TensorRT for RTX"
+    plan_suffix: str  # "vae_encoder.plan" | "vae_encoder.rtx.plan": both kinds sit in one engines folder
+    extra: str  # the latentmuse extra that installs it
+    needs_gpu_to_build: bool
+
+
+TENSORRT = TrtFlavor("tensorrt", "tensorrt", "TensorRT", ".plan", "gpu", True)
+TENSORRT_RTX = TrtFlavor("tensorrt-rtx", "tensorrt_rtx", "TensorRT for RTX", ".rtx.plan", "trt-rtx", False)
+#: By name, in the order ``--flavor auto`` and ``--backend auto`` prefer them.
+FLAVORS: dict[str, TrtFlavor] = {f.name: f for f in (TENSORRT, TENSORRT_RTX)}
+
+#: Compute capabilities TensorRT for RTX can target (its ``ComputeCapability`` enum in 1.x): Turing,
+#: Ampere, Ada, consumer and RTX PRO Blackwell. Not 9.0 (Hopper) or 10.0 (B200): those need standard TensorRT.
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+#: What an RTX plan targets unless told otherwise: TensorRT for RTX's own default set (7.5 only when
+#: asked for, as NVIDIA advises). Named explicitly so the manifest records what a plan runs on.
+RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
+
+
+def tensorrt_probe(flavor: TrtFlavor = TENSORRT) -> Probe:
+    """Whether ``flavor``'s module imports and has a Builder; its version, or why not."""
     try:
-        trt = importlib.import_module("tensorrt")
+        trt = importlib.import_module(flavor.module)
     except Exception as exc:  # noqa: BLE001 - ImportError or a broken install raising anything
-        return Probe("tensorrt", False, f"not importable ({type(exc).__name__}); install the 'tensorrt' extra on a GPU machine")
+        where = ("from NVIDIA's index on a GPU machine" if flavor is TENSORRT else "from PyPI")
+        return Probe(flavor.name, False, f"{flavor.module} not importable ({type(exc).__name__}); "
+                                         f"install the '{flavor.extra}' extra ({where})")
     if not hasattr(trt, "Builder"):
-        return Probe("tensorrt", False, "a 'tensorrt' module imports but has no Builder (stub or broken install)")
-    return Probe("tensorrt", True, getattr(trt, "__version__", "unknown version"))
+        return Probe(flavor.name, False, f"a '{flavor.module}' module imports but has no Builder (stub or broken install)")
+    return Probe(flavor.name, True, str(getattr(trt, "__version__", "unknown version")))
+
+
+def can_build(flavor: TrtFlavor, gpu: GpuInfo | None) -> str | None:
+    """Why ``flavor`` cannot build engines on this machine (None: it can), given its module imports."""
+    if flavor.needs_gpu_to_build and gpu is None:
+        return "it builds on the GPU the plans will run on, and no CUDA GPU is visible to torch"
+    return None
+
+
+def can_run(flavor: TrtFlavor, gpu: GpuInfo | None) -> str | None:
+    """Why ``flavor``'s plans cannot run on this machine's GPU (None: they can)."""
+    if gpu is None:
+        return "no CUDA GPU visible to torch"
+    if flavor is TENSORRT_RTX and gpu.compute_capability not in RTX_COMPUTE_CAPABILITIES:
+        return (f"{gpu.name} has compute capability {gpu.compute_capability}, which TensorRT for RTX does not "
+                f"support (it runs on {', '.join(RTX_COMPUTE_CAPABILITIES)}; Hopper and B200 need standard TensorRT)")
+    return None
 
 
 def probe_system() -> SystemReport:
@@ -112,5 +162,5 @@ def probe_system() -> SystemReport:
     report.probes.append(python_probe())
     report.probes.extend(torch_probes())
     report.probes.extend(working_ort_providers())
-    report.probes.append(tensorrt_probe())
+    report.probes.extend(tensorrt_probe(f) for f in FLAVORS.values())
     return report

@@ -119,8 +119,9 @@ FAKE_GPU_NAME, FAKE_GPU_CC = "NVIDIA H100 80GB HBM3", "9.0"
 
 @pytest.fixture
 def fake_trt(monkeypatch):
-    """The TensorRT test double (tests/fake_tensorrt) importable here and in builder subprocesses, with a
-    GPU injected into the build orchestration; yields the ``tensorrt`` module."""
+    """The TensorRT test doubles (tests/fake_tensorrt: ``tensorrt`` and ``tensorrt_rtx``) importable here
+    and in builder subprocesses, shadowing any real install, with a GPU injected into the build
+    orchestration; yields the ``tensorrt`` module. Real modules imported before are put back afterwards."""
     import importlib
     import sys
 
@@ -132,10 +133,21 @@ def fake_trt(monkeypatch):
     monkeypatch.syspath_prepend(str(FAKE_TENSORRT))
     path = os.pathsep.join([str(FAKE_TENSORRT), str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     monkeypatch.setenv("PYTHONPATH", path)
-    for var in ("FAKE_TENSORRT_CRASH", "FAKE_TENSORRT_VERSION"):
+    for var in ("FAKE_TENSORRT_CRASH", "FAKE_TENSORRT_VERSION", "FAKE_TENSORRT_RTX_VERSION"):
         monkeypatch.delenv(var, raising=False)
-    sys.modules.pop("tensorrt", None)
+    modules = ("tensorrt", "tensorrt_rtx")
+    saved = {name: sys.modules.pop(name) for name in modules if name in sys.modules}
     monkeypatch.setattr(orchestrate, "gpu_info", lambda: GpuInfo(FAKE_GPU_NAME, FAKE_GPU_CC))
-    monkeypatch.setattr(trt_support, "_LOGGER", None)  # its logger belongs to the tensorrt module popped above
+    monkeypatch.setattr(trt_support, "_LOGGERS", {})  # loggers belong to the modules popped above
     yield importlib.import_module("tensorrt")
-    sys.modules.pop("tensorrt", None)
+    for name in modules:
+        sys.modules.pop(name, None)
+    sys.modules.update(saved)
+
+
+@pytest.fixture
+def fake_rtx(fake_trt):
+    """The TensorRT for RTX double (with the standard one beside it, see ``fake_trt``)."""
+    import importlib
+
+    return importlib.import_module("tensorrt_rtx")

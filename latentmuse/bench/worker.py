@@ -195,9 +195,9 @@ def probe_job(req: dict) -> dict:
     import torch
 
     from ..runners.select import EngineStore
-    from ..runners.trt_support import import_tensorrt
+    from ..runners.trt_support import import_tensorrt, module_version
     from ..errors import LatentmuseError
-    from ..system import GpuInfo
+    from ..system import FLAVORS, GpuInfo
 
     device = torch.device(req["device"])
     props = torch.cuda.get_device_properties(device)
@@ -206,18 +206,28 @@ def probe_job(req: dict) -> dict:
            "cudnn": torch.backends.cudnn.version()}
     trt: dict = {"unavailable": None, "graphs": {}}
     if "trt" in req.get("backends", ()):
-        try:
-            module = import_tensorrt()
-        except LatentmuseError as exc:
-            trt["unavailable"] = exc.message
+        here = GpuInfo(props.name, gpu["compute_capability"])
+        versions, reasons = {}, []
+        for flavor in FLAVORS.values():
+            try:
+                versions[flavor] = module_version(import_tensorrt(flavor))
+            except LatentmuseError as exc:
+                reasons.append(exc.message)
+        if not versions:
+            trt["unavailable"] = "; ".join(reasons)
         else:
-            version = str(getattr(module, "__version__", "unknown"))
             store = EngineStore(req["engines"], req["weights"], req["seed"])
             if not store.exists:
                 trt["unavailable"] = f"no engines folder {store.root} (run `make engines`, or pass --engines DIR)"
             for graph in req["graphs"]:
-                plan, why = store.plan(graph, version, GpuInfo(props.name, gpu["compute_capability"]))
-                trt["graphs"][graph] = None if plan is not None else why
+                whys = []
+                for flavor, version in versions.items():
+                    plan, why = store.plan(graph, flavor, version, here)
+                    if plan is not None:
+                        whys = None
+                        break
+                    whys.append(f"{flavor.label}: {why}")
+                trt["graphs"][graph] = None if whys is None else "; ".join(whys)
     return {"gpu": gpu, "trt": trt}
 
 

@@ -1,7 +1,14 @@
-"""Build every graph's engine: one subprocess per graph, incremental, with a persistent timing cache.
+"""Build every graph's engine: one subprocess per graph, incremental, in either TensorRT flavour.
 
-A graph is skipped when its manifest entry is current (same ONNX sha256, TensorRT version, GPU name
-and compute capability, precision and profiles, plan present). Each build runs in
+The flavour (:func:`resolve_flavor`, ``latentmuse build --flavor auto|tensorrt|tensorrt-rtx``): standard
+TensorRT builds on the GPU the plans will run on, with a persistent timing cache per GPU model and
+version; TensorRT for RTX builds ahead of time on any machine, GPU or not, for a list of compute
+capabilities (:data:`latentmuse.system.RTX_DEFAULT_TARGETS` unless told). Plans carry the flavour in
+their names (``vae_encoder.plan``, ``vae_encoder.rtx.plan``), so both kinds share one engines folder.
+
+A graph is skipped when its manifest entry for the flavour is current (same ONNX sha256, flavour
+version, GPU name and compute capability or the same RTX targets, precision and profiles, plan
+present). Each build runs in
 ``python -m latentmuse.engines.trt_build`` so that a builder that segfaults or aborts becomes a clean
 :class:`LatentmuseError` naming the graph; the manifest is updated (atomically) after each success.
 
@@ -21,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -37,31 +43,63 @@ from ..errors import LatentmuseError
 from ..artifacts import manifest as mf
 from ..artifacts.export_report import REPORT_NAME, entry_for_file, read_report, validated_entry
 from ..artifacts.onnx_files import onnx_sha256
-from ..system import GpuInfo, gpu_info
+from ..files import slug
+from ..system import (FLAVORS, RTX_COMPUTE_CAPABILITIES, RTX_DEFAULT_TARGETS, TENSORRT, TENSORRT_RTX, GpuInfo,
+                      TrtFlavor, can_build, gpu_info, tensorrt_probe)
 
 
-def tensorrt_version() -> str | None:
-    """The importable TensorRT's version (with a Builder), else None."""
-    from ..system import tensorrt_probe
+def resolve_flavor(requested: str = "auto", gpu: GpuInfo | None = None) -> tuple[TrtFlavor, str]:
+    """The flavour a build uses and its version; a one-line :class:`LatentmuseError` when none can build here.
 
-    probe = tensorrt_probe()
-    return probe.detail if probe.ok else None
+    ``auto``: standard TensorRT when it imports and a GPU is visible (plans tuned for this GPU), else
+    TensorRT for RTX when it imports (ahead of time, no GPU needed), else an error saying what to install.
+    """
+    if requested not in ("auto", *FLAVORS):
+        raise LatentmuseError(f"--flavor {requested} is not known.", f"use auto, {', '.join(FLAVORS)}.")
+    candidates = list(FLAVORS.values()) if requested == "auto" else [FLAVORS[requested]]
+    reasons = []
+    for flavor in candidates:
+        probe = tensorrt_probe(flavor)
+        why = probe.detail if not probe.ok else can_build(flavor, gpu)
+        if why is None:
+            import importlib.util
+
+            if importlib.util.find_spec("polygraphy") is None:
+                why = f"polygraphy is not installed (install the '{flavor.extra}' extra)"
+        if why is None:
+            return flavor, probe.detail
+        reasons.append(f"{flavor.label}: {why}")
+    fix = ("pip install 'latentmuse[trt-rtx]' builds TensorRT for RTX plans on any machine; standard TensorRT "
+           "(the 'gpu' extra, on the GPU that will run the plans) serves Hopper and B200")
+    raise LatentmuseError(f"TensorRT engines not built: {'; '.join(reasons)}.", fix + ".")
 
 
-def engines_unavailable_reason() -> str | None:
+def engines_unavailable_reason(flavor: str = "auto") -> str | None:
     """One line saying why engines cannot be built here (``make engines`` prints it and exits 0), or None."""
-    from ..system import tensorrt_probe
-
-    probe = tensorrt_probe()
-    if not probe.ok:
-        return f"TensorRT engines not built: tensorrt {probe.detail}"
-    if gpu_info() is None:
-        return "TensorRT engines not built: no CUDA GPU visible to torch"
-    import importlib.util
-
-    if importlib.util.find_spec("polygraphy") is None:
-        return "TensorRT engines not built: polygraphy is not installed (install the 'gpu' extra)"
+    try:
+        resolve_flavor(flavor, gpu_info())
+    except LatentmuseError as exc:
+        return exc.message.rstrip(".")
     return None
+
+
+def parse_compute_capabilities(value: str | Sequence[str] | None, flavor: TrtFlavor) -> tuple[str, ...]:
+    """``--compute-capability 8.6,8.9``: the RTX targets, checked and sorted; the default set when None."""
+    if flavor is not TENSORRT_RTX:
+        if value:
+            raise LatentmuseError("--compute-capability applies to TensorRT for RTX only.",
+                                  "drop it, or build with --flavor tensorrt-rtx (standard TensorRT builds "
+                                  "for the GPU it runs on).")
+        return ()
+    if not value:
+        return RTX_DEFAULT_TARGETS
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    unknown = [v for v in items if v not in RTX_COMPUTE_CAPABILITIES]
+    if unknown or not items:
+        raise LatentmuseError(f"compute capability {', '.join(unknown) or repr(value)} is not one TensorRT for RTX "
+                              "targets.", f"use some of {', '.join(RTX_COMPUTE_CAPABILITIES)} (Hopper 9.0 and "
+                              "B200 10.0 need standard TensorRT).")
+    return tuple(sorted(set(items), key=lambda v: tuple(int(p) for p in v.split("."))))
 
 
 @dataclass
@@ -71,6 +109,8 @@ class BuildResult:
     reason: str  # why it was (re)built or skipped, or the error
     plan: Path | None = None
     seconds: float = 0.0
+    plan_bytes: int = 0
+    peak_rss_bytes: int = 0  # the builder process's peak resident set
 
 
 class BuildError(LatentmuseError):
@@ -116,8 +156,7 @@ def choose_onnx(onnx_dir: Path, graph: str, precision: str, report: Mapping[str,
 
 
 def timing_cache_path(out_dir: Path, gpu: GpuInfo, trt_version: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu.name}-sm{gpu.compute_capability}-trt{trt_version}").strip("-")
-    return out_dir / f"timing-{slug}.cache"
+    return out_dir / f"timing-{slug(f'{gpu.name}-sm{gpu.compute_capability}-trt{trt_version}')}.cache"
 
 
 def _signal_name(code: int) -> str:
@@ -131,11 +170,18 @@ def _signal_name(code: int) -> str:
 DEFAULT_TIMEOUT_S = 3600.0
 
 
-def builder_command(onnx: Path, plan: Path, profiles: Mapping, timing_cache: Path,
-                    workspace_bytes: int | None) -> list[str]:
+def builder_command(onnx: Path, plan: Path, profiles: Mapping, timing_cache: Path | None,
+                    workspace_bytes: int | None, flavor: TrtFlavor = TENSORRT,
+                    compute_capabilities: Sequence[str] = (), smoke_load: bool = True) -> list[str]:
     """The builder subprocess's argument list (never a shell string)."""
     command = [sys.executable, "-m", "latentmuse.engines.trt_build", "--onnx", str(onnx), "--plan", str(plan),
-               "--profiles", json.dumps(profiles), "--timing-cache", str(timing_cache)]
+               "--profiles", json.dumps(profiles), "--flavor", flavor.name]
+    if timing_cache is not None:
+        command += ["--timing-cache", str(timing_cache)]
+    if compute_capabilities:
+        command += ["--compute-capabilities", ",".join(compute_capabilities)]
+    if not smoke_load:
+        command.append("--no-smoke-load")
     if workspace_bytes:
         command += ["--workspace-bytes", str(int(workspace_bytes))]
     return command
@@ -190,13 +236,19 @@ class _Build:
     precision: str
     force: bool
     allow_unvalidated: bool
-    trt_version: str
-    gpu: GpuInfo
-    timing_cache: Path
+    flavor: TrtFlavor
+    target: mf.Target
+    gpu: GpuInfo | None  # the GPU this machine has (required by standard TensorRT, optional for RTX)
+    timing_cache: Path | None  # standard TensorRT only
     timeout_s: float | None
     workspace_bytes: int | None
     say: Callable[[str], None]
     export_report: Mapping[str, dict]  # the exporter's record of each graph (read once per call)
+
+    @property
+    def smoke_load(self) -> bool:
+        """Deserialise each new plan in the builder: only where a GPU it targets is here to do it."""
+        return self.gpu is not None and self.gpu.compute_capability in self.target.compute_capabilities
 
 
 def build_all(
@@ -212,29 +264,35 @@ def build_all(
     gpu: GpuInfo | None = None,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     workspace_bytes: int | None = None,
+    flavor: str = "auto",
+    compute_capabilities: str | Sequence[str] | None = None,
 ) -> list[BuildResult]:
     """Build (or skip) every graph's engine into ``out_dir``; ``specs`` maps names to GraphSpecs or to
     profile dicts ``{input: (min, opt, max)}``. Only ONNX files that ``export_report.json`` lists as
     validated against PyTorch are built, unless ``allow_unvalidated``. Each builder is killed after
-    ``timeout_s`` seconds (None: no limit). Raises :class:`BuildError` after trying every graph if any
-    failed (the manifest keeps every success)."""
+    ``timeout_s`` seconds (None: no limit). ``flavor``: see :func:`resolve_flavor`;
+    ``compute_capabilities``: TensorRT for RTX's targets. Raises :class:`BuildError` after trying every
+    graph if any failed (the manifest keeps every success)."""
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    trt_version = tensorrt_version()
-    if trt_version is None:
-        raise LatentmuseError(engines_unavailable_reason() or "TensorRT is not usable here.")
     gpu = gpu or gpu_info()
-    if gpu is None:
-        raise LatentmuseError("TensorRT engines not built: no CUDA GPU visible to torch.",
-                              "build engines on the GPU machine that will run them.")
+    chosen, version = resolve_flavor(flavor, gpu)
+    targets = parse_compute_capabilities(compute_capabilities, chosen)
+    if chosen is TENSORRT:
+        target = mf.Target(chosen.name, version, gpu.name, (gpu.compute_capability,))
+        timing_cache = timing_cache_path(out_dir, gpu, version)
+    else:
+        target, timing_cache = mf.Target(chosen.name, version, "", targets), None
     table = _as_mapping(specs)
     wanted = list(graphs) if graphs else list(table)
     unknown = [g for g in wanted if g not in table]
     if unknown:
         raise LatentmuseError(f"unknown graph(s): {', '.join(unknown)}.", f"choose from {', '.join(table)}.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = _Build(onnx_dir, out_dir, precision, force, allow_unvalidated, trt_version, gpu,
-                 timing_cache_path(out_dir, gpu, trt_version), timeout_s, workspace_bytes,
-                 report or (lambda _line: None), read_report(onnx_dir / REPORT_NAME))
+    ctx = _Build(onnx_dir, out_dir, precision, force, allow_unvalidated, chosen, target, gpu, timing_cache,
+                 timeout_s, workspace_bytes, report or (lambda _line: None), read_report(onnx_dir / REPORT_NAME))
+    where = (f"for {gpu.name}" if chosen is TENSORRT else
+             f"ahead of time for compute capabilities {', '.join(targets)}")
+    ctx.say(f"building with {chosen.label} {version} {where}")
     results: list[BuildResult] = []
     for graph in wanted:
         try:
@@ -261,7 +319,7 @@ def _build_folder(out_dir: Path, graph: str) -> Iterator[Path]:
 
 
 def _up_to_date(entry: mf.EngineEntry | None, digest: str, chosen: str, profiles: dict, ctx: _Build) -> tuple[bool, str]:
-    current, reason = mf.entry_is_current(entry, digest, ctx.trt_version, ctx.gpu.name, ctx.gpu.compute_capability)
+    current, reason = mf.entry_is_current(entry, digest, ctx.target)
     if not current:
         return False, reason
     if entry.precision != chosen:
@@ -279,8 +337,8 @@ def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
     onnx, chosen = choose_onnx(ctx.onnx_dir, graph, ctx.precision, export_report)
     profiles = _profiles_of(spec)
     digest = onnx_sha256(onnx)
-    plan = ctx.out_dir / f"{graph}.plan"
-    entry = mf.load(ctx.out_dir).graphs.get(graph)
+    plan = ctx.out_dir / f"{graph}{ctx.flavor.plan_suffix}"
+    entry = mf.load(ctx.out_dir).get(graph, ctx.flavor.name)
     current, reason = _up_to_date(entry, digest, chosen, profiles, ctx)
     if current and not ctx.force:
         ctx.say(f"{graph}: up to date")
@@ -295,11 +353,14 @@ def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
     ctx.say(f"{graph}: building {onnx.name} ({chosen}; {reason})"
             + ("" if validated else f" [UNVALIDATED: {why}]"))
     with _build_folder(ctx.out_dir, graph) as private:
-        cache = private / ctx.timing_cache.name
-        if ctx.timing_cache.is_file():
+        cache = None if ctx.timing_cache is None else private / ctx.timing_cache.name
+        if cache is not None and ctx.timing_cache.is_file():
             shutil.copy2(ctx.timing_cache, cache)
         staged = private / plan.name
-        done = run_builder(builder_command(onnx, staged, profiles, cache, ctx.workspace_bytes), ctx.timeout_s, graph)
+        command = builder_command(onnx, staged, profiles, cache, ctx.workspace_bytes, ctx.flavor,
+                                  ctx.target.compute_capabilities if ctx.flavor is TENSORRT_RTX else (),
+                                  ctx.smoke_load)
+        done = run_builder(command, ctx.timeout_s, graph)
         if done.returncode < 0:
             raise LatentmuseError(f"builder for graph {graph} crashed ({_signal_name(done.returncode)}).")
         if done.returncode != 0:
@@ -309,22 +370,26 @@ def _build_one(graph: str, spec, ctx: _Build) -> BuildResult:
         if result is None or not staged.is_file():
             raise LatentmuseError(f"builder for graph {graph} printed no result.")
         os.replace(staged, plan)
-        if cache.is_file():
+        if cache is not None and cache.is_file():
             os.replace(cache, ctx.timing_cache)
+    gpu = ctx.gpu if ctx.flavor is TENSORRT else None  # an RTX build uses no GPU, whatever this machine has
     new = mf.EngineEntry(
         graph=graph, onnx=str(onnx.resolve()), onnx_sha256=digest, precision=chosen, profiles=profiles,
-        tensorrt_version=str(result["tensorrt_version"]), gpu_name=ctx.gpu.name,
-        compute_capability=ctx.gpu.compute_capability, plan=plan.name, plan_bytes=int(result["plan_bytes"]),
-        build_seconds=float(result["build_seconds"]),
+        tensorrt_version=str(result["tensorrt_version"]), gpu_name=gpu.name if gpu else "",
+        compute_capability=gpu.compute_capability if gpu else "", plan=plan.name,
+        plan_bytes=int(result["plan_bytes"]), build_seconds=float(result["build_seconds"]),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         validated=validated is not None,
         export=_export_record(entry_for_file(export_report, graph, chosen, digest) or {}),
+        flavor=ctx.flavor.name, compute_capabilities=list(ctx.target.compute_capabilities),
+        builder_peak_rss_bytes=int(result.get("peak_rss_bytes", 0)), inputs=result.get("inputs", {}),
     )
-    manifest = mf.load(ctx.out_dir)  # re-read: only this graph's entry changes
-    manifest.graphs[graph] = new
+    manifest = mf.load(ctx.out_dir)  # re-read: only this graph's entry for this flavour changes
+    manifest.put(new)
     mf.save(manifest, ctx.out_dir)
-    ctx.say(f"{graph}: built {plan.name} ({new.plan_bytes / 1e6:.1f} MB, {new.build_seconds:.1f} s)")
-    return BuildResult(graph, "built", reason, plan, new.build_seconds)
+    ctx.say(f"{graph}: built {plan.name} ({new.plan_bytes / 1e6:.1f} MB, {new.build_seconds:.1f} s, "
+            f"builder peak RSS {new.builder_peak_rss_bytes / 2**30:.2f} GiB)")
+    return BuildResult(graph, "built", reason, plan, new.build_seconds, new.plan_bytes, new.builder_peak_rss_bytes)
 
 
 #: What the manifest keeps of a graph's export report entry: how it was exported and how it validated.

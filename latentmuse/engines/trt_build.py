@@ -1,13 +1,21 @@
-"""Build one TensorRT engine from an ONNX path with Polygraphy's loaders.
+"""Build one TensorRT engine, of either flavour, from an ONNX path with Polygraphy's loaders.
 
 The build is Polygraphy's loader chain::
 
     network = NetworkFromOnnxPath("unet.fp16.onnx", strongly_typed=True)
     config = CreateConfig(profiles=[Profile().add("x", min, opt, max)], load_timing_cache=..., ...)
+    # TensorRT for RTX: CreateConfigRTX(profiles=..., compute_capabilities=[(8, 6), (8, 9)])
     plan = EngineBytesFromNetwork(network, config)()
 
 Strongly typed networks only (TensorRT 11 has no ``BuilderFlag.FP16``; fp16 comes from an fp16-typed
 ONNX), parsing by path (external data), one optimisation profile with min/opt/max per input.
+
+The flavour (:data:`latentmuse.system.FLAVORS`) is chosen per process: Polygraphy reads
+``polygraphy.config.USE_TENSORRT_RTX`` when its TensorRT backend is first imported, so the builder
+sets it before importing the loaders, and a process builds one flavour only (the orchestrator starts
+one builder per graph anyway). TensorRT for RTX builds ahead of time, without a GPU: it has no timing
+cache (deprecated there, a no-op) and its plans cannot be deserialised without a GPU, so the smoke
+load happens only when the orchestrator says a GPU that the plan targets is present.
 
 What stays ours, and why:
 
@@ -23,6 +31,8 @@ What stays ours, and why:
   with :func:`latentmuse.files.atomic_write`.
 * the plan write: Polygraphy's ``SaveBytes`` is not atomic either; :func:`atomic_write` is.
 * the smoke load: :func:`latentmuse.runners.trt_support.deserialize_engine` (a clear error).
+* what the network is: each input's name, dtype and shape, and the profile the real builder accepted
+  for it (read back from TensorRT's own ``IOptimizationProfile``), go into the result and the manifest.
 * TF32: Polygraphy's ``CreateConfig`` clears ``BuilderFlag.TF32`` unless ``tf32=True``; TensorRT sets
   it by default, so it is asked for where the flag exists (the engine is what TensorRT would build).
 
@@ -39,6 +49,7 @@ import argparse
 import contextlib
 import json
 import logging
+import resource
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,23 +58,40 @@ from types import SimpleNamespace
 
 from ..errors import LatentmuseError
 from ..files import atomic_write
-from ..runners.trt_support import deserialize_engine, import_tensorrt
+from ..runners.trt_support import deserialize_engine, import_tensorrt, module_version
+from ..system import FLAVORS, TENSORRT, TENSORRT_RTX, TrtFlavor
 
 Shape = Sequence[int]
 Profiles = Mapping[str, tuple[Shape, Shape, Shape]]
 
 
-def import_polygraphy() -> SimpleNamespace:
-    """Polygraphy's TensorRT loaders, its logger and its exception type; a clean error when missing."""
+def import_polygraphy(flavor: TrtFlavor = TENSORRT) -> SimpleNamespace:
+    """Polygraphy's TensorRT loaders for ``flavor`` (``CreateConfigRTX`` for RTX), its logger and its
+    exception type; a clean error when missing, or when this process already loaded the other flavour."""
     try:
         import polygraphy  # noqa: F401 - first, so a missing or blocked top-level package fails here
+        from polygraphy import config as polygraphy_config
+
+        rtx = flavor is TENSORRT_RTX
+        loaded = sys.modules.get("polygraphy.backend.trt")
+        if loaded is not None and bool(polygraphy_config.USE_TENSORRT_RTX) != rtx:
+            raise LatentmuseError(f"Polygraphy's TensorRT backend was already imported for the other flavour; "
+                                  f"{flavor.label} builds run in a process of their own.")
+        polygraphy_config.USE_TENSORRT_RTX = rtx  # read when the backend first imports its TensorRT module
         from polygraphy.backend import trt as loaders
         from polygraphy.exception import PolygraphyException
         from polygraphy.logger import G_LOGGER
+
+        create_config = loaders.CreateConfig
+        if rtx:
+            from polygraphy.backend.tensorrt_rtx import CreateConfigRTX as create_config
+    except LatentmuseError:
+        raise
     except Exception as exc:  # noqa: BLE001 - ImportError or a broken install raising anything
         raise LatentmuseError(f"polygraphy is not importable ({type(exc).__name__}: {exc}); building TensorRT "
-                              "engines needs it.", "install the 'gpu' extra of latentmuse.") from exc
-    return SimpleNamespace(loaders=loaders, PolygraphyException=PolygraphyException, G_LOGGER=G_LOGGER)
+                              "engines needs it.", f"install the '{flavor.extra}' extra of latentmuse.") from exc
+    return SimpleNamespace(loaders=loaders, PolygraphyException=PolygraphyException, G_LOGGER=G_LOGGER,
+                           create_config=create_config)
 
 
 class _Relay(logging.Handler):
@@ -144,18 +172,23 @@ class _Network:
 
 
 class _Config:
-    """``CreateConfig`` for the parsed network: our profile check, then one Polygraphy ``Profile``.
+    """``CreateConfig`` (``CreateConfigRTX``) for the parsed network: our profile check, then one Polygraphy
+    ``Profile``.
 
     Static inputs get their own shape as min = opt = max (what Polygraphy would fill in, without its
     warning); profiles naming inputs the network does not have are ignored, as before. The created
-    ``IBuilderConfig`` is kept: its timing cache is written back after the build.
+    ``IBuilderConfig`` is kept (its timing cache is written back after the build), and so is what the
+    network says of each input, with the profile as TensorRT's own ``IOptimizationProfile`` holds it.
     """
 
-    def __init__(self, poly: SimpleNamespace, trt, profiles: Profiles, timing_cache: Path | None,
-                 workspace_bytes: int | None) -> None:
-        self.poly, self.trt, self.profiles = poly, trt, profiles
+    def __init__(self, poly: SimpleNamespace, trt, flavor: TrtFlavor, profiles: Profiles,
+                 timing_cache: Path | None, workspace_bytes: int | None,
+                 compute_capabilities: Sequence[str] = ()) -> None:
+        self.poly, self.trt, self.flavor, self.profiles = poly, trt, flavor, profiles
         self.timing_cache, self.workspace_bytes = timing_cache, workspace_bytes
+        self.compute_capabilities = tuple(compute_capabilities)
         self.config = None
+        self.inputs: dict[str, dict] = {}
 
     def __call__(self, builder, network):
         inputs = network_inputs(network)
@@ -164,34 +197,59 @@ class _Config:
         for name, shape in inputs:
             lo, opt, hi = self.profiles[name] if name in self.profiles else (shape, shape, shape)
             profile.add(name, *(tuple(int(d) for d in s) for s in (lo, opt, hi)))
+        self.inputs = _read_back(network, profile.to_trt(builder, network))
         trt = self.trt
         options = {
             "profiles": [profile],
-            "tf32": hasattr(getattr(trt, "BuilderFlag", None), "TF32"),  # TensorRT's default; Polygraphy's is off
             "memory_pool_limits": ({trt.MemoryPoolType.WORKSPACE: int(self.workspace_bytes)}
                                    if self.workspace_bytes else None),
         }
+        if self.flavor is TENSORRT_RTX:  # always strongly typed; no TF32 flag, no timing cache
+            options["compute_capabilities"] = [tuple(int(p) for p in c.split(".")) for c in self.compute_capabilities]
+        else:  # TensorRT's default; Polygraphy's is off
+            options["tf32"] = hasattr(getattr(trt, "BuilderFlag", None), "TF32")
         with contextlib.ExitStack() as stack:
-            if self.timing_cache is not None and self.timing_cache.is_file():
+            if self.flavor is TENSORRT and self.timing_cache is not None and self.timing_cache.is_file():
                 options["load_timing_cache"] = stack.enter_context(open(self.timing_cache, "rb"))
-            self.config = self.poly.loaders.CreateConfig(**options)(builder, network)
+            self.config = self.poly.create_config(**options)(builder, network)
         return self.config
 
 
-def build_plan(onnx: str | Path, plan: str | Path, profiles: Profiles, timing_cache: str | Path | None = None,
-               workspace_bytes: int | None = None) -> dict:
-    """Build, save and smoke-load one engine; return what the manifest needs.
+def _read_back(network, trt_profile) -> dict[str, dict]:
+    """Each network input's dtype and shape, and the min/opt/max TensorRT's profile object holds for it."""
+    out = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shapes = trt_profile.get_shape(tensor.name)
+        out[tensor.name] = {"dtype": getattr(tensor.dtype, "name", str(tensor.dtype)),
+                            "shape": [int(d) for d in tensor.shape],
+                            "profile": [[int(d) for d in s] for s in shapes]}
+    return out
 
-    ``timing_cache``: a file loaded when present and written back after the build (reuse it only on
-    the same GPU model and TensorRT version: the orchestrator names it so).
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (and its waited-for children's), in bytes (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, children)) * 1024
+
+
+def build_plan(onnx: str | Path, plan: str | Path, profiles: Profiles, timing_cache: str | Path | None = None,
+               workspace_bytes: int | None = None, flavor: TrtFlavor = TENSORRT,
+               compute_capabilities: Sequence[str] = (), smoke_load: bool = True) -> dict:
+    """Build, save and (``smoke_load``) deserialise one engine; return what the manifest needs.
+
+    ``timing_cache`` (standard TensorRT only): a file loaded when present and written back after the
+    build (reuse it only on the same GPU model and TensorRT version: the orchestrator names it so).
+    ``compute_capabilities`` (TensorRT for RTX only): the targets, e.g. ``["8.6", "8.9"]``.
     """
-    trt = import_tensorrt()
-    poly = import_polygraphy()
+    trt = import_tensorrt(flavor)
+    poly = import_polygraphy(flavor)
     onnx, plan = Path(onnx), Path(plan)
-    cache = Path(timing_cache) if timing_cache else None
+    cache = Path(timing_cache) if timing_cache and flavor is TENSORRT else None
     start = time.perf_counter()
     with quiet_polygraphy(poly.G_LOGGER) as relay:
-        config = _Config(poly, trt, profiles, cache, workspace_bytes)
+        config = _Config(poly, trt, flavor, profiles, cache, workspace_bytes, compute_capabilities)
         build = poly.loaders.EngineBytesFromNetwork(_Network(poly, onnx, relay), config=config)
         try:
             payload = bytes(memoryview(build()))
@@ -199,14 +257,17 @@ def build_plan(onnx: str | Path, plan: str | Path, profiles: Profiles, timing_ca
             details = relay.details(exc)  # one line: the orchestrator reports the last line of stderr
             if config.config is None:  # CreateConfig failed (say, an option this TensorRT lacks)
                 raise LatentmuseError(f"Polygraphy could not configure the build of {onnx}: {details}") from exc
-            raise LatentmuseError(f"TensorRT failed to build the engine from {onnx}: {details}") from exc
+            raise LatentmuseError(f"{flavor.label} failed to build the engine from {onnx}: {details}") from exc
     if cache is not None:
         atomic_write(cache, bytes(memoryview(config.config.get_timing_cache().serialize())))
     plan.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(plan, payload)
-    deserialize_engine(payload)  # smoke load: a plan that does not load is no engine
+    if smoke_load:
+        deserialize_engine(payload, flavor=flavor)  # a plan that does not load is no engine
     return {"plan": str(plan), "plan_bytes": len(payload), "build_seconds": round(time.perf_counter() - start, 3),
-            "tensorrt_version": str(getattr(trt, "__version__", "unknown"))}
+            "tensorrt_version": module_version(trt), "flavor": flavor.name,
+            "compute_capabilities": list(compute_capabilities), "inputs": config.inputs,
+            "peak_rss_bytes": peak_rss_bytes(), "smoke_loaded": smoke_load}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,11 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", required=True)
     parser.add_argument("--plan", required=True)
     parser.add_argument("--profiles", required=True, help='JSON: {"input": [min, opt, max], ...}')
+    parser.add_argument("--flavor", choices=sorted(FLAVORS), default=TENSORRT.name)
+    parser.add_argument("--compute-capabilities", default="", help="TensorRT for RTX targets, e.g. 8.6,8.9")
+    parser.add_argument("--no-smoke-load", action="store_true", help="do not deserialise the plan (no GPU here)")
     parser.add_argument("--timing-cache")
     parser.add_argument("--workspace-bytes", type=int)
     args = parser.parse_args(argv)
+    targets = [c for c in args.compute_capabilities.split(",") if c]
     try:
-        result = build_plan(args.onnx, args.plan, json.loads(args.profiles), args.timing_cache, args.workspace_bytes)
+        result = build_plan(args.onnx, args.plan, json.loads(args.profiles), args.timing_cache, args.workspace_bytes,
+                            FLAVORS[args.flavor], targets, smoke_load=not args.no_smoke_load)
     except LatentmuseError as exc:
         print(str(exc), file=sys.stderr)
         return 1

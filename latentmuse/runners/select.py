@@ -3,9 +3,12 @@
 An engines folder (``make engines``) holds ``manifest.json`` and the TensorRT plans beside it, and
 ``onnx/`` with the ONNX files and ``export_report.json``. ``--backend auto`` takes, per graph:
 
-1. TensorRT when the device is CUDA, ``tensorrt`` imports, the manifest has an entry for the graph
-   built for this TensorRT version, GPU and compute capability from these weights, the plan file is
-   the one recorded, and it deserialises;
+1. TensorRT when the device is CUDA and a plan of either flavour fits: standard TensorRT when
+   ``tensorrt`` imports and the manifest has the graph built with this version on this GPU model and
+   compute capability, else TensorRT for RTX when ``tensorrt_rtx`` imports and the manifest has the
+   graph built with this version for a list of compute capabilities that holds this GPU's; in both
+   cases from these weights, the plan file the one recorded, and it deserialises. An RTX plan runs with
+   a runtime cache under ``runtime-cache/`` (:class:`~latentmuse.runners.trt_runner.TrtRunner`);
 2. else ONNX Runtime when the export report lists the graph's file (this sha256, these weights and
    seed) as validated against PyTorch and a session opens on the device (CUDA: the fp16 file if it
    validated; the provider must really be CUDA);
@@ -34,10 +37,11 @@ from ..choices import BACKENDS
 from ..artifacts.export_report import REPORT_NAME, read_report, validated_entry
 from ..artifacts.onnx_files import onnx_sha256, onnx_stat
 from ..errors import LatentmuseError
+from ..files import slug
 from ..graphs.registry import ALL_GRAPHS, GRAPHS
 from ..graphs.spec import GraphSpec
 from ..models.smoke import SMOKE
-from ..system import GpuInfo, gpu_info
+from ..system import FLAVORS, TENSORRT_RTX, GpuInfo, TrtFlavor, can_run, gpu_info
 from .base import Runner, RunnerError
 from .ort_runner import OrtRunner
 from .torch_runner import TorchRunner
@@ -54,9 +58,13 @@ class Choice:
     backend: str
     reason: str
     skipped: list[str] = field(default_factory=list)
+    flavor: str | None = None  # the TensorRT flavour of a "trt" choice
 
     def as_dict(self) -> dict:
-        return {"backend": self.backend, "reason": self.reason, "skipped": list(self.skipped)}
+        out = {"backend": self.backend, "reason": self.reason, "skipped": list(self.skipped)}
+        if self.flavor:
+            out["flavor"] = self.flavor
+        return out
 
 
 class TorchModels:
@@ -164,15 +172,15 @@ class EngineStore:
         error = entry.get("fp32_max_abs" if precision == "fp32" else "fp16_max_abs")
         return path, f"{path.name} validated against PyTorch (max-abs {error})"
 
-    def plan(self, graph: str, trt_version: str, gpu: GpuInfo) -> tuple[Path | None, str]:
-        """The plan for ``graph`` usable on this machine, or None and why not."""
+    def plan(self, graph: str, flavor: TrtFlavor, version: str, gpu: GpuInfo) -> tuple[Path | None, str]:
+        """``flavor``'s plan for ``graph`` usable on ``gpu`` with ``version``, or None and why not."""
         manifest, error = self.manifest()
         if manifest is None:
             return None, error or "no manifest"
-        entry = manifest.graphs.get(graph)
+        entry = manifest.get(graph, flavor.name)
         if entry is None:
-            return None, f"no engine in {mf.manifest_path(self.root)}"
-        ok, reason = mf.entry_is_current(entry, entry.onnx_sha256, trt_version, gpu.name, gpu.compute_capability)
+            return None, f"no {flavor.label} engine in {mf.manifest_path(self.root)}"
+        ok, reason = mf.entry_runs_on(entry, version, gpu)
         if not ok:
             return None, reason
         other = self.same_weights(entry.export)
@@ -181,16 +189,30 @@ class EngineStore:
         plan = self.root / entry.plan
         if not plan.is_file() or plan.stat().st_size != entry.plan_bytes:
             return None, f"plan file {plan} missing or changed since it was built"
-        return plan, f"{entry.plan} built {entry.built_at} for {gpu.name}"
+        return plan, reason
+
+    def has_plan(self, graph: str, flavor: TrtFlavor) -> bool:
+        manifest, _error = self.manifest()
+        return manifest is not None and manifest.get(graph, flavor.name) is not None
+
+    def runtime_cache(self, graph: str, version: str, gpu: GpuInfo) -> Path:
+        """Where TensorRT for RTX keeps ``graph``'s kernels compiled for ``gpu`` (one file per graph, GPU
+        model and version: a cache is only valid for those)."""
+        name = slug(f"{graph}-{gpu.name}-sm{gpu.compute_capability}-rtx{version}")
+        return self.root / RUNTIME_CACHE_DIR / f"{name}.cache"
+
+
+#: Under the engines folder: TensorRT for RTX's runtime caches (written by runs, not by the build).
+RUNTIME_CACHE_DIR = "runtime-cache"
 
 
 @dataclass
 class Selector:
     """Chooses and opens one runner per graph (see the module doc).
 
-    ``gpu`` and ``trt_version`` default to this machine's; a ``gpu`` given is trusted even on a CPU device
-    (the tests' TensorRT double runs there). ``note`` hears one line per skipped option worth a user's
-    attention.
+    ``gpu`` and ``trt_versions`` (flavour name -> version) default to this machine's; a ``gpu`` given is
+    trusted even on a CPU device (the tests' TensorRT doubles run there). ``note`` hears one line per
+    skipped option worth a user's attention.
     """
 
     backend: str
@@ -200,9 +222,10 @@ class Selector:
     torch_models: TorchModels
     note: Callable[[str], None] = lambda message: None
     gpu: GpuInfo | None = None
-    trt_version: str | None = None
+    trt_versions: dict[str, str] | None = None
     choices: dict[str, Choice] = field(default_factory=dict)
     _trt_unavailable: str | None = None
+    _flavor_unavailable: dict[str, str] = field(default_factory=dict)
     _said: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -216,20 +239,33 @@ class Selector:
             self._trt_unavailable = self._why_no_trt()
         if self.backend == "trt" and self._trt_unavailable:
             raise LatentmuseError(f"--backend trt: TensorRT cannot run here: {self._trt_unavailable}.",
-                                  "run on a CUDA GPU with the 'gpu' extra of latentmuse installed, "
-                                  "or use --backend auto (ONNX Runtime or PyTorch where no plan is usable).")
+                                  "run on a CUDA GPU with TensorRT (the 'gpu' extra) or TensorRT for RTX (the "
+                                  "'trt-rtx' extra) installed, or use --backend auto (ONNX Runtime or PyTorch "
+                                  "where no plan is usable).")
 
     def _why_no_trt(self) -> str | None:
+        """Why no TensorRT flavour can run here at all (None: one can); each flavour's reason is kept."""
         self.gpu = self.gpu or trt_gpu(self.device)
         if self.gpu is None:
             return "the device is not CUDA" if self.device.type != "cuda" else "no CUDA GPU visible to torch"
-        from .trt_support import import_tensorrt
+        from .trt_support import import_tensorrt, module_version
 
-        try:
-            trt = import_tensorrt()
-        except LatentmuseError as exc:
-            return exc.message
-        self.trt_version = self.trt_version or str(getattr(trt, "__version__", "unknown"))
+        versions = dict(self.trt_versions or {})
+        for flavor in FLAVORS.values():
+            if flavor.name in versions:
+                continue
+            try:
+                versions[flavor.name] = module_version(import_tensorrt(flavor))
+            except LatentmuseError as exc:
+                self._flavor_unavailable[flavor.name] = exc.message
+                continue
+            why = can_run(flavor, self.gpu)
+            if why:
+                del versions[flavor.name]
+                self._flavor_unavailable[flavor.name] = why
+        self.trt_versions = versions
+        if not versions:
+            return "; ".join(f"{FLAVORS[f].label}: {why}" for f, why in self._flavor_unavailable.items())
         return None
 
     def _say_once(self, key: str, message: str) -> None:
@@ -268,14 +304,7 @@ class Selector:
 
     def _try(self, backend: str, spec: GraphSpec) -> tuple[Runner | None, str]:
         if backend == "trt":
-            if self._trt_unavailable:
-                return None, self._trt_unavailable
-            plan, why = self.store.plan(spec.name, self.trt_version, self.gpu)
-            if plan is None:
-                return None, why
-            from .trt_runner import TrtRunner
-
-            return self._open(TrtRunner(spec.name, plan, self.device, spec), why)
+            return self._try_trt(spec)
         precisions = ("fp16", "fp32") if self.device.type == "cuda" else ("fp32",)
         reasons = []
         for precision in precisions:
@@ -289,6 +318,33 @@ class Selector:
             reasons.append(why)
         return None, "; ".join(reasons)
 
+    def _try_trt(self, spec: GraphSpec) -> tuple[Runner | None, str]:
+        """The first flavour whose plan fits this GPU and opens: standard TensorRT (built for exactly this
+        GPU model), else TensorRT for RTX. The reason names each flavour tried or holding a plan."""
+        if self._trt_unavailable:
+            return None, self._trt_unavailable
+        from .trt_runner import TrtRunner
+
+        reasons = []
+        for flavor in FLAVORS.values():
+            version = self.trt_versions.get(flavor.name)
+            if version is None:
+                if self.store.has_plan(spec.name, flavor):  # a plan this machine cannot use: say why
+                    reasons.append(f"{flavor.label}: {self._flavor_unavailable[flavor.name]}")
+                continue
+            plan, why = self.store.plan(spec.name, flavor, version, self.gpu)
+            if plan is not None:
+                cache = self.store.runtime_cache(spec.name, version, self.gpu) if flavor is TENSORRT_RTX else None
+                runner = TrtRunner(spec.name, plan, self.device, spec, flavor=flavor, runtime_cache=cache,
+                                   warn=self.note)
+                runner, why = self._open(runner, f"{flavor.label}: {why}")
+                if runner is not None:
+                    return runner, why
+                reasons.append(why)
+                continue
+            reasons.append(f"{flavor.label}: {why}")
+        return None, "; ".join(reasons) or "no engine"
+
     @staticmethod
     def _open(runner: Runner, why: str) -> tuple[Runner | None, str]:
         try:
@@ -298,7 +354,8 @@ class Selector:
         return runner, why
 
     def _chose(self, graph: str, runner: Runner, backend: str, why: str, skipped: list[str]) -> Runner:
-        self.choices[graph] = Choice(graph, backend, why, skipped)
+        flavor = getattr(runner, "flavor", None) if backend == "trt" else None
+        self.choices[graph] = Choice(graph, backend, why, skipped, getattr(flavor, "name", None))
         return runner
 
     def select_all(self, graphs: Iterable[str]) -> dict[str, Runner]:

@@ -11,9 +11,15 @@ Polygraphy prints the config), ``is_shape_tensor``, and a network that iterates 
 Optional features Polygraphy probes under ``except AttributeError`` (ProfilingVerbosity, TacticSource,
 PreviewFeature, QuantizationFlag, calibrators, memory pool read-back) are left out on purpose.
 
+The same source is also the TensorRT for RTX double (``tests/fake_tensorrt/tensorrt_rtx`` runs it under
+the name ``tensorrt_rtx``): its plans record their flavour and each runtime refuses the other's, as the
+real libraries do; it adds the compute-capability targets and the JIT runtime cache (a JSON of the
+"kernels" compiled so far, one per input shapes; ``compiles`` counts compilations).
+
 Environment knobs (tests only):
-  FAKE_TENSORRT_VERSION   the version it reports (default 11.0.0.fake)
-  FAKE_TENSORRT_CRASH     builder calls os.abort(): "1" always, else when the ONNX file name contains it
+  FAKE_TENSORRT_VERSION       the version it reports (default 11.0.0.fake)
+  FAKE_TENSORRT_RTX_VERSION   the RTX double's version (default 1.7.0.fake)
+  FAKE_TENSORRT_CRASH         builder calls os.abort(): "1" always, else when the ONNX file name contains it
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-__version__ = os.environ.get("FAKE_TENSORRT_VERSION", "11.0.0.fake")
+FLAVOR = "tensorrt-rtx" if __name__ == "tensorrt_rtx" else "tensorrt"
+__version__ = (os.environ.get("FAKE_TENSORRT_RTX_VERSION", "1.7.0.fake") if FLAVOR == "tensorrt-rtx"
+               else os.environ.get("FAKE_TENSORRT_VERSION", "11.0.0.fake"))
 _PLAN_MAGIC = "fake-tensorrt-plan"
+#: Compilations of "kernels" by the RTX double's execution contexts in this process (tests read it).
+compiles: list[str] = []
 
 
 class ILogger:
@@ -187,8 +197,20 @@ class ITimingCache:
         return IHostMemory(json.dumps(self.data).encode())
 
 
+class ComputeCapability(enum.IntEnum):
+    NONE = 0
+    CURRENT = 1
+    SM75 = 75
+    SM80 = 80
+    SM86 = 86
+    SM89 = 89
+    SM120 = 120
+    SM121 = 121
+
+
 class IBuilderConfig:
     def __init__(self) -> None:
+        self.compute_capabilities: list[ComputeCapability] = []
         self.profiles: list[IOptimizationProfile] = []
         self.timing_cache: ITimingCache | None = None
         self.pool_limits: dict = {}
@@ -210,6 +232,18 @@ class IBuilderConfig:
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
         self.profiles.append(profile)
         return len(self.profiles) - 1
+
+    @property
+    def num_compute_capabilities(self) -> int:
+        return len(self.compute_capabilities)
+
+    @num_compute_capabilities.setter
+    def num_compute_capabilities(self, n: int) -> None:
+        self.compute_capabilities = [ComputeCapability.NONE] * n
+
+    def set_compute_capability(self, capability: ComputeCapability, index: int) -> bool:
+        self.compute_capabilities[index] = capability
+        return True
 
     def set_memory_pool_limit(self, pool, size: int) -> None:
         self.pool_limits[pool] = size
@@ -250,7 +284,8 @@ class Builder:
         if config.timing_cache is not None:
             config.timing_cache.data["builds"] = config.timing_cache.data.get("builds", 0) + 1
         plan = {
-            "magic": _PLAN_MAGIC, "version": __version__, "onnx": network.onnx_path,
+            "magic": _PLAN_MAGIC, "flavor": FLAVOR, "version": __version__, "onnx": network.onnx_path,
+            "compute_capabilities": [c.name for c in config.compute_capabilities],
             "strongly_typed": network.strongly_typed, "flags": sorted(f.name for f in config.flags),
             "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network._inputs],
             "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
@@ -269,7 +304,10 @@ class Runtime:
         except ValueError:
             self.logger.log(Logger.ERROR, "not a plan")
             return None
-        if not isinstance(plan, dict) or plan.get("magic") != _PLAN_MAGIC or plan.get("version") != __version__:
+        if not isinstance(plan, dict) or plan.get("magic") != _PLAN_MAGIC or plan.get("flavor") != FLAVOR:
+            self.logger.log(Logger.ERROR, "not a plan of this TensorRT flavour")
+            return None
+        if plan.get("version") != __version__:
             self.logger.log(Logger.ERROR, "plan from another TensorRT version")
             return None
         return ICudaEngine(plan)
@@ -300,15 +338,62 @@ class ICudaEngine:
     def get_tensor_profile_shape(self, name: str, profile_index: int):
         return [tuple(s) for s in self.plan["profile"][name]]
 
-    def create_execution_context(self) -> IExecutionContext:
-        return IExecutionContext(self)
+    def create_execution_context(self, runtime_config=None) -> IExecutionContext:
+        if runtime_config is not None and FLAVOR != "tensorrt-rtx":
+            raise TypeError("create_execution_context() takes a runtime config in TensorRT for RTX only")
+        return IExecutionContext(self, runtime_config)
+
+    def create_runtime_config(self) -> IRuntimeConfig:
+        if FLAVOR != "tensorrt-rtx":
+            raise AttributeError("create_runtime_config")
+        return IRuntimeConfig()
+
+
+_CACHE_MAGIC = "fake-runtime-cache"
+
+
+class IRuntimeCache:
+    """The kernels compiled so far, by input shapes; valid only for this flavour's version."""
+
+    def __init__(self) -> None:
+        self.kernels: list[str] = []
+
+    def serialize(self) -> IHostMemory:
+        return IHostMemory(json.dumps({"magic": _CACHE_MAGIC, "version": __version__,
+                                       "kernels": self.kernels}).encode())
+
+    def deserialize(self, blob) -> bool:
+        try:
+            data = json.loads(bytes(blob))
+        except ValueError:
+            return False
+        if not isinstance(data, dict) or data.get("magic") != _CACHE_MAGIC or data.get("version") != __version__:
+            return False
+        self.kernels = list(data["kernels"])
+        return True
+
+
+class IRuntimeConfig:
+    def __init__(self) -> None:
+        self.cache: IRuntimeCache | None = None
+
+    def create_runtime_cache(self) -> IRuntimeCache:
+        return IRuntimeCache()
+
+    def set_runtime_cache(self, cache: IRuntimeCache) -> bool:
+        self.cache = cache
+        return True
+
+    def get_runtime_cache(self) -> IRuntimeCache | None:
+        return self.cache
 
 
 class IExecutionContext:
-    def __init__(self, engine: ICudaEngine) -> None:
+    def __init__(self, engine: ICudaEngine, runtime_config: IRuntimeConfig | None = None) -> None:
         import onnxruntime as ort
 
         self.engine = engine
+        self.runtime_config = runtime_config
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(engine.plan["onnx"], options, providers=["CPUExecutionProvider"])
@@ -351,6 +436,13 @@ class IExecutionContext:
         io = self.engine._io
         if not self._inputs_set() or any(n not in self.addresses for n, *_ in io):
             return False
+        if FLAVOR == "tensorrt-rtx":  # kernels are compiled just in time, once per shape unless cached
+            cache = self.runtime_config.cache if self.runtime_config is not None else None
+            kernel = f"{Path(self.engine.plan['onnx']).name}:{sorted(self.shapes.items())}"
+            if cache is None or kernel not in cache.kernels:
+                compiles.append(kernel)
+                if cache is not None:
+                    cache.kernels.append(kernel)
         feeds = {n: _view(self.addresses[n], self.shapes[n], d).copy() for n, _s, d, m in io if m == TensorIOMode.INPUT}
         names = [n for n, _s, _d, m in io if m == TensorIOMode.OUTPUT]
         for name, value, (_n, _s, dtype, _m) in zip(names, self.session.run(names, feeds),
