@@ -162,10 +162,10 @@ def _selector(root: Path, backend: str = "auto", notes: list | None = None) -> S
 
 def test_auto_falls_through_tensorrt_onnx_runtime_and_pytorch_with_reasons(built, fake_trt):
     manifest = mf.load(built)
-    manifest.graphs["vae_encoder"].gpu_name = "NVIDIA L4"  # a manifest for another GPU
-    del manifest.graphs["musetalk_unet"]  # a missing engine
+    manifest.get("vae_encoder", "tensorrt").gpu_name = "NVIDIA L4"  # a manifest for another GPU
+    manifest.remove("musetalk_unet", "tensorrt")  # a missing engine
     mf.save(manifest, built)
-    plan = built / manifest.graphs["vae_decoder"].plan  # a corrupt plan of the recorded size
+    plan = built / manifest.get("vae_decoder", "tensorrt").plan  # a corrupt plan of the recorded size
     plan.write_bytes(b"\0" * plan.stat().st_size)
     (built / "onnx" / "bisenet.onnx").unlink()  # no engine at all: PyTorch
     notes: list[str] = []
@@ -186,7 +186,7 @@ def test_auto_falls_through_tensorrt_onnx_runtime_and_pytorch_with_reasons(built
 
 def test_explicit_backend_names_the_graph_and_the_reason(built, fake_trt):
     manifest = mf.load(built)
-    del manifest.graphs["musetalk_unet"]
+    manifest.remove("musetalk_unet", "tensorrt")
     mf.save(manifest, built)
     with pytest.raises(LatentmuseError, match="musetalk_unet cannot run on TensorRT: no engine in"):
         _selector(built, "trt").select("musetalk_unet")

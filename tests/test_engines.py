@@ -108,7 +108,11 @@ def test_build_writes_plans_and_a_complete_manifest(fake_trt, onnx_dir, tmp_path
     manifest = mf.load(out)
     assert set(manifest.graphs) == {"alpha", "beta"}
     raw = json.loads((out / "manifest.json").read_text())
-    for name, entry in manifest.graphs.items():
+    assert raw["schema"] == 2
+    for entry in manifest.entries():
+        name = entry.graph
+        assert entry.flavor == "tensorrt" and entry.plan == f"{name}.plan"
+        assert entry.compute_capabilities == [GPU.compute_capability]
         assert (out / entry.plan).stat().st_size == entry.plan_bytes > 0
         plan = json.loads((out / entry.plan).read_text())  # the fake's plan records how it was built
         assert plan["strongly_typed"] and plan["profile"] == entry.profiles
@@ -120,11 +124,16 @@ def test_build_writes_plans_and_a_complete_manifest(fake_trt, onnx_dir, tmp_path
         assert entry.build_seconds >= 0 and entry.built_at.endswith("+00:00")
         # the manifest's profiles are the spec's (min, opt, max), input by input
         assert {k: tuple(tuple(s) for s in v) for k, v in entry.profiles.items()} == SPECS[name].profiles()
-        assert set(raw["graphs"][name]) == {f.name for f in dataclasses.fields(mf.EngineEntry)}
-    assert manifest.graphs["alpha"].export == {"torch": "2.13.0", "opset": 17, "exporter": "dynamo", "fp32_pass": True,
-                                               "sha256": manifest.graphs["alpha"].onnx_sha256}
-    assert manifest.graphs["beta"].validated and manifest.graphs["beta"].export["fp32_pass"] is True
-    assert manifest.graphs["alpha"].profiles["x"] == [[1, 4], [2, 4], [4, 4]]
+        assert set(raw["graphs"][name]["tensorrt"]) == {f.name for f in dataclasses.fields(mf.EngineEntry)}
+        # what the builder's network says of each input, with the profile TensorRT's profile object holds
+        assert entry.inputs == {k: {"dtype": "FLOAT", "shape": [-1, *v[0][1:]], "profile": v}
+                                for k, v in entry.profiles.items()}
+        assert entry.builder_peak_rss_bytes > 10 * 2**20  # a Python process importing numpy and onnx
+    assert manifest.get("alpha", "tensorrt").export == {"torch": "2.13.0", "opset": 17, "exporter": "dynamo", "fp32_pass": True,
+                                               "sha256": manifest.get("alpha", "tensorrt").onnx_sha256}
+    beta = manifest.get("beta", "tensorrt")
+    assert beta.validated and beta.export["fp32_pass"] is True
+    assert manifest.get("alpha", "tensorrt").profiles["x"] == [[1, 4], [2, 4], [4, 4]]
     # one timing cache for this GPU + TensorRT, loaded and saved by each build
     (cache,) = out.glob("timing-*.cache")
     assert "H100" in cache.name and json.loads(cache.read_text())["builds"] == 2
@@ -141,28 +150,59 @@ def test_rebuilds_only_what_changed(fake_trt, onnx_dir, tmp_path):
     assert actions(build_all(onnx_dir, out, SPECS)) == {"alpha": ("built", "onnx changed"),
                                                         "beta": ("skipped", "up to date")}
     second = mf.load(out)
-    assert second.graphs["alpha"].onnx_sha256 != first.graphs["alpha"].onnx_sha256
-    assert second.graphs["beta"] == first.graphs["beta"]
+    assert second.get("alpha", "tensorrt").onnx_sha256 != first.get("alpha", "tensorrt").onnx_sha256
+    assert second.get("beta", "tensorrt") == first.get("beta", "tensorrt")
     other = GpuInfo("NVIDIA L4", "8.9")
     results = actions(build_all(onnx_dir, out, SPECS, gpu=other, graphs=["beta"]))
     assert results == {"beta": ("built", "built for GPU NVIDIA H100 80GB HBM3, this machine has NVIDIA L4")}
-    assert mf.load(out).graphs["beta"].gpu_name == "NVIDIA L4"
+    assert mf.load(out).get("beta", "tensorrt").gpu_name == "NVIDIA L4"
     assert {r.action for r in build_all(onnx_dir, out, SPECS, gpu=other, force=True)} == {"built"}
 
 
 def test_entry_is_current_names_the_mismatch(fake_trt, onnx_dir, tmp_path):
     out = tmp_path / "engines"
     build_all(onnx_dir, out, SPECS, graphs=["alpha"])
-    entry = mf.load(out).graphs["alpha"]
-    args = dict(onnx_sha256=entry.onnx_sha256, trt_version=entry.tensorrt_version, gpu_name=GPU.name,
-                compute_capability=GPU.compute_capability)
-    assert mf.entry_is_current(entry, **args) == (True, "up to date")
-    assert mf.entry_is_current(None, **args) == (False, "not built yet")
-    assert mf.entry_is_current(entry, **{**args, "onnx_sha256": "0" * 64}) == (False, "onnx changed")
-    ok, reason = mf.entry_is_current(entry, **{**args, "trt_version": "10.9.0"})
-    assert not ok and "TensorRT 11.0.0.fake" in reason and "10.9.0" in reason
-    ok, reason = mf.entry_is_current(entry, **{**args, "compute_capability": "8.6"})
-    assert not ok and "compute capability" in reason
+    entry = mf.load(out).get("alpha", "tensorrt")
+    target = mf.Target("tensorrt", entry.tensorrt_version, GPU.name, (GPU.compute_capability,))
+    sha = entry.onnx_sha256
+    assert mf.entry_is_current(entry, sha, target) == (True, "up to date")
+    assert mf.entry_is_current(None, sha, target) == (False, "not built yet")
+    assert mf.entry_is_current(entry, "0" * 64, target) == (False, "onnx changed")
+    ok, reason = mf.entry_is_current(entry, sha, dataclasses.replace(target, version="10.9.0"))
+    assert not ok and reason == "built with TensorRT 11.0.0.fake, this machine has 10.9.0"
+    ok, reason = mf.entry_is_current(entry, sha, dataclasses.replace(target, compute_capabilities=("8.6",)))
+    assert not ok and reason == "built for compute capability 9.0, this GPU has 8.6"
+    rtx = mf.Target("tensorrt-rtx", "1.7.0", "", ("8.6", "8.9"))
+    assert mf.entry_is_current(entry, sha, rtx) == (False, "built with TensorRT, this build uses TensorRT for RTX")
+    as_rtx = dataclasses.replace(entry, flavor="tensorrt-rtx", tensorrt_version="1.7.0", gpu_name="",
+                                 compute_capability="", compute_capabilities=["8.6", "8.9"])
+    assert mf.entry_is_current(as_rtx, sha, rtx) == (True, "up to date")
+    assert mf.entry_is_current(as_rtx, sha, dataclasses.replace(rtx, compute_capabilities=("8.9", "8.6"))) == (
+        True, "up to date")  # the same set of targets
+    ok, reason = mf.entry_is_current(as_rtx, sha, dataclasses.replace(rtx, compute_capabilities=("8.6", "12.0")))
+    assert not ok and reason == "built for compute capabilities 8.6, 8.9, asked for 8.6, 12.0"
+    # where a plan runs: standard on its GPU model only, RTX on any GPU of a targeted compute capability
+    assert mf.entry_runs_on(entry, entry.tensorrt_version, GPU)[0]
+    assert mf.entry_runs_on(entry, entry.tensorrt_version, GpuInfo("NVIDIA H100 PCIe", "9.0")) == (
+        False, "built for GPU NVIDIA H100 80GB HBM3, this machine has NVIDIA H100 PCIe")
+    assert mf.entry_runs_on(as_rtx, "1.7.0", GpuInfo("NVIDIA GeForce RTX 4090", "8.9"))[0]
+    assert mf.entry_runs_on(as_rtx, "1.7.0", GpuInfo("NVIDIA L40S", "8.9"))[0]
+    assert mf.entry_runs_on(as_rtx, "1.7.0", GPU) == (
+        False, "built for compute capabilities 8.6, 8.9, this GPU (NVIDIA H100 80GB HBM3) has 9.0")
+    assert mf.entry_runs_on(as_rtx, "1.8.0", GpuInfo("NVIDIA L4", "8.9")) == (
+        False, "built with TensorRT for RTX 1.7.0, this machine has 1.8.0")
+
+
+def test_schema_1_manifest_reads_as_standard_tensorrt(fake_trt, onnx_dir, tmp_path):
+    out = tmp_path / "engines"
+    build_all(onnx_dir, out, SPECS, graphs=["alpha"])
+    entry = json.loads((out / "manifest.json").read_text())["graphs"]["alpha"]["tensorrt"]
+    for key in ("flavor", "compute_capabilities", "builder_peak_rss_bytes", "inputs"):
+        del entry[key]  # what schema 1 wrote
+    (out / "manifest.json").write_text(json.dumps({"schema": 1, "graphs": {"alpha": entry}}))
+    old = mf.load(out).get("alpha", "tensorrt")
+    assert old.flavor == "tensorrt" and old.compute_capabilities == [GPU.compute_capability]
+    assert actions(build_all(onnx_dir, out, SPECS, graphs=["alpha"])) == {"alpha": ("skipped", "up to date")}
 
 
 def test_other_tensorrt_version_rebuilds_and_old_plans_do_not_load(fake_trt, onnx_dir, tmp_path, monkeypatch):
@@ -177,8 +217,8 @@ def test_other_tensorrt_version_rebuilds_and_old_plans_do_not_load(fake_trt, onn
     with pytest.raises(LatentmuseError, match="could not deserialize"):  # None from deserialize_cuda_engine
         TrtRunner("alpha", out / "alpha.plan", device="cpu").open()
     (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
-    assert result.action == "built" and "10.13.0" in result.reason
-    assert mf.load(out).graphs["alpha"].tensorrt_version == "10.13.0"
+    assert result.action == "built" and result.reason == "built with TensorRT 11.0.0.fake, this machine has 10.13.0"
+    assert mf.load(out).get("alpha", "tensorrt").tensorrt_version == "10.13.0"
 
 
 def test_crashing_builder_is_a_clean_error_naming_the_graph(fake_trt, onnx_dir, tmp_path, monkeypatch):
@@ -199,7 +239,7 @@ def test_fp16_graph_preferred_and_missing_onnx_named(fake_trt, onnx_dir, tmp_pat
     out = tmp_path / "engines"
     alpha_onnx(onnx_dir / "alpha.fp16.onnx")
     (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
-    entry = mf.load(out).graphs["alpha"]
+    entry = mf.load(out).get("alpha", "tensorrt")
     assert entry.precision == "fp16" and entry.onnx.endswith("alpha.fp16.onnx")
     (onnx_dir / "beta.onnx").unlink()
     with pytest.raises(LatentmuseError, match="beta: no ONNX"):
@@ -233,16 +273,16 @@ def test_only_validated_onnx_is_built_unless_asked(fake_trt, onnx_dir, tmp_path)
 
     (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"], allow_unvalidated=True)
     assert result.action == "built"
-    entry = mf.load(out).graphs["alpha"]
+    entry = mf.load(out).get("alpha", "tensorrt")
     assert entry.validated is False and entry.export == {}
-    assert mf.load(out).graphs["beta"].validated is True
+    assert mf.load(out).get("beta", "tensorrt").validated is True
 
 
 def test_auto_precision_takes_fp32_when_only_fp32_validated(fake_trt, onnx_dir, tmp_path):
     out = tmp_path / "engines"
     alpha_onnx(onnx_dir / "alpha.fp16.onnx", validated=False)  # fp16 overflow, say
     (result,) = build_all(onnx_dir, out, SPECS, graphs=["alpha"])
-    assert mf.load(out).graphs["alpha"].precision == "fp32"
+    assert mf.load(out).get("alpha", "tensorrt").precision == "fp32"
     with pytest.raises(orchestrate.BuildError, match="alpha.fp16.onnx is not built because its validation"):
         build_all(onnx_dir, out, SPECS, graphs=["alpha"], precision="fp16")
     alpha_onnx(onnx_dir / "alpha.fp16.onnx")  # re-exported, now validated: auto prefers it again
@@ -395,36 +435,49 @@ def test_runner_matches_onnx_runtime_and_torch(fake_trt, onnx_dir, tmp_path):
 def test_runtime_refuses_engines_built_elsewhere(fake_trt, onnx_dir, tmp_path, monkeypatch):
     from latentmuse.runners.select import EngineStore
     from latentmuse.runners.trt_runner import TrtRunner
+    from latentmuse.system import TENSORRT
 
     out = tmp_path / "engines"
     build_all(onnx_dir, out, SPECS, graphs=["alpha"])
     store, version = EngineStore(out, "smoke"), importlib.import_module("tensorrt").__version__
-    plan, why = store.plan("alpha", version, GPU)
+    plan, why = store.plan("alpha", TENSORRT, version, GPU)
     assert plan == out / "alpha.plan" and "built" in why
     assert TrtRunner("alpha", plan, device="cpu")({"x": torch.ones(2, 4)})["y"].shape == (2, 3)
-    plan, why = store.plan("alpha", version, GpuInfo("NVIDIA L4", "8.9"))
+    plan, why = store.plan("alpha", TENSORRT, version, GpuInfo("NVIDIA L4", "8.9"))
     assert plan is None and why == "built for GPU NVIDIA H100 80GB HBM3, this machine has NVIDIA L4"
-    plan, why = store.plan("alpha", "10.9.0", GPU)
+    plan, why = store.plan("alpha", TENSORRT, "10.9.0", GPU)
     assert plan is None and "built with TensorRT 11.0.0.fake, this machine has 10.9.0" in why
-    plan, why = store.plan("beta", version, GPU)
-    assert plan is None and why.startswith("no engine in")
+    plan, why = store.plan("beta", TENSORRT, version, GPU)
+    assert plan is None and why.startswith("no TensorRT engine in")
     (out / "alpha.plan").write_bytes(b"{}")
-    plan, why = store.plan("alpha", version, GPU)
+    plan, why = store.plan("alpha", TENSORRT, version, GPU)
     assert plan is None and "missing or changed" in why
 
 
 def test_without_tensorrt_one_line_reason(monkeypatch, tmp_path, onnx_dir):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     reason = engines_unavailable_reason()
-    assert reason and "\n" not in reason and "TensorRT" in reason and "not importable" in reason
-    with pytest.raises(LatentmuseError, match="not importable"):
+    assert reason and "\n" not in reason and reason.startswith("TensorRT engines not built: TensorRT: tensorrt not importable")
+    assert "TensorRT for RTX: tensorrt_rtx not importable" in reason and "install the 'trt-rtx' extra" in reason
+    with pytest.raises(LatentmuseError, match="not importable") as info:
         build_all(onnx_dir, tmp_path / "engines", SPECS)
+    assert "pip install 'latentmuse[trt-rtx]'" in info.value.fix
+    assert not (tmp_path / "engines").exists()
 
 
-def test_without_gpu_one_line_reason(fake_trt, monkeypatch):
+def test_without_gpu_standard_tensorrt_cannot_build_and_rtx_can(fake_trt, monkeypatch, onnx_dir, tmp_path):
     assert engines_unavailable_reason() is None
+    assert orchestrate.resolve_flavor("auto", GPU)[0].name == "tensorrt"  # a GPU and standard TensorRT: it
     monkeypatch.setattr(orchestrate, "gpu_info", lambda: None)
-    assert engines_unavailable_reason() == "TensorRT engines not built: no CUDA GPU visible to torch"
+    assert engines_unavailable_reason() is None  # TensorRT for RTX builds without one
+    assert orchestrate.resolve_flavor("auto", None)[0].name == "tensorrt-rtx"
+    assert engines_unavailable_reason("tensorrt") == ("TensorRT engines not built: TensorRT: it builds on the GPU "
+                                                      "the plans will run on, and no CUDA GPU is visible to torch")
+    with pytest.raises(LatentmuseError, match="no CUDA GPU is visible"):
+        build_all(onnx_dir, tmp_path / "engines", SPECS, flavor="tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    assert "TensorRT for RTX: tensorrt_rtx not importable" in engines_unavailable_reason()
 
 
 def test_build_command_exits_1_with_one_line_when_unavailable(monkeypatch, capsys, tmp_path):
@@ -435,6 +488,7 @@ def test_build_command_exits_1_with_one_line_when_unavailable(monkeypatch, capsy
     cli_app = importlib.import_module("latentmuse.cli.app")  # the module (the package exports the Typer as app)
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     if not any(getattr(c, "name", None) == "build" for c in cli_app.app.registered_commands):
         test_app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
         test_app.command("build")(build)

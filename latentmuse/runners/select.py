@@ -179,7 +179,7 @@ class EngineStore:
             return None, error or "no manifest"
         entry = manifest.get(graph, flavor.name)
         if entry is None:
-            return None, f"no {flavor.label} engine in {mf.manifest_path(self.root)}"
+            return None, f"no engine in {mf.manifest_path(self.root)}"
         ok, reason = mf.entry_runs_on(entry, version, gpu)
         if not ok:
             return None, reason
@@ -288,9 +288,9 @@ class Selector:
             runner, why = self._try(backend, spec)
             if runner is not None:
                 return self._chose(graph, runner, backend, why, skipped)
-            skipped.append(f"{NAMES[backend]}: {why}")
+            skipped.append(_labelled(backend, why))
             if self.backend != "auto":
-                raise LatentmuseError(f"{graph} cannot run on {NAMES[backend]}: {why}.",
+                raise LatentmuseError(f"{graph} cannot run on {_labelled(backend, why)}.",
                                       "run `make engines` for these weights, or use --backend auto "
                                       "(PyTorch where no engine is usable).")
             if backend == "trt" and why == self._trt_unavailable:
@@ -320,7 +320,8 @@ class Selector:
 
     def _try_trt(self, spec: GraphSpec) -> tuple[Runner | None, str]:
         """The first flavour whose plan fits this GPU and opens: standard TensorRT (built for exactly this
-        GPU model), else TensorRT for RTX. The reason names each flavour tried or holding a plan."""
+        GPU model), else TensorRT for RTX. The reason gives each flavour tried or holding a plan, those
+        of TensorRT for RTX after its name (see :func:`_labelled`)."""
         if self._trt_unavailable:
             return None, self._trt_unavailable
         from .trt_runner import TrtRunner
@@ -330,19 +331,19 @@ class Selector:
             version = self.trt_versions.get(flavor.name)
             if version is None:
                 if self.store.has_plan(spec.name, flavor):  # a plan this machine cannot use: say why
-                    reasons.append(f"{flavor.label}: {self._flavor_unavailable[flavor.name]}")
+                    reasons.append(_flavored(flavor, self._flavor_unavailable[flavor.name]))
                 continue
             plan, why = self.store.plan(spec.name, flavor, version, self.gpu)
             if plan is not None:
                 cache = self.store.runtime_cache(spec.name, version, self.gpu) if flavor is TENSORRT_RTX else None
                 runner = TrtRunner(spec.name, plan, self.device, spec, flavor=flavor, runtime_cache=cache,
                                    warn=self.note)
-                runner, why = self._open(runner, f"{flavor.label}: {why}")
+                runner, why = self._open(runner, _flavored(flavor, why))
                 if runner is not None:
                     return runner, why
-                reasons.append(why)
+                reasons.append(_flavored(flavor, why))
                 continue
-            reasons.append(f"{flavor.label}: {why}")
+            reasons.append(_flavored(flavor, why))
         return None, "; ".join(reasons) or "no engine"
 
     @staticmethod
@@ -360,6 +361,17 @@ class Selector:
 
     def select_all(self, graphs: Iterable[str]) -> dict[str, Runner]:
         return {graph: self.select(graph) for graph in graphs}
+
+
+def _flavored(flavor: TrtFlavor, why: str) -> str:
+    """A TensorRT for RTX reason after the flavour's name; a standard TensorRT one as it is."""
+    return f"{flavor.label}: {why}" if flavor is TENSORRT_RTX else why
+
+
+def _labelled(backend: str, why: str) -> str:
+    """``why`` after the backend's name ("ONNX Runtime: ...", "TensorRT: ..."), unless it begins with one
+    (a reason of TensorRT for RTX alone)."""
+    return why if why.startswith(f"{TENSORRT_RTX.label}:") else f"{NAMES[backend]}: {why}"
 
 
 def trt_gpu(device: torch.device) -> GpuInfo | None:
