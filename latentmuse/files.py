@@ -75,5 +75,5 @@ def _umask() -> int:
 
 
 def slug(text: str) -> str:
-    """``text`` as a file-name part: letters, digits and dots, runs of anything else one dash."""
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+    """``text`` as a file-name part: letters, digits, dots and underscores, runs of anything else one dash."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")

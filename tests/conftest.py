@@ -113,6 +113,27 @@ def engines(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def smoke_onnx_fp16(tmp_path_factory) -> Path:
+    """Every exported graph's smoke ONNX, fp32 and fp16 (validated, seed 0), for the real TensorRT for RTX
+    builds. Exported once per test session under a file lock (see ``engines``); tests must not change it."""
+    import shutil
+
+    from filelock import FileLock
+
+    from latentmuse.export.onnx_export import export_many
+    from latentmuse.graphs.registry import GRAPHS
+
+    root = tmp_path_factory.getbasetemp().parent / "smoke_onnx_fp16"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            results = export_many(list(GRAPHS), "smoke", root / "onnx", fp16=True, seed=0)
+            assert all(r.status == "pass" and r.fp16_pass for r in results), [r.to_dict() for r in results]
+            (root / "done").write_text("ok\n")
+    return root / "onnx"
+
+
 FAKE_TENSORRT = Path(__file__).parent / "fake_tensorrt"
 FAKE_GPU_NAME, FAKE_GPU_CC = "NVIDIA H100 80GB HBM3", "9.0"
 
