@@ -215,3 +215,26 @@ def test_fake_rtx_builds_alpha_for_chosen_targets(fake_rtx, tmp_path):
     assert result.action == "built" and result.plan == out / "alpha.rtx.plan"
     assert json.loads(result.plan.read_text())["compute_capabilities"] == ["SM75"]
     assert mf.load(out).get("alpha", "tensorrt-rtx").compute_capabilities == ["7.5"]
+
+
+@pytest.mark.parametrize("gpu, build_std, run_std, run_rtx", [
+    (None, "no", "no", "no"), (L4, "yes", "yes", "yes"), (H100, "yes", "yes", "no")])
+def test_doctor_shows_each_flavour_and_what_it_can_do_here(both, fake_rtx, capsys, monkeypatch, gpu, build_std,
+                                                           run_std, run_rtx):
+    from .conftest import run_cli
+
+    monkeypatch.setattr("latentmuse.cli.doctor.gpu_info", lambda: gpu)
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _err = run_cli(capsys, "doctor", "--engines", str(both))
+    assert code == 0
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]] for line in out.splitlines()
+            if line.count("│") >= 4}
+    assert rows["tensorrt"] == ["ok", "11.0.0.fake"] and rows["tensorrt-rtx"] == ["ok", "1.7.0.fake"]
+    assert rows["tensorrt: build here"][0] == build_std
+    assert rows["tensorrt-rtx: build here"] == ["yes", "yes (ahead of time, no GPU needed)"]
+    assert rows["tensorrt: run here"][0] == run_std and rows["tensorrt-rtx: run here"][0] == run_rtx
+    if gpu is H100:
+        assert "compute capability 9.0, which TensorRT for RTX does not support" in rows["tensorrt-rtx: run here"][1]
+    assert rows["engines: tensorrt"][1].startswith(f"2 plan(s) in {both}, TensorRT 11.0.0.fake, compute capability 9.0")
+    assert rows["engines: tensorrt-rtx"][1].startswith("2 plan(s)") and "compute capability 8.9, 12.0" in rows[
+        "engines: tensorrt-rtx"][1]

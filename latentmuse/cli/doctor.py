@@ -53,7 +53,7 @@ def doctor(
             for flavor in FLAVORS.values():
                 mine = [e for e in entries if e.flavor == flavor.name]
                 if mine:
-                    targets = sorted({c for e in mine for c in e.compute_capabilities})
+                    targets = sorted({c for e in mine for c in e.compute_capabilities}, key=lambda c: tuple(map(int, c.split("."))))
                     table.add_row(f"engines: {flavor.name}", "[green]found[/]",
                                   plain(f"{len(mine)} plan(s) in {engines}, {flavor.label} {mine[0].tensorrt_version}, "
                                         f"compute capability {', '.join(targets)}"))
