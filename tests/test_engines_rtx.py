@@ -115,9 +115,10 @@ def test_rebuild_skips_up_to_date_plans_and_new_targets_rebuild(rtx_engines, smo
 
 
 def test_build_command_on_a_machine_without_gpu_uses_tensorrt_for_rtx(smoke_onnx_fp16, tmp_path, capsys, monkeypatch):
+    import latentmuse.system
     from latentmuse.engines import orchestrate
 
-    for where in ("latentmuse.system", orchestrate):  # no GPU, as here and in CI, whatever torch says
+    for where in (latentmuse.system, orchestrate):  # no GPU, as here and in CI, whatever torch says
         monkeypatch.setattr(where, "gpu_info", lambda: None)
     out = tmp_path / "engines"
     code, stdout, err = run_cli(capsys, "build", "--onnx", str(smoke_onnx_fp16), "--out", str(out),
