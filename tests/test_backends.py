@@ -133,7 +133,7 @@ def test_engines_only_run_imports_neither_diffusers_nor_transformers(engines, cl
 def test_help_and_doctor_import_only_what_they_use():
     script = ("import sys\nfrom latentmuse.cli import app\n"
               "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers', 'onnxruntime',"
-              " 'matplotlib', 'tensorrt', 'polygraphy', 'cv2', 'av'}))\n")
+              " 'matplotlib', 'tensorrt', 'tensorrt_rtx', 'polygraphy', 'cv2', 'av'}))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -238,3 +238,19 @@ def test_doctor_shows_each_flavour_and_what_it_can_do_here(both, fake_rtx, capsy
     assert rows["engines: tensorrt"][1].startswith(f"2 plan(s) in {both}, TensorRT 11.0.0.fake, compute capability 9.0")
     assert rows["engines: tensorrt-rtx"][1].startswith("2 plan(s)") and "compute capability 8.9, 12.0" in rows[
         "engines: tensorrt-rtx"][1]
+
+
+def test_no_flavour_importable_is_said_once_for_every_graph(engines, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    with pytest.raises(LatentmuseError, match=r"--backend trt: TensorRT cannot run here: TensorRT is not importable "
+                                              r"\(.*\); TensorRT for RTX is not importable \(.*\)\.") as info:
+        _selector(engines, L4, backend="trt")
+    assert "'trt-rtx' extra" in info.value.fix
+    notes: list[str] = []
+    selector = _selector(engines, L4, notes)
+    selector.select_all([GRAPH, "vae_decoder"])
+    assert [c.backend for c in selector.choices.values()] == ["ort", "ort"]
+    assert len(notes) == 1 and notes[0].startswith("TensorRT skipped for every graph: TensorRT is not importable")

@@ -257,7 +257,7 @@ class Selector:
             try:
                 versions[flavor.name] = module_version(import_tensorrt(flavor))
             except LatentmuseError as exc:
-                self._flavor_unavailable[flavor.name] = exc.message
+                self._flavor_unavailable[flavor.name] = exc.message.rstrip(".")
                 continue
             why = can_run(flavor, self.gpu)
             if why:
@@ -265,7 +265,7 @@ class Selector:
                 self._flavor_unavailable[flavor.name] = why
         self.trt_versions = versions
         if not versions:
-            return "; ".join(f"{FLAVORS[f].label}: {why}" for f, why in self._flavor_unavailable.items())
+            return "; ".join(why.rstrip(".") for why in self._flavor_unavailable.values())  # each names its flavour
         return None
 
     def _say_once(self, key: str, message: str) -> None:
