@@ -10,7 +10,7 @@ OUT    ?= out
 PYTEST_ARGS ?=
 WEIGHTS ?= smoke
 
-.PHONY: demo test test-slow test-gpu soak bench-scale engines env system-deps clean
+.PHONY: demo test test-slow test-gpu soak bench-scale engines env system-deps clean gpu-wheels gpu-check
 
 env: $(STAMP)
 
@@ -88,3 +88,21 @@ SOAK_BASELINE ?= 1
 soak: $(STAMP) system-deps
 	$(BIN)/python -m latentmuse.bench.soak --minutes $(SOAK_MINUTES) --baseline-minutes $(SOAK_BASELINE) \
 	  --folder $(OUT)/soak --json $(OUT)/soak.json
+
+# GPU check in one command (docs/GPU.md). `make gpu-wheels`, where pip reaches PyPI: the wheels that a
+# GPU machine without a registry lacks, and a cut-down dlib predictor, into .whl/ (ignored; under 64 MiB
+# with the tree). `make gpu-check`, on the GPU machine from the repository root with its own python3 (no
+# venv; only .whl/ is installed, into GPU_SITE): the CUDA tests, the pipeline in fp16 on CUDA and the torch
+# bench on CUDA (an estimated 5 to 6 minutes); results in GPU_OUT. Without a CUDA GPU it stops at once in
+# one line; GPU_DEVICE=cpu rehearses the steps on the CPU (the run alone takes minutes: GPU_ARGS=--steps 1).
+GPU_PYTHON ?= python3
+GPU_OUT    ?= $(OUT)/gpu-check
+GPU_DEVICE ?= cuda
+GPU_SITE   ?= /tmp/site
+GPU_ARGS   ?=
+
+gpu-wheels:
+	PYTHON="$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))" scripts/gpu_wheels.sh
+
+gpu-check:
+	@$(GPU_PYTHON) scripts/gpu_check.py --out "$(GPU_OUT)" --device "$(GPU_DEVICE)" --site "$(GPU_SITE)" $(GPU_ARGS)
