@@ -138,11 +138,29 @@ FAKE_TENSORRT = Path(__file__).parent / "fake_tensorrt"
 FAKE_GPU_NAME, FAKE_GPU_CC = "NVIDIA H100 80GB HBM3", "9.0"
 
 
+_TRT_MODULES = ("tensorrt", "tensorrt_rtx")
+
+
+@pytest.fixture(autouse=True)
+def _tensorrt_modules_restored():
+    """Each test ends with ``tensorrt`` and ``tensorrt_rtx`` in ``sys.modules`` as it began: a double
+    never outlives its test. (Autouse: torn down after every fixture the test asked for, ``monkeypatch``
+    included, which would otherwise put back a double that a ``setitem(sys.modules, ...)`` displaced.)"""
+    import sys
+
+    before = {name: sys.modules[name] for name in _TRT_MODULES if name in sys.modules}
+    yield
+    for name in _TRT_MODULES:
+        sys.modules.pop(name, None)
+    sys.modules.update(before)
+
+
 @pytest.fixture
 def fake_trt(monkeypatch):
     """The TensorRT test doubles (tests/fake_tensorrt: ``tensorrt`` and ``tensorrt_rtx``) importable here
     and in builder subprocesses, shadowing any real install, with a GPU injected into the build
-    orchestration; yields the ``tensorrt`` module. Real modules imported before are put back afterwards."""
+    orchestration; yields the ``tensorrt`` module. Real modules imported before are put back afterwards
+    (``_tensorrt_modules_restored``)."""
     import importlib
     import sys
 
@@ -156,14 +174,11 @@ def fake_trt(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", path)
     for var in ("FAKE_TENSORRT_CRASH", "FAKE_TENSORRT_VERSION", "FAKE_TENSORRT_RTX_VERSION"):
         monkeypatch.delenv(var, raising=False)
-    modules = ("tensorrt", "tensorrt_rtx")
-    saved = {name: sys.modules.pop(name) for name in modules if name in sys.modules}
+    for name in _TRT_MODULES:
+        sys.modules.pop(name, None)
     monkeypatch.setattr(orchestrate, "gpu_info", lambda: GpuInfo(FAKE_GPU_NAME, FAKE_GPU_CC))
     monkeypatch.setattr(trt_support, "_LOGGERS", {})  # loggers belong to the modules popped above
     yield importlib.import_module("tensorrt")
-    for name in modules:
-        sys.modules.pop(name, None)
-    sys.modules.update(saved)
 
 
 @pytest.fixture
