@@ -1,4 +1,4 @@
-"""Audio windows and frame scheduling against hand-worked examples (PIPELINE.md 1, 3, 4)."""
+"""Audio windows and frame scheduling against hand-worked examples (docs/PIPELINE.md 1, 3, 4)."""
 
 from __future__ import annotations
 

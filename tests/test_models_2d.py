@@ -96,7 +96,7 @@ def test_unknown_config_key_is_an_error():
 
 def test_vae_full_parameter_counts():
     model = build_on_meta(vae.build)
-    # PIPELINE.md 5: encoder 34.16 M, decoder 49.49 M; plus the 1x1 quant convs (8*8+8, 4*4+4).
+    # docs/PIPELINE.md 5: encoder 34.16 M, decoder 49.49 M; plus the 1x1 quant convs (8*8+8, 4*4+4).
     assert count_parameters(model.encoder) == 34_163_592
     assert count_parameters(model.decoder) == 49_490_179
     assert count_parameters(model) == 34_163_592 + 49_490_179 + 72 + 20

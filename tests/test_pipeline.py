@@ -204,7 +204,7 @@ def test_crop_box_equals_the_formula_on_dlib_landmarks():
     frame = np.ascontiguousarray(astronaut()[..., ::-1])
     face = DlibFrontEnd().detect([frame])[0]
     lm = face.landmarks.astype(np.int32)
-    # PIPELINE.md 6a, written out independently: p = L[29], d = max(L.y) - p.y
+    # docs/PIPELINE.md 6a, written out independently: p = L[29], d = max(L.y) - p.y
     p_y, bottom = lm[29, 1], lm[:, 1].max()
     expected = (lm[:, 0].min(), max(0, p_y - (bottom - p_y)), lm[:, 0].max(), min(bottom + 10, frame.shape[0]))
     assert crop_box(face, frame.shape) == tuple(int(v) for v in expected)

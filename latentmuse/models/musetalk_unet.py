@@ -3,7 +3,7 @@
 MuseTalk builds the network from ``musetalkV15/musetalk.json`` and loads ``musetalkV15/unet.pth`` (a
 plain state dict) strictly; we do the same, but read the pickle with ``weights_only`` and build on the
 meta device. The model is called with t = 0 and the audio window plus its sinusoidal positional
-encoding (PIPELINE.md 6a); those belong to the generator and the export wrapper, not here.
+encoding (docs/PIPELINE.md 6a); those belong to the generator and the export wrapper, not here.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ attention refactor: its mid-block attention weights are named ``query``/``key``/
 which we rename to ``to_q``/``to_k``/``to_v``/``to_out.0`` before the strict check (the same mapping
 diffusers applies on load), so the official file loads exactly and nothing else is tolerated.
 
-Latent convention (PIPELINE.md 5): latent = posterior mean x 0.18215; decode divides by it first.
+Latent convention (docs/PIPELINE.md 5): latent = posterior mean x 0.18215; decode divides by it first.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 MuseTalk and LatentSync both condition on Whisper-tiny's encoder, but on different versions of its
 last hidden state: MuseTalk uses the output *after* the final LayerNorm, LatentSync the one *before*
-it (PIPELINE.md 3). One encoder pass serves both: :class:`WhisperStates` returns the embedding output
+it (docs/PIPELINE.md 3). One encoder pass serves both: :class:`WhisperStates` returns the embedding output
 and the four layer outputs with slot 4 **pre**-LayerNorm, and :meth:`WhisperStates.post_layer_norm`
 gives MuseTalk's version cheaply afterwards.
 

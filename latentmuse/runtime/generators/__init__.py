@@ -1,4 +1,4 @@
-"""Generators: the seam between the shared pipeline and a lip-sync model (PIPELINE.md 0).
+"""Generators: the seam between the shared pipeline and a lip-sync model (docs/PIPELINE.md 0).
 
 A generator owns its crop geometry, mask, audio layout, latent composition, sampling and paste-back.
 """

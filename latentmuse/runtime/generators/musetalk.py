@@ -1,4 +1,4 @@
-"""MuseTalk 1.5: single-step latent inpainting of the lower face (PIPELINE.md 6a).
+"""MuseTalk 1.5: single-step latent inpainting of the lower face (docs/PIPELINE.md 6a).
 
 Per process frame: an axis-aligned crop box from the 68 landmarks, a 256 x 256 Lanczos crop, the
 VAE latents of the crop with its lower half masked (-1 after normalisation) and of the whole crop,
