@@ -150,9 +150,11 @@ def test_a_plan_is_never_handed_to_the_other_flavours_runtime(both, fake_rtx):
 
 
 def test_rtx_runtime_cache_compiles_once_per_gpu_and_drops_a_corrupt_one(both, fake_rtx, monkeypatch):
+    from latentmuse.runners import trt_runner
+
     writes: list[Path] = []
-    real_write = __import__("latentmuse.runners.trt_runner", fromlist=["atomic_write"]).atomic_write
-    monkeypatch.setattr("latentmuse.runners.trt_runner.atomic_write", lambda p, b: (writes.append(Path(p)), real_write(p, b)))
+    real_write = trt_runner.atomic_write
+    monkeypatch.setattr(trt_runner, "atomic_write", lambda path, blob: (writes.append(Path(path)), real_write(path, blob)))
     cache = both / "runtime-cache" / "post_ln-L4.cache"
     plan = both / f"{GRAPH}.rtx.plan"
     fake_rtx.compiles.clear()
@@ -171,7 +173,8 @@ def test_rtx_runtime_cache_compiles_once_per_gpu_and_drops_a_corrupt_one(both, f
     assert len(kernels) == 2 and all(k.startswith(f"{GRAPH}.onnx:") for k in kernels)
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # atomic: no temporary left behind
 
-    fake_rtx.compiles.clear(), writes.clear()
+    fake_rtx.compiles.clear()
+    writes.clear()
     run()  # a later run: everything from the cache, nothing compiled, nothing rewritten
     assert fake_rtx.compiles == [] and writes == []
     run(shapes=(4,))  # a new shape compiles once and extends the cache

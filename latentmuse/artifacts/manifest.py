@@ -13,7 +13,7 @@ Schema 1 (one standard TensorRT entry per graph) is read as standard TensorRT en
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import LatentmuseError
@@ -59,7 +59,7 @@ class EngineEntry:
     @classmethod
     def from_dict(cls, data: dict) -> EngineEntry:
         known = {f.name for f in fields(cls)}
-        optional = {"export", "validated", "flavor", "compute_capabilities", "builder_peak_rss_bytes", "inputs"}
+        optional = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
         missing = known - set(data) - optional
         if missing:
             raise ValueError(f"entry lacks {sorted(missing)}")

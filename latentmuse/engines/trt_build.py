@@ -209,7 +209,7 @@ class _Config:
         else:  # TensorRT's default; Polygraphy's is off
             options["tf32"] = hasattr(getattr(trt, "BuilderFlag", None), "TF32")
         with contextlib.ExitStack() as stack:
-            if self.flavor is TENSORRT and self.timing_cache is not None and self.timing_cache.is_file():
+            if self.timing_cache is not None and self.timing_cache.is_file():  # None for RTX (build_plan)
                 options["load_timing_cache"] = stack.enter_context(open(self.timing_cache, "rb"))
             self.config = self.poly.create_config(**options)(builder, network)
         return self.config
@@ -274,9 +274,7 @@ def build_plan(onnx: str | Path, plan: str | Path, profiles: Profiles, timing_ca
     if smoke_load:
         deserialize_engine(payload, flavor=flavor)  # a plan that does not load is no engine
     return {"plan": str(plan), "plan_bytes": len(payload), "build_seconds": round(time.perf_counter() - start, 3),
-            "tensorrt_version": module_version(trt), "flavor": flavor.name,
-            "compute_capabilities": list(compute_capabilities), "inputs": config.inputs,
-            "peak_rss_bytes": peak_rss_bytes(), "smoke_loaded": smoke_load}
+            "tensorrt_version": module_version(trt), "inputs": config.inputs, "peak_rss_bytes": peak_rss_bytes()}
 
 
 def main(argv: list[str] | None = None) -> int:
