@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -87,27 +87,72 @@ def process_runs(tags: Sequence[bool]) -> list[range]:
     return runs
 
 
-def frame_windows(tags: Sequence[bool], size: int, max_span: int | None = None) -> list[Window]:
+class WindowPlanner(Protocol):
+    """Plans a generator's windows incrementally, one output frame's tag at a time.
+
+    The stream (runtime/stream.py) learns whether output frame i has a usable face just before the
+    generator needs it, so it cannot plan the whole clip first. ``push(process)`` takes the next
+    frame's tag and returns the windows that became certain with it (each exactly as the whole-clip
+    plan has it, in the order of their last frame); ``finish()`` returns the rest at the end of the
+    clip. ``pending_from`` is the first output index a window not yet returned may still contain
+    (None when none is pending): frames before it, once written, are never needed again.
+    """
+
+    def push(self, process: bool) -> list[Window]: ...
+    def finish(self) -> list[Window]: ...
+    @property
+    def pending_from(self) -> int | None: ...
+
+
+def plan_windows(planner: WindowPlanner, tags: Sequence[bool]) -> list[Window]:
+    """The whole-clip plan: every tag pushed, then finished."""
+    windows = [w for tag in tags for w in planner.push(bool(tag))]
+    return windows + planner.finish()
+
+
+class FrameWindowPlanner:
     """Windows of up to ``size`` process frames for a generator whose frames are independent (MuseTalk).
 
     Frames are taken in output order and may sit on both sides of passthrough frames, but a window
     never spans more than ``max_span`` output frames (default ``2 size``): output is written in order,
-    so a window waiting for its last frame holds every frame of its span in memory.
+    so a window waiting for its last frame holds every frame of its span in memory. A window is
+    returned as soon as it is full or no later frame can join it (its span is reached).
     """
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    span = 2 * size if max_span is None else max_span
-    windows, current = [], []
-    for i, tag in enumerate(tags):
-        if not tag:
-            continue
-        if current and (len(current) == size or i - current[0] >= span):
-            windows.append(Window(tuple(current), tuple(current)))
-            current = []
-        current.append(i)
-    if current:
-        windows.append(Window(tuple(current), tuple(current)))
-    return windows
+
+    def __init__(self, size: int, max_span: int | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.size = size
+        self.span = 2 * size if max_span is None else max_span
+        self._current: list[int] = []
+        self._next = 0
+
+    @property
+    def pending_from(self) -> int | None:
+        return self._current[0] if self._current else None
+
+    def push(self, process: bool) -> list[Window]:
+        i, self._next = self._next, self._next + 1
+        out = []
+        if self._current and i - self._current[0] >= self.span:  # frame i and later cannot join it
+            out.append(self._close())
+        if process:
+            self._current.append(i)
+            if len(self._current) == self.size:
+                out.append(self._close())
+        return out
+
+    def finish(self) -> list[Window]:
+        return [self._close()] if self._current else []
+
+    def _close(self) -> Window:
+        frames, self._current = tuple(self._current), []
+        return Window(frames, frames)
+
+
+def frame_windows(tags: Sequence[bool], size: int, max_span: int | None = None) -> list[Window]:
+    """The whole-clip plan of :class:`FrameWindowPlanner`."""
+    return plan_windows(FrameWindowPlanner(size, max_span), tags)
 
 
 def mirror_indices(run: range, size: int) -> tuple[int, ...]:
@@ -122,26 +167,62 @@ def mirror_indices(run: range, size: int) -> tuple[int, ...]:
     return tuple(run[k if k < n else period - k] for k in (j % period for j in range(size)))
 
 
-def clip_windows(tags: Sequence[bool], size: int = 16) -> list[Window]:
+class ClipWindowPlanner:
     """Windows of exactly ``size`` consecutive process frames for a temporal generator (LatentSync).
 
     Policy (docs/GENERATORS.md, "Windows"): a window never crosses a passthrough frame and nothing is
-    zero-padded. A run of at least ``size`` frames is cut into consecutive windows; its tail, if any,
-    is served by an overlapping last window (the run's final ``size`` frames, writing only the frames
-    not yet written), so every window shows the model real, consecutive frames. A run shorter than
-    ``size`` is mirror-padded within itself (:func:`mirror_indices`) and writes each frame once.
+    zero-padded. A run of at least ``size`` frames is cut into consecutive windows, each returned as
+    soon as its last frame is pushed; the run's tail, if any, is served by an overlapping last window
+    (the run's final ``size`` frames, writing only the frames not yet written), so every window shows
+    the model real, consecutive frames. A run shorter than ``size`` is mirror-padded within itself
+    (:func:`mirror_indices`) and writes each frame once. Tails and short runs are known when the run
+    ends (a passthrough frame, or the end of the clip).
     """
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    windows = []
-    for run in process_runs(tags):
-        if len(run) < size:
-            windows.append(Window(mirror_indices(run, size), tuple(run)))
-            continue
-        full = len(run) // size * size
-        for start in range(run.start, run.start + full, size):
-            frames = tuple(range(start, start + size))
-            windows.append(Window(frames, frames))
-        if full < len(run):
-            windows.append(Window(tuple(range(run.stop - size, run.stop)), tuple(range(run.start + full, run.stop))))
-    return windows
+
+    def __init__(self, size: int = 16) -> None:
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.size = size
+        self._start: int | None = None  # the open run's first output index
+        self._written = 0  # frames of the open run already returned in full windows
+        self._next = 0
+
+    @property
+    def pending_from(self) -> int | None:
+        if self._start is None:
+            return None
+        if self._written == 0:
+            return self._start
+        return self._start + self._written - self.size + 1  # the earliest frame an overlapping tail can start at
+
+    def push(self, process: bool) -> list[Window]:
+        i, self._next = self._next, self._next + 1
+        if not process:
+            return self._close(i)
+        if self._start is None:
+            self._start, self._written = i, 0
+        if i + 1 - (self._start + self._written) == self.size:
+            first = self._start + self._written
+            self._written += self.size
+            frames = tuple(range(first, first + self.size))
+            return [Window(frames, frames)]
+        return []
+
+    def finish(self) -> list[Window]:
+        return self._close(self._next)
+
+    def _close(self, stop: int) -> list[Window]:
+        if self._start is None:
+            return []
+        run, written = range(self._start, stop), self._written
+        self._start, self._written = None, 0
+        if len(run) < self.size:
+            return [Window(mirror_indices(run, self.size), tuple(run))]
+        if written < len(run):
+            return [Window(tuple(range(run.stop - self.size, run.stop)), tuple(range(run.start + written, run.stop)))]
+        return []
+
+
+def clip_windows(tags: Sequence[bool], size: int = 16) -> list[Window]:
+    """The whole-clip plan of :class:`ClipWindowPlanner`."""
+    return plan_windows(ClipWindowPlanner(size), tags)
