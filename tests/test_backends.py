@@ -30,6 +30,7 @@ from latentmuse.samples import build_sample
 from latentmuse.system import GpuInfo
 
 from .conftest import RUN_GRAPHS, run_cli
+from .helpers import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -38,12 +39,6 @@ GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return build_sample(tmp_path_factory.mktemp("clip"), seconds=1.6, cutaway=(0.6, 1.0))
-
-
-def psnr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    x, y = np.stack(a).astype(np.float64), np.stack(b).astype(np.float64)
-    mse = float(((x - y) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 # -------------------------------------------------------------------------------- runner parity

@@ -15,7 +15,7 @@ from latentmuse.errors import LatentmuseError
 from latentmuse.outcomes import ExitCode
 
 from .conftest import run_cli
-from .test_pipeline import write_wav
+from .helpers import write_wav
 
 COMMON = ("--weights", "smoke", "--face-detector", "dlib", "--generator", "musetalk")
 

@@ -22,7 +22,7 @@ from latentmuse.runtime.pipeline import RunOptions, run
 from latentmuse.samples import build_sample
 
 from .conftest import RUN_GRAPHS, run_cli
-from .test_backends import psnr
+from .helpers import psnr
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")

@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 from latentmuse.artifacts import manifest as mf
 from latentmuse.engines import orchestrate
@@ -25,66 +24,11 @@ from latentmuse.engines.orchestrate import GpuInfo, build_all, engines_unavailab
 from latentmuse.errors import LatentmuseError
 from latentmuse.runners.base import RunnerError
 from latentmuse.artifacts.onnx_files import onnx_sha256
-from latentmuse.graphs.spec import DynamicDim, GraphSpec, TensorSpec
+
+from .helpers import B, SPECS, W, alpha_onnx, beta_onnx, record
 
 ROOT = Path(__file__).parent.parent
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
-
-RNG = np.random.default_rng(0)
-W = RNG.standard_normal((4, 3)).astype(np.float32)
-B = RNG.standard_normal(3).astype(np.float32)
-
-
-def _write(model: onnx.ModelProto, path: Path, validated: bool | None = True) -> Path:
-    """Save like the exporter does: the file, then its validation recorded in the folder's report."""
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    record(path, validated)
-    return path
-
-
-def record(path: Path, passed: bool | None) -> None:
-    """Put ``path``'s current sha256 and a validation result (None: not validated) into export_report.json."""
-    graph, _, rest = path.name.partition(".")
-    sha, check = ("fp16_sha256", "fp16_pass") if rest.startswith("fp16") else ("sha256", "fp32_pass")
-    report = path.parent / "export_report.json"
-    data = json.loads(report.read_text()) if report.is_file() else {"graphs": {}}
-    entry = data["graphs"].setdefault(graph, {"name": graph, "exporter": "dynamo", "opset": 17, "torch": "2.13.0"})
-    entry.update({sha: onnx_sha256(path), check: passed})
-    report.write_text(json.dumps(data))
-
-
-def alpha_onnx(path: Path, bias: np.ndarray = B, validated: bool | None = True) -> Path:
-    """y = x @ W + b, x: (N, 4)."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "alpha", [x], [y], [numpy_helper.from_array(W, "W"),
-                                                         numpy_helper.from_array(bias, "b")])
-    return _write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, validated)
-
-
-def beta_onnx(path: Path) -> Path:
-    """Two inputs, two outputs: s = a + b, p = a * b, all (N, 2, 4, 4)."""
-    dims = ["N", 2, 4, 4]
-    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("a", "b"))
-    s, p = (helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("s", "p"))
-    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Mul", ["a", "b"], ["p"])]
-    return _write(helper.make_model(helper.make_graph(nodes, "beta", [a, b], [s, p]),
-                                    opset_imports=[helper.make_opsetid("", 17)]), path)
-
-
-def spec(name: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> GraphSpec:
-    return GraphSpec(name=name, model_key="test", make_wrapper=lambda m: m, inputs=inputs, outputs=outputs,
-                     dynamic=(DynamicDim("N", 1, 2, 4),))
-
-
-SPECS = {
-    "alpha": spec("alpha", (TensorSpec("x", ("N", 4)),), (TensorSpec("y", ("N", 3)),)),
-    "beta": spec("beta", (TensorSpec("a", ("N", 2, 4, 4)), TensorSpec("b", ("N", 2, 4, 4))),
-                 (TensorSpec("s", ("N", 2, 4, 4)), TensorSpec("p", ("N", 2, 4, 4)))),
-}
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from latentmuse.runtime.latentcache import FOLDER, SUFFIX, LatentCache, LatentKe
 from latentmuse.runtime.lipsync import LipSync
 
 from .standins import Notes, run_concurrently
-from .test_pipeline import write_wav
+from .helpers import write_wav
 
 LOAD = dict(generator="musetalk", face_detector="dlib")
 

@@ -334,7 +334,7 @@ def test_ping_pong_reuses_each_input_frames_alignment(clip, tmp_path):
     computed once per input frame in input order (as the original), not re-smoothed backwards."""
     from latentmuse.runtime.datagen import ping_pong_schedule
 
-    from .test_pipeline import write_wav
+    from .helpers import write_wav
 
     sample, frames, faces, transforms = clip
     models, _ = standin_models(STEPS)

@@ -19,7 +19,7 @@ from latentmuse.runtime.options import ClipOptions, LoadOptions, RunOptions
 
 from .conftest import run_cli
 from .standins import Notes, run_concurrently
-from .test_pipeline import write_wav
+from .helpers import write_wav
 
 LOAD = dict(generator="musetalk", face_detector="dlib")
 

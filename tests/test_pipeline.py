@@ -7,7 +7,6 @@ checked through PyAV (fps, frame count, audio duration).
 from __future__ import annotations
 
 import math
-import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,33 +21,7 @@ from latentmuse.runtime.generators.musetalk import crop_box
 from latentmuse.runtime.pipeline import RunOptions, run
 from latentmuse.samples import build_sample
 
-
-def write_wav(path: Path, seconds: float, rate: int = 22_050, freq: float = 220.0) -> Path:
-    n = int(round(seconds * rate))
-    t = np.arange(n) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
-def level_frame(index: int, size: int = 64) -> np.ndarray:
-    """A faceless frame whose gray level encodes its index (robust to H.264 at high quality)."""
-    return np.full((size, size, 3), 10 + 15 * index, dtype=np.uint8)
-
-
-def write_level_video(path: Path, n: int, fps: Fraction, audio: Path | None) -> Path:
-    with media.VideoWriter(path, 64, 64, fps, audio, crf=0) as writer:
-        for i in range(n):
-            writer.write(level_frame(i))
-    return path
-
-
-def decode_index(frame: np.ndarray) -> int:
-    return int(round((float(frame.mean()) - 10) / 15))
+from .helpers import decode_index, write_level_video, write_wav
 
 
 @pytest.fixture(scope="module")

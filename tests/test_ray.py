@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 from latentmuse.runtime import media  # noqa: E402
 
 from .conftest import run_cli  # noqa: E402
-from .test_pipeline import write_wav  # noqa: E402
+from .helpers import write_wav  # noqa: E402
 
 COMMON = ("--weights", "smoke", "--face-detector", "dlib", "--generator", "musetalk", "--no-cache")
 

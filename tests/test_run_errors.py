@@ -11,7 +11,7 @@ import pytest
 from latentmuse.models.random_weights import write_random_weights
 
 from .conftest import run_cli
-from .test_pipeline import write_level_video, write_wav
+from .helpers import write_level_video, write_wav
 
 
 @pytest.fixture(scope="module")

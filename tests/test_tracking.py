@@ -343,7 +343,7 @@ def dub(video, tmp_path, models, **options):
     from latentmuse.runtime import media
     from latentmuse.runtime.pipeline import RunOptions, run
 
-    from .test_pipeline import write_wav
+    from .helpers import write_wav
 
     frames = list(media.iter_frames(video))
     audio = write_wav(tmp_path / "a.wav", len(frames) / FPS + 0.01)

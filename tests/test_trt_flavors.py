@@ -27,7 +27,7 @@ from latentmuse.runners.select import EngineStore, Selector, TorchModels
 from latentmuse.runners.trt_runner import TrtRunner
 from latentmuse.system import GpuInfo
 
-from .test_engines import SPECS, alpha_onnx
+from .helpers import SPECS, alpha_onnx
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")  # the GPU the fixture injects into standard builds
 L4 = GpuInfo("NVIDIA L4", "8.9")
