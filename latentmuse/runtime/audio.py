@@ -11,14 +11,19 @@ states are laid out per video frame:
 * LatentSync: one log-mel of the whole file normalised with the whole file's maximum, each 3000-frame
   segment padded with 0.0 in log-mel space, slot 4 *before* the LayerNorm, clamped window edges, no PE.
 
-:class:`AudioFeatures` computes each layout's states on first use, once per run: a run whose windows
-all go to one generator never pays for the other's encoder pass.
+:class:`AudioFeatures` encodes one 30 s segment of one layout at a time, when a requested frame's window
+first needs it, and keeps only the last few segments per layout: a streaming run's audio memory is
+bounded by that small cache, not by the clip (a whole layout is ~23 MB per minute), and a run whose
+windows all go to one generator never pays for the other's encoder pass.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from functools import cached_property, lru_cache
 
@@ -35,6 +40,11 @@ SEGMENT_SAMPLES = SEGMENT_SECONDS * SAMPLE_RATE
 WINDOW_STEPS = 10
 WINDOW_BEFORE = 4
 NUM_SLOTS = 5
+#: The encoder's width (whisper-tiny's d_model, the UNets' audio width): a state is (5, 384).
+STATE_DIM = 384
+#: Encoder steps per 30 s segment (the encoder halves the 3000 mel frames).
+SEGMENT_STEPS = MEL_FRAMES // 2
+LAYOUTS = ("musetalk", "latentsync")
 #: Whisper's STFT: 25 ms windows every 10 ms at 16 kHz, 80 mel bins (100 mel frames per second).
 N_FFT = 400
 HOP = 160
@@ -53,15 +63,37 @@ def whisper_log_mel(waveform: np.ndarray) -> torch.Tensor:
     but the last of the 3001 frames; Slaney mel filters; ``log10`` floored at 1e-10, then at *each
     segment's* maximum minus 8; then ``(x + 4) / 4``. No dithering, no normalisation.
     """
+    audio = _mono_float32(waveform)
+    return torch.stack([musetalk_segment_mel(audio, index) for index in range(musetalk_segment_count(len(audio)))])
+
+
+def musetalk_segment_count(n_samples: int) -> int:
+    """How many 30 s segments MuseTalk's front end cuts ``n_samples`` into: at least one (silence)."""
+    return max(1, -(-n_samples // SEGMENT_SAMPLES))
+
+
+def musetalk_step_count(n_samples: int) -> int:
+    """T50 of MuseTalk's layout: floor(seconds x 50), written exactly as the states were always cut
+    (float arithmetic, so the count never changes by one at an exact multiple of 20 ms)."""
+    return math.floor(n_samples / SAMPLE_RATE * STATES_PER_SECOND)
+
+
+def musetalk_segment_mel(waveform: np.ndarray, index: int) -> torch.Tensor:
+    """(80, 3000) log-mel of MuseTalk's segment ``index``: ``audio[480000 i : 480000 (i + 1)]`` padded
+    with zeros to 30 s, normalised on its own (see :func:`whisper_log_mel`, which stacks these). One
+    segment at a time, so a streaming run needs no more than one segment's spectra."""
+    audio = _mono_float32(waveform)
+    segment = torch.zeros(SEGMENT_SAMPLES, dtype=torch.float32)
+    part = audio[index * SEGMENT_SAMPLES : (index + 1) * SEGMENT_SAMPLES]
+    segment[: len(part)] = torch.from_numpy(np.ascontiguousarray(part))
+    return _segment_log_mel(segment[None])[0]
+
+
+def _mono_float32(waveform: np.ndarray) -> np.ndarray:
     audio = np.asarray(waveform, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"expected a mono waveform (1-D), got shape {audio.shape}")
-    n_segments = max(1, -(-len(audio) // SEGMENT_SAMPLES))
-    padded = np.zeros(n_segments * SEGMENT_SAMPLES, dtype=np.float32)
-    padded[: len(audio)] = audio
-    batch = torch.from_numpy(padded).view(n_segments, SEGMENT_SAMPLES)
-    # 8 segments (4 minutes) per STFT: about 100 MB of spectra at a time, however long the audio.
-    return torch.cat([_segment_log_mel(part) for part in batch.split(8)])
+    return audio
 
 
 def _segment_log_mel(batch: torch.Tensor) -> torch.Tensor:
@@ -80,9 +112,13 @@ def encode_states(whisper: Runner, audio: np.ndarray) -> torch.Tensor:
 
     T50 = floor(seconds x 50): the padding that fills the last segment to 30 s is cut off.
     """
-    states = [whisper({"mel": mel[None]})["states"][0].float().cpu() for mel in whisper_log_mel(audio)]
-    steps = math.floor(len(audio) / SAMPLE_RATE * STATES_PER_SECOND)
-    return torch.cat(states, dim=0)[:steps]
+    states = [_encode_segment(whisper, mel) for mel in whisper_log_mel(audio)]
+    return torch.cat(states, dim=0)[: musetalk_step_count(len(audio))]
+
+
+def _encode_segment(whisper: Runner, mel: torch.Tensor) -> torch.Tensor:
+    """One (80, 3000) segment through the encoder graph: (1500, 5, 384) float32 on the CPU."""
+    return whisper({"mel": mel[None]})["states"][0].float().cpu()
 
 
 def mel_filter_bank(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -141,6 +177,18 @@ def latentsync_log_mel(waveform: np.ndarray) -> torch.Tensor:
     return (log_spec + 4.0) / 4.0
 
 
+def latentsync_mel_frames(n_samples: int) -> int:
+    """Mel frames :func:`latentsync_log_mel` gives for ``n_samples`` (len // 160; at least one, since
+    audio of half a window or less is padded to 201 samples), known without computing the mel."""
+    return max(n_samples, N_FFT // 2 + 1) // HOP
+
+
+def latentsync_segment_steps(mel_frames: int) -> list[int]:
+    """Steps kept from each 3000-frame segment of LatentSync's mel: ``n // 2`` for a segment of ``n``
+    frames, so every segment but the last keeps 1500 and T50 is their sum."""
+    return [min(MEL_FRAMES, mel_frames - seek) // 2 for seek in range(0, mel_frames, MEL_FRAMES)]
+
+
 def encode_latentsync_states(whisper: Runner, waveform: np.ndarray) -> torch.Tensor:
     """(T50, 5, 384) encoder states in LatentSync's layout (slot 4 pre-LayerNorm), float32 on CPU.
 
@@ -148,49 +196,165 @@ def encode_latentsync_states(whisper: Runner, waveform: np.ndarray) -> torch.Ten
     space; a segment of ``n`` mel frames keeps its first ``n // 2`` encoder steps (50 per second).
     """
     mel = latentsync_log_mel(waveform)
-    states = []
-    for seek in range(0, mel.shape[-1], MEL_FRAMES):
-        segment = mel[:, seek : seek + MEL_FRAMES]
-        kept = segment.shape[-1] // 2
-        segment = torch.nn.functional.pad(segment, (0, MEL_FRAMES - segment.shape[-1]))
-        states.append(whisper({"mel": segment[None]})["states"][0, :kept].float().cpu())
-    return torch.cat(states, dim=0) if states else torch.zeros(0, NUM_SLOTS, 384)
+    states = [_encode_latentsync_segment(whisper, mel, index) for index in range(len(latentsync_segment_steps(mel.shape[-1])))]
+    return torch.cat(states, dim=0) if states else torch.zeros(0, NUM_SLOTS, STATE_DIM)
+
+
+def _encode_latentsync_segment(whisper: Runner, mel: torch.Tensor, index: int) -> torch.Tensor:
+    """Segment ``index`` of the whole-file mel, zero-padded to 3000 frames, encoded: its kept steps."""
+    segment = mel[:, index * MEL_FRAMES : (index + 1) * MEL_FRAMES]
+    kept = segment.shape[-1] // 2
+    return _encode_segment(whisper, torch.nn.functional.pad(segment, (0, MEL_FRAMES - segment.shape[-1])))[:kept]
 
 
 class AudioFeatures:
-    """A run's audio, with each generator's encoder states computed on first use (then kept).
+    """A run's audio, encoded one 30 s segment of one layout at a time, as the requested windows need.
 
     ``whisper`` is the encoder graph's runner and ``post_layer_norm`` the runner of its final
     LayerNorm on slot 4 (MuseTalk's layout): both networks run through runners, so the states meet
     the weights on the runners' device and dtype and come back as float32 on the CPU.
+
+    Generators ask for windows (:meth:`musetalk_windows`, :meth:`latentsync_windows`) in nearly
+    increasing frame order; each layout keeps its ``keep_segments`` most recently used segments
+    (an LRU), so a window straddling a segment boundary, a slightly out-of-order request or a
+    fallback re-asking the same frames in the other layout never re-encodes, while memory stays at
+    ``keep_segments`` x 1500 x 5 x 384 x 4 B (~11.5 MB at 3) per layout, whatever the clip's length.
+    A request for an evicted segment encodes it again (counted in :attr:`segments_encoded`).
+
+    LatentSync's log-mel is normalised with the whole file's maximum, so it is computed for the whole
+    waveform on first use and kept (80 x 100 frames/s x 4 B, ~1.9 MB per minute); MuseTalk's mel is
+    normalised per segment and computed with its segment.
     """
 
-    def __init__(self, waveform: np.ndarray, fps: Fraction, whisper: Runner, post_layer_norm: Runner) -> None:
-        self.waveform, self.fps = waveform, fps
+    def __init__(self, waveform: np.ndarray, fps: Fraction, whisper: Runner, post_layer_norm: Runner,
+                 keep_segments: int = 3) -> None:
+        if keep_segments < 1:
+            raise ValueError(f"keep_segments must be at least 1, got {keep_segments}")
+        self.waveform, self.fps = _mono_float32(waveform), fps
         self.whisper, self.post_layer_norm = whisper, post_layer_norm
+        self.keep_segments = keep_segments
+        #: Encoder passes per layout (one per 30 s segment computed, recomputations included).
+        self.segments_encoded: Counter[str] = Counter()
+        #: Seconds spent per layout on mels, encoder and LayerNorm passes (the audio stage's cost).
+        self.seconds_by_layout: dict[str, float] = dict.fromkeys(LAYOUTS, 0.0)
+        self._held: dict[str, OrderedDict[int, torch.Tensor]] = {name: OrderedDict() for name in LAYOUTS}
+        self._lock = threading.Lock()  # a segment is computed once even if two threads ask for it
+
+    # ------------------------------------------------------------------ windows (what generators call)
+
+    def musetalk_windows(self, frames: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """(n, 50, 384): ``musetalk_audio_windows(self.musetalk_states, _, self.fps, frames=frames)``,
+        encoding only the segments these frames' windows touch."""
+        return _musetalk_windows(self._gatherer("musetalk"), self.steps("musetalk"), self.fps, frames)
+
+    def latentsync_windows(self, frames: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """(n, 50, 384): ``latentsync_audio_windows(self.latentsync_states, _, self.fps, frames=frames)``,
+        encoding only the segments these frames' windows touch."""
+        return _latentsync_windows(self._gatherer("latentsync"), self.steps("latentsync"), self.fps, frames)
+
+    def steps(self, layout: str) -> int:
+        """T50 of ``layout``, from the waveform's length alone (no encoding): the window edges need it."""
+        if layout == "musetalk":
+            return musetalk_step_count(len(self.waveform))
+        _check_layout(layout)
+        return sum(latentsync_segment_steps(latentsync_mel_frames(len(self.waveform))))
+
+    def prepare(self, layouts: Sequence[str]) -> None:
+        """Encode the first segment of each named layout ("musetalk", "latentsync"), LatentSync's
+        whole-file mel with it, so the first windows' cost is the audio stage's; later segments are
+        encoded as windows reach them."""
+        for layout in layouts:
+            _check_layout(layout)
+            if self.steps(layout):
+                self._segment(layout, 0)
+
+    @property
+    def seconds_spent(self) -> float:
+        """Seconds of audio computation so far, both layouts (a run's per-stage report reads it)."""
+        return sum(self.seconds_by_layout.values())
+
+    def held_segments(self, layout: str) -> tuple[int, ...]:
+        """The segment indices ``layout`` holds now, least recently used first."""
+        _check_layout(layout)
+        return tuple(self._held[layout])
+
+    # ------------------------------------------------------------------ whole clip (tests, back-compat)
 
     @cached_property
     def musetalk_states(self) -> torch.Tensor:
-        """(T50, 5, 384): MuseTalk's mel, slot 4 through the final LayerNorm."""
-        states = encode_states(self.whisper, self.waveform)
-        if len(states) == 0:
-            return states
-        # chunked to the graph's profile (1500 steps = 30 s per call on TensorRT), one call elsewhere
-        return run_chunked(self.post_layer_norm, {"states": states}, "normed", len(states), torch.device("cpu"))
+        """(T50, 5, 384): MuseTalk's mel, slot 4 through the final LayerNorm; the whole clip, kept."""
+        return self._whole("musetalk")
 
     @cached_property
     def latentsync_states(self) -> torch.Tensor:
-        """(T50, 5, 384): LatentSync's whole-file mel, slot 4 before the final LayerNorm."""
-        return encode_latentsync_states(self.whisper, self.waveform)
-
-    def prepare(self, layouts: Sequence[str]) -> None:
-        """Compute the named layouts now ("musetalk", "latentsync"), so their cost is the audio stage's."""
-        for name in layouts:
-            getattr(self, f"{name}_states")
+        """(T50, 5, 384): LatentSync's whole-file mel, slot 4 before the final LayerNorm; the whole clip, kept."""
+        return self._whole("latentsync")
 
     @property
     def seconds(self) -> float:
         return len(self.waveform) / SAMPLE_RATE
+
+    # ------------------------------------------------------------------ segments
+
+    def _whole(self, layout: str) -> torch.Tensor:
+        steps = self.steps(layout)
+        parts = [self._compute(layout, index) for index in range(-(-steps // SEGMENT_STEPS))]
+        return torch.cat(parts) if parts else torch.zeros(0, NUM_SLOTS, STATE_DIM)
+
+    def _gatherer(self, layout: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``index -> states[index]`` for step indices in [0, T50), fetching each segment they touch
+        once, in increasing order (so one request never thrashes the LRU, however many it spans)."""
+
+        def gather(index: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(*index.shape, NUM_SLOTS, STATE_DIM)
+            segment_of = index // SEGMENT_STEPS
+            for segment in torch.unique(segment_of).tolist():
+                here = segment_of == segment
+                out[here] = self._segment(layout, segment)[index[here] - segment * SEGMENT_STEPS]
+            return out
+
+        return gather
+
+    def _segment(self, layout: str, index: int) -> torch.Tensor:
+        """Segment ``index`` of ``layout`` from the LRU, computed (and the oldest evicted) on a miss."""
+        with self._lock:
+            held = self._held[layout]
+            if index in held:
+                held.move_to_end(index)
+                return held[index]
+            states = self._compute(layout, index)
+            held[index] = states
+            while len(held) > self.keep_segments:
+                held.popitem(last=False)
+            return states
+
+    def _compute(self, layout: str, index: int) -> torch.Tensor:
+        """Segment ``index``'s kept steps: (<= 1500, 5, 384) float32 on the CPU; counted and timed."""
+        start = time.perf_counter()
+        if layout == "musetalk":
+            kept = min(SEGMENT_STEPS, self.steps(layout) - index * SEGMENT_STEPS)
+            states = _encode_segment(self.whisper, musetalk_segment_mel(self.waveform, index))[:kept]
+            # chunked to the graph's profile (1500 steps = 30 s per call on TensorRT), one call elsewhere
+            states = run_chunked(self.post_layer_norm, {"states": states}, "normed", kept, torch.device("cpu"))
+        else:
+            _check_layout(layout)
+            states = _encode_latentsync_segment(self.whisper, self._latentsync_mel, index)
+        self.segments_encoded[layout] += 1
+        self.seconds_by_layout[layout] += time.perf_counter() - start
+        return states
+
+    @cached_property
+    def _latentsync_mel(self) -> torch.Tensor:
+        start = time.perf_counter()
+        mel = latentsync_log_mel(self.waveform)
+        assert mel.shape[-1] == latentsync_mel_frames(len(self.waveform)), "steps() would disagree with the mel"
+        self.seconds_by_layout["latentsync"] += time.perf_counter() - start
+        return mel
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown audio layout {layout!r}: expected one of {LAYOUTS}")
 
 
 def positional_encoding(length: int = 50, dim: int = 384) -> torch.Tensor:
@@ -221,15 +385,8 @@ def musetalk_audio_windows(
     the positional encoding is added (to the zero padding too, as MuseTalk does). ``frames`` selects
     a subset of frame indices (the pipeline asks for one batch at a time); default: all ``n_frames``.
     """
-    frames = np.arange(n_frames) if frames is None else np.asarray(frames)
-    steps, slots, dim = states.shape
-    starts = window_starts(frames, fps)
-    index = torch.from_numpy(starts[:, None] + np.arange(WINDOW_STEPS)[None, :])  # (n, 10)
-    valid = (index >= 0) & (index < steps)
-    gathered = states[index.clamp(0, max(steps - 1, 0))] if steps else states.new_zeros(*index.shape, slots, dim)
-    gathered = gathered * valid[..., None, None].to(states.dtype)
-    windows = gathered.reshape(len(frames), WINDOW_STEPS * slots, dim)
-    return windows + positional_encoding(WINDOW_STEPS * slots, dim).to(windows.dtype)
+    frames = np.arange(n_frames) if frames is None else frames
+    return _musetalk_windows(states.__getitem__, states.shape[0], fps, frames, states.shape[1:], states.dtype)
 
 
 def latentsync_audio_windows(
@@ -242,9 +399,34 @@ def latentsync_audio_windows(
     last steps repeat at the edges); flattened time-major (row = step * 5 + slot); no positional
     encoding. ``frames`` selects frame indices (a window's, possibly repeated); default all ``n_frames``.
     """
-    frames = np.arange(n_frames) if frames is None else np.asarray(frames)
-    steps, slots, dim = states.shape
+    frames = np.arange(n_frames) if frames is None else frames
+    return _latentsync_windows(states.__getitem__, states.shape[0], fps, frames)
+
+
+# The layouts' rules, written once over ``gather(index) -> states[index]``: the pure functions gather
+# from a whole-clip tensor, AudioFeatures from its per-segment cache, so the two agree exactly.
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _window_index(frames: Sequence[int] | np.ndarray, fps: Fraction | float) -> torch.Tensor:
+    """(n, 10) step indices of each frame's window, unclamped (they run below 0 and past T50)."""
+    return torch.from_numpy(window_starts(frames, fps)[:, None] + np.arange(WINDOW_STEPS)[None, :])
+
+
+def _musetalk_windows(gather: Gather, steps: int, fps: Fraction | float, frames: Sequence[int] | np.ndarray,
+                      state_shape: Sequence[int] = (NUM_SLOTS, STATE_DIM),
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    index = _window_index(frames, fps)
+    valid = (index >= 0) & (index < steps)
+    gathered = gather(index.clamp(0, steps - 1)) if steps else torch.zeros(*index.shape, *state_shape, dtype=dtype)
+    gathered = gathered * valid[..., None, None].to(gathered.dtype)
+    windows = gathered.reshape(len(index), WINDOW_STEPS * gathered.shape[-2], gathered.shape[-1])
+    return windows + positional_encoding(windows.shape[1], windows.shape[2]).to(windows.dtype)
+
+
+def _latentsync_windows(gather: Gather, steps: int, fps: Fraction | float,
+                        frames: Sequence[int] | np.ndarray) -> torch.Tensor:
     if steps == 0:
         raise ValueError("no audio states: the audio is shorter than one encoder step (20 ms)")
-    index = torch.from_numpy(window_starts(frames, fps)[:, None] + np.arange(WINDOW_STEPS)[None, :])
-    return states[index.clamp(0, steps - 1)].reshape(len(frames), WINDOW_STEPS * slots, dim)
+    gathered = gather(_window_index(frames, fps).clamp(0, steps - 1))
+    return gathered.reshape(len(gathered), WINDOW_STEPS * gathered.shape[-2], gathered.shape[-1])
