@@ -29,6 +29,12 @@ people in view:
 ``detect(frames)`` is both for the highest-scoring candidate of each frame. ``None`` frames are
 passthrough frames for the pipeline. Landmarks are **not** clipped to the frame (a face at the border
 legitimately has jaw points outside it); the generators decide what to do with those.
+
+A front end is loaded once per session, but what it must find depends on the clip: ``for_clip(
+min_face_size, width, height)`` is the front end configured for one clip (dlib derives its detection
+scale from the smallest face to find, :func:`detection_scale`; S3FD needs nothing and returns itself),
+and its ``settings`` (a JSON-able dict) describe the detection settings in effect, for the face
+cache's key.
 """
 
 from __future__ import annotations
@@ -54,10 +60,13 @@ from .contracts import Face, FaceCandidate, FaceFrontEnd
 
 __all__ = [
     "DEFAULT_DLIB_PREDICTOR",
+    "DLIB_SMALLEST_FACE",
     "DlibFrontEnd",
     "S3FDFanFrontEnd",
     "fan_center_scale",
     "fan_crop",
+    "detection_scale",
+    "detection_size",
     "heatmaps_to_landmarks",
     "make_front_end",
     "nms",
@@ -181,21 +190,74 @@ def _dlib_detector():
     return dlib.get_frontal_face_detector()
 
 
+#: dlib's HOG detector window is 80 x 80 pixels and its image pyramid shrinks by 5/6 per level, so the
+#: boxes it reports are quantized: 73 px at the finest level, then 88, 105, 126 ... (x 1.2) at the
+#: detection scale, whatever the face's size in between. Measured on ``skimage.data.astronaut()``
+#: resampled so that its face's box (88 px at native size) would be N px, 25 frames each with a small
+#: sway and zoom, at ``upsample=0``: found in 0/25 frames at N = 48, 2/25 at 50, 10/25 at 52, 20/25 at
+#: 54, 25/25 from 56 on (docs/FACES.md). A face needs about 56 px at the detection scale; 60 leaves a
+#: margin for faces and poses less favourable than the astronaut's.
+DLIB_SMALLEST_FACE = 60.0
+#: The detector window: a detection image whose short side is below this cannot hold a window, so
+#: :func:`detection_scale` never shrinks a frame's short side below it.
+DLIB_WINDOW = 80
+#: The largest enlargement :func:`detection_scale` asks for (cost x 16): a ``min_face_size`` below
+#: ``DLIB_SMALLEST_FACE / 4`` (15 px) is not honoured, those faces are not found.
+DLIB_MAX_UPSCALE = 4.0
+
+
+def detection_scale(min_face_size: float, width: int, height: int, *, smallest: float = DLIB_SMALLEST_FACE,
+                    window: int = DLIB_WINDOW, max_upscale: float = DLIB_MAX_UPSCALE) -> float:
+    """The factor by which a ``width`` x ``height`` frame is resized for dlib's detector so that a face
+    ``min_face_size`` pixels tall (detector box height, full-frame pixels) is ``smallest`` pixels tall at
+    the detection scale, dlib's smallest reliably detected face.
+
+    Why one exact resize and never dlib's own ``upsample``: HOG detection costs about the pixel count,
+    so resizing by ``f`` costs ``f**2`` while each dlib upsample step doubles the side (x 4). For any
+    factor up to 4 the exact resize is the cheaper way to make the face large enough (``f = 1.25``:
+    1.6x instead of 4x), and below 1 it is what makes large frames cheap: a frame is shrunk exactly as
+    far as the smallest face that must be found allows, however large it is.
+
+    Two bounds: the short side is not shrunk below ``window`` pixels (the detector's 80 x 80 window
+    must fit; a frame already smaller is not enlarged for that), and the factor is at most
+    ``max_upscale`` (smaller minimum sizes are not honoured; cost grows with its square).
+    """
+    if not (math.isfinite(min_face_size) and min_face_size > 0):
+        raise ValueError(f"min_face_size must be a positive number of pixels, got {min_face_size}")
+    if width < 1 or height < 1:
+        raise ValueError(f"frame size must be positive, got {width} x {height}")
+    scale = min(smallest / min_face_size, max_upscale)
+    return max(scale, min(1.0, window / min(width, height)))
+
+
+def detection_size(scale: float, width: int, height: int) -> tuple[int, int]:
+    """The (width, height) of a ``width`` x ``height`` frame resized by ``scale`` (at least 1 x 1)."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 class DlibFrontEnd:
     """dlib's HOG frontal face detector + 68-point shape predictor (the offline front end).
 
     Per frame: ``detector.run(rgb, upsample, 0)`` gives boxes with scores (every usable one is a
     candidate); the shape predictor places the 68 iBUG points in the chosen box only.
 
-    Speed: HOG detection cost grows with the pixel count (and x4 per ``upsample`` step), so when the
-    frame's longest side exceeds ``detect_max_side`` (default 640) detection runs on a copy
-    downscaled (``INTER_AREA``) to that size and the box is mapped back to full-frame pixels
-    (pixel-centre convention); the shape predictor then always runs on the full-resolution frame,
-    so landmark precision is that of the full frame. Faces smaller than about 80 px at the reduced
-    scale (dlib's minimum) are then missed: raise ``detect_max_side`` (or pass ``None`` to disable
-    the reduction) or use ``upsample=1`` for small faces in large frames.
+    Detection scale. HOG detection cost grows with the pixel count (and x4 per ``upsample`` step), and
+    dlib finds no face much below :data:`DLIB_SMALLEST_FACE` pixels at the detection scale, so the
+    frame is resized for detection (``INTER_AREA`` down, ``INTER_LINEAR`` up) and the boxes are mapped
+    back to full-frame pixels (pixel-centre convention). Two ways to choose the factor:
 
-    dlib gives integer landmark coordinates; they are returned as float32.
+    * **per clip** (``min_face_size`` given, normally through :meth:`for_clip`): the factor of
+      :func:`detection_scale`, so every face at least ``min_face_size`` tall is found, and large
+      frames are shrunk as far as that allows (raising ``--min-face-size`` makes detection cheaper);
+      ``upsample`` must then be 0.
+    * **fixed** (``min_face_size=None``, the constructor's default): the frame is shrunk only when its
+      longest side exceeds ``detect_max_side`` (default 640), to that size, then ``upsample`` dlib
+      steps; ``DlibFrontEnd()`` is exactly the front end of earlier releases (upsample 0, 640), whose
+      smallest face is about 56 px times (longest side / 640) in large frames.
+
+    The shape predictor always runs on the full-resolution frame, so landmark precision is that of
+    the full frame whatever the detection scale. dlib gives integer landmark coordinates; they are
+    returned as float32.
     """
 
     name = "dlib"
@@ -205,6 +267,9 @@ class DlibFrontEnd:
         predictor_path: str | Path | None = None,
         upsample: int = 0,
         detect_max_side: int | None = 640,
+        *,
+        min_face_size: float | None = None,
+        clip_size: tuple[int, int] | None = None,
     ) -> None:
         try:
             import dlib
@@ -219,12 +284,48 @@ class DlibFrontEnd:
             )
         if upsample not in (0, 1, 2):
             raise ValueError(f"upsample must be 0, 1 or 2, got {upsample}")
+        if min_face_size is not None:
+            if upsample:
+                raise ValueError("a per-clip detection scale (min_face_size) replaces upsample; use upsample=0")
+            detection_scale(min_face_size, 1, 1)  # validates the size
         self._dlib = dlib
         self.predictor_path = path
         self.upsample = int(upsample)
         self.detect_max_side = detect_max_side
+        self.min_face_size = min_face_size
+        self.clip_size = clip_size  # (width, height) the per-clip settings describe, or None
         self.detector = _dlib_detector()
         self.predictor = _dlib_predictor(str(path.resolve()))
+
+    def for_clip(self, min_face_size: float, width: int, height: int) -> DlibFrontEnd:
+        """This front end detecting every face at least ``min_face_size`` pixels tall in ``width`` x
+        ``height`` frames (:func:`detection_scale`); the detector and predictor are shared, not reloaded.
+        A frame of another size still gets the factor derived for its own size."""
+        return DlibFrontEnd(self.predictor_path, 0, self.detect_max_side, min_face_size=min_face_size,
+                            clip_size=(int(width), int(height)))
+
+    @property
+    def settings(self) -> dict:
+        """The detection settings in effect (JSON-able): what the face cache's key needs so that a pass
+        made with other settings misses, and what the report can show."""
+        if self.min_face_size is None:
+            return {"detector": "dlib_hog", "upsample": self.upsample, "detect_max_side": self.detect_max_side}
+        out: dict = {"detector": "dlib_hog", "upsample": 0, "min_face_size": self.min_face_size}
+        if self.clip_size is not None:
+            w, h = self.clip_size
+            scale = detection_scale(self.min_face_size, w, h)
+            out.update(scale=round(scale, 6), detect_size=list(detection_size(scale, w, h)),
+                       smallest_face=round(DLIB_SMALLEST_FACE / scale, 1))
+        return out
+
+    def scale(self, width: int, height: int) -> float:
+        """The detection factor for a ``width`` x ``height`` frame under these settings."""
+        if self.min_face_size is not None:
+            return detection_scale(self.min_face_size, width, height)
+        longest = max(width, height)
+        if self.detect_max_side is not None and longest > self.detect_max_side:
+            return self.detect_max_side / longest
+        return 1.0
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
         return self.landmarks(frames, [found[0] if found else None for found in self.candidates(frames)])
@@ -240,11 +341,10 @@ class DlibFrontEnd:
         _check_frame(frame)
         h, w = frame.shape[:2]
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        longest = max(h, w)
-        if self.detect_max_side is not None and longest > self.detect_max_side:
-            s = self.detect_max_side / longest
-            sw, sh = max(1, round(w * s)), max(1, round(h * s))
-            small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+        s = self.scale(w, h)
+        if s != 1.0:
+            sw, sh = detection_size(s, w, h)
+            small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR)
             fx, fy = w / sw, h / sh
         else:
             small, fx, fy = rgb, 1.0, 1.0
@@ -546,6 +646,18 @@ class S3FDFanFrontEnd:
 
         fan = load_model(root, "fan68", device=device, trust_torchscript=trust_torchscript)
         return cls(load_model(root, "s3fd", device=device), fan, device, **kwargs)
+
+    def for_clip(self, min_face_size: float, width: int, height: int) -> S3FDFanFrontEnd:
+        """This front end, unchanged: S3FD already finds faces far below any sensible
+        ``--min-face-size`` at full resolution (its smallest anchors are 16 px, stride 4), and its boxes
+        must stay face-alignment's, which sees the full frame; so there is no per-clip scale to derive."""
+        return self
+
+    @property
+    def settings(self) -> dict:
+        """The detection settings in effect (JSON-able), for the face cache's key and the report."""
+        return {"detector": "s3fd", "score_threshold": self.score_threshold, "flip_input": self.flip_input,
+                "quantize": self.quantize}
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
         return self.landmarks(frames, [found[0] if found else None for found in self.candidates(frames)])
