@@ -1,17 +1,16 @@
 """``--plot``: frames/s per graph, per pipeline stage and end to end, one bar per backend (log scale).
 
 matplotlib is imported here only, and only its object-oriented API with the Agg canvas: no pyplot, no
-global backend switch, no display needed. The PNG is written through a temporary file and renamed.
+global backend switch, no display needed. The PNG is written atomically (:func:`latentmuse.files.atomic_path`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import LatentmuseError
+from ..files import atomic_path
 
 COLOURS = {"torch": "#4c72b0", "ort": "#dd8452", "trt": "#55a868"}
 
@@ -72,12 +71,5 @@ def write_plot(result: dict, path: Path) -> None:
                    f"({where}), batch {result['batch_size']}" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
     axes.grid(axis="y", which="both", alpha=0.3)
     axes.legend(title="backend")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

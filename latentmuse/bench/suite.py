@@ -35,7 +35,7 @@ from ..artifacts.export_report import REPORT_NAME, REPORT_SCHEMA, read_report
 from ..artifacts.onnx_files import external_data_files
 from ..choices import GENERATORS, RUNNER_BACKENDS
 from ..errors import LatentmuseError
-from ..files import atomic_write
+from ..files import atomic_write, check_output_path
 from ..graphs.registry import ALL_GRAPHS, GRAPHS, unet3d_graph
 from ..models.layouts import LATENTSYNC_RESOLUTION
 from ..models.smoke import SMOKE
@@ -119,27 +119,6 @@ def parse_backends(value: str | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def check_output_file(path: Path | None, flag: str, suffix: str | None = None) -> None:
-    """A file the bench will write at the end: its folder must exist and be writable now."""
-    if path is None:
-        return
-    if suffix and path.suffix.lower() != suffix:
-        raise LatentmuseError(f"{flag} {path}: the file must end in {suffix}.", f"use e.g. {flag} bench{suffix}.")
-    if path.is_dir():
-        raise LatentmuseError(f"{flag} {path} is a folder.", f"name a file, e.g. {flag} {path / ('bench' + (suffix or '.json'))}.")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise LatentmuseError(f"{flag} {path}: the folder {parent} does not exist.", f"create it, or pick another {flag} path.")
-    try:  # the real test (permission bits do not bind root; read-only and virtual file systems do)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-    except OSError as exc:
-        raise LatentmuseError(f"{flag} {path} is not writable ({exc.strerror}).", f"pick another {flag} path.") from exc
-    os.close(fd)
-    os.unlink(probe)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise LatentmuseError(f"{flag} {path} is not writable.", f"pick another {flag} path.")
-
-
 def workload(graph: str, batch_size: int) -> dict:
     """Frames per call and the dynamic sizes of one bench call of ``graph`` (see the module doc)."""
     spec = ALL_GRAPHS[graph]
@@ -152,7 +131,7 @@ def workload(graph: str, batch_size: int) -> dict:
 
 def prepare(options: BenchOptions) -> Plan:
     """Check every option (one-line errors, nothing heavy) and plan the measurements."""
-    from ..runtime.models import resolve_device, run_graphs, unet3d_weights, weights_version
+    from ..runtime.runner_set import resolve_device, run_graphs, unet3d_weights, weights_version
 
     backends = parse_backends(options.backends)
     if options.frames < 1:
@@ -170,8 +149,10 @@ def prepare(options: BenchOptions) -> Plan:
                               f"use --guidance 1 (no classifier-free guidance) or {DEFAULT_GUIDANCE}.")
     if options.generator not in GENERATORS:
         raise LatentmuseError(f"--generator {options.generator} is not known.", f"use one of {', '.join(GENERATORS)}.")
-    check_output_file(options.json_out, "--json")
-    check_output_file(options.plot, "--plot", ".png")
+    if options.json_out is not None:
+        check_output_path(options.json_out, flag="--json")
+    if options.plot is not None:
+        check_output_path(options.plot, extensions=[".png"], flag="--plot")
     if options.json_out is not None and options.plot is not None and options.json_out.resolve() == options.plot.resolve():
         raise LatentmuseError("--json and --plot name the same file.", "give them different paths.")
     if options.plot is not None:

@@ -32,9 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
+from av.video.reformatter import Interpolation
 
 from ...choices import CODECS
 from ...errors import LatentmuseError
+
+# swscale's default RGB <-> YUV conversion darkens by ~2 levels per round trip (white 255 comes back
+# as 250..253). Accurate rounding with full chroma interpolation makes the round trip unbiased
+# (mean error ~0.02 levels on a photograph) at ~8 ms (encode) + ~13 ms (decode) per 1080p frame.
+# Full chroma is taken on the side that has it: the YUV -> BGR decode interpolates the output's
+# chroma (FULL_CHR_H_INT), the BGR -> YUV encode reads the input's full chroma (FULL_CHR_H_INP).
+_ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
+DECODE_FLAGS = _ACCURATE | Interpolation.FULL_CHR_H_INT
+ENCODE_FLAGS = _ACCURATE | Interpolation.FULL_CHR_H_INP
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,15 @@ from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation
 
 from ...errors import LatentmuseError
 from ..contracts import VideoInfo
+from .formats import DECODE_FLAGS
 from .opening import _corrupt, _open_input, _video_stream
 from .orientation import Orientation
 from .probing import _packet_pts, probe
 
 DEFAULT_CHUNK = 64
-# swscale's default RGB <-> YUV conversion darkens by ~2 levels per round trip (white 255 comes back
-# as 250..253). Accurate rounding with full chroma interpolation makes the round trip unbiased
-# (mean error ~0.02 levels on a photograph) at ~8 ms (encode) + ~13 ms (decode) per 1080p frame.
-_DECODE_FLAGS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 def _decoded(container, stream, path: Path) -> Iterator[av.VideoFrame]:
@@ -42,7 +38,7 @@ def _orientation(info: VideoInfo) -> Orientation:
 def _to_bgr(frame: av.VideoFrame, orientation: Orientation) -> np.ndarray:
     """The displayed frame as BGR uint8 (H, W, 3): any pixel format (gray, 4:4:4, 10-bit) to 8-bit BGR,
     turned upright by the display matrix."""
-    return orientation.apply(frame.to_ndarray(format="bgr24", interpolation=_DECODE_FLAGS))
+    return orientation.apply(frame.to_ndarray(format="bgr24", interpolation=DECODE_FLAGS))
 
 
 def iter_frames(path: Path | str, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
