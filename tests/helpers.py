@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import wave
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -123,3 +127,82 @@ SPECS = {
     "beta": spec("beta", (TensorSpec("a", ("N", 2, 4, 4)), TensorSpec("b", ("N", 2, 4, 4))),
                  (TensorSpec("s", ("N", 2, 4, 4)), TensorSpec("p", ("N", 2, 4, 4)))),
 }
+
+
+# ------------------------------------------------------------------------------ counting av.open
+
+
+@dataclass
+class FileReads:
+    """How one input file was read: ``opens`` (``av.open`` for reading), ``demuxed`` (packets read by
+    ``container.demux``, without decoding) and ``decoded`` (packets read by ``container.decode``)."""
+
+    opens: int = 0
+    demuxed: int = 0
+    decoded: int = 0
+
+    @property
+    def packets(self) -> int:
+        return self.demuxed + self.decoded
+
+
+class _CountedContainer:
+    """An input container that counts the packets read through it (PyAV's containers are extension
+    types whose methods cannot be replaced, so this stands in front of one)."""
+
+    def __init__(self, container, reads: FileReads) -> None:
+        self._container = container
+        self._reads = reads
+
+    def __getattr__(self, name: str):
+        return getattr(self._container, name)
+
+    def __enter__(self) -> "_CountedContainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._container.close()
+
+    def __iter__(self):
+        return iter(self._container)
+
+    def demux(self, *args, **kwargs):
+        for packet in self._container.demux(*args, **kwargs):
+            if packet.size:
+                self._reads.demuxed += 1
+            yield packet
+
+    def decode(self, *args, **kwargs):
+        # what PyAV's own InputContainer.decode does, with the packets counted
+        for packet in self._container.demux(*args, **kwargs):
+            if packet.size:
+                self._reads.decoded += 1
+            yield from packet.decode()
+
+
+@contextmanager
+def count_av(monkeypatch) -> Iterator[dict[Path, FileReads]]:
+    """Count, per resolved file path, the ``av.open`` calls that read it and the packets read from it.
+
+    The media modules ``import av`` and call ``av.open``, so replacing the attribute on the module
+    catches every open wherever it is made. Writes (``mode="w"``) are passed through uncounted.
+    Yields the live ``{path: FileReads}`` table.
+    """
+    import av
+
+    real_open = av.open
+    table: dict[Path, FileReads] = defaultdict(FileReads)
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        container = real_open(file, mode, *args, **kwargs)
+        if mode != "r" or not isinstance(file, (str, Path)):
+            return container
+        reads = table[Path(file).resolve()]
+        reads.opens += 1
+        return _CountedContainer(container, reads)
+
+    monkeypatch.setattr(av, "open", counting_open)
+    try:
+        yield table
+    finally:
+        monkeypatch.setattr(av, "open", real_open)

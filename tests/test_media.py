@@ -127,7 +127,11 @@ def long_clip(tmp_path_factory) -> Path:
 def test_probe_counts_frames_and_keeps_exact_rate(clip: Path, long_clip: Path) -> None:
     info = probe(clip)
     assert info == VideoInfo(path=clip, width=W, height=H, fps=Fraction(25), frame_count=10, has_audio=False, codec="h264",
-                             pix_fmt="yuv420p")
+                             pix_fmt="yuv420p", coded_size=(W, H))
+    with av.open(str(clip)) as container:  # frame i was stamped i / 25 s: its pts in the stream's time base
+        tb = container.streams.video[0].time_base
+    assert info.timestamps == tuple(int(Fraction(i, 25) / tb) for i in range(10))
+    assert not info.variable_frame_rate and "timestamps" not in repr(info)
     long = probe(long_clip)
     assert long.frame_count == 40  # counted from packets: mkv states no frame count
     assert long.fps == 25 and isinstance(long.fps, Fraction)
@@ -196,6 +200,11 @@ def test_variable_frame_rate_detected(tmp_path: Path, clip: Path) -> None:
     assert is_variable_frame_rate(vfr)
     info = probe(vfr)  # treated as constant-rate at its average rate, every frame kept once
     assert info.frame_count == 8
+    # probe's flag and the VideoInfo form agree with the path form, at any tolerance
+    assert info.variable_frame_rate and is_variable_frame_rate(info) and not probe(clip).variable_frame_rate
+    for tolerance in (0.1, 0.5, 3.0):  # the gaps are 1, 2 and 3 frames: variable unless 3x the median is allowed
+        assert is_variable_frame_rate(info, tolerance=tolerance) == is_variable_frame_rate(vfr, tolerance=tolerance)
+    assert not is_variable_frame_rate(info, tolerance=3.0)
     assert [read_index(f) for f in iter_frames(vfr)] == list(range(8))
 
 

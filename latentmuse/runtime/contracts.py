@@ -6,7 +6,7 @@ Landmarks follow the 68-point iBUG layout in frame pixel coordinates (x, y).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -22,6 +22,11 @@ class VideoInfo:
     which are turned upright by the container's display matrix (``rotation`` clockwise degrees, then
     ``mirrored`` left-right, as ffmpeg's autorotate does), so faces are found upright and the output,
     written upright, has exactly these dimensions.
+
+    :func:`~latentmuse.runtime.media.probe` demuxes every packet once and keeps here what later stages
+    would otherwise demux the file again for: the packets' presentation timestamps (``timestamps``,
+    which :class:`~latentmuse.runtime.media.FrameSource` maps decoded frames and seeks by), whether the
+    frame rate varies, and the first frame's stored (coded) size.
     """
 
     path: Path
@@ -35,6 +40,11 @@ class VideoInfo:
     mirrored: bool = False  # then flipped left-right (a mirrored display matrix)
     pix_fmt: str = ""  # the decoder's pixel format (e.g. yuv420p10le), before conversion to BGR
     sample_aspect_ratio: Fraction | None = None  # of the displayed pixels; None when square or unstated
+    # every video packet's presentation timestamp in the stream's time base, in presentation order
+    # (sorted; -1 where a packet has none); empty when unknown (a VideoInfo not made by probe)
+    timestamps: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    variable_frame_rate: bool = False  # frame durations vary (see media.is_variable_frame_rate)
+    coded_size: tuple[int, int] | None = None  # the first frame as stored (width, height), before turning upright
 
     @property
     def duration_s(self) -> float:

@@ -42,7 +42,10 @@ def _to_bgr(frame: av.VideoFrame, orientation: Orientation) -> np.ndarray:
 
 
 def iter_frames(path: Path | str, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
-    """Every frame of the video in presentation order, as displayed (upright), BGR uint8 (H, W, 3)."""
+    """Every frame of the video in presentation order, as displayed (upright), BGR uint8 (H, W, 3).
+
+    Pass the :func:`probe` result as ``info`` when there is one: without it the file is probed (opened
+    and demuxed) first, only to learn its orientation."""
     path = Path(path)
     orientation = _orientation(info if info is not None else probe(path))
     container = _open_input(path, "video")
@@ -145,14 +148,19 @@ class FrameSource:
             raise _corrupt(self.path, exc) from None
 
     def _index_timestamps(self) -> bool:
-        """Build pts -> index from the demuxed packets (once). False when timestamps are unusable."""
+        """Build pts -> index from the packet timestamps (once). False when timestamps are unusable.
+
+        The timestamps are those :func:`probe` kept in ``info``; only a ``VideoInfo`` made elsewhere
+        (without them) makes this demux the file."""
         if self._pts is None:
-            with _open_input(self.path, "video") as container:
-                stream = _video_stream(container, self.path)
-                try:
-                    pts = sorted(_packet_pts(container, stream))
-                except av.FFmpegError as exc:
-                    raise _corrupt(self.path, exc) from None
+            pts = list(self.info.timestamps)
+            if not pts:
+                with _open_input(self.path, "video") as container:
+                    stream = _video_stream(container, self.path)
+                    try:
+                        pts = sorted(_packet_pts(container, stream))
+                    except av.FFmpegError as exc:
+                        raise _corrupt(self.path, exc) from None
             if pts and pts[0] >= 0 and len(set(pts)) == len(pts):
                 self._pts = pts
                 self._pts_index = {p: i for i, p in enumerate(pts)}

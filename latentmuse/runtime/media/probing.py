@@ -1,10 +1,12 @@
-"""Probing a video without decoding it: size, exact frame rate, frame count, variable frame rate."""
+"""Probing a video in one demux pass (decoding only its first frame): size, exact frame rate, frame
+count, orientation, the packet timestamps and whether the frame rate varies."""
 
 from __future__ import annotations
 
 import statistics
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 
@@ -106,36 +108,60 @@ def _check_complete(path: Path, stream, packets: list[tuple[int, int]], fps: Fra
         )
 
 
-def _first_frame(container, stream, path: Path) -> av.VideoFrame:
-    """Decode the first frame: proves the stream decodes, and carries the display matrix and format."""
+def _scan(container, stream, path: Path) -> tuple[list[tuple[int, int]], av.VideoFrame | None, BaseException | None]:
+    """One pass over the video packets: (timestamp, duration) of each, and the first frame decoded on
+    the way (it proves the stream decodes and carries the display matrix and pixel format).
+
+    Packets are fed to the decoder only until it gives its first frame; the rest is demux only. A
+    decoding error is returned, not raised, so that the file's header checks (no frame rate, cut
+    short) keep their precedence over it, as when the first frame was decoded in a second pass."""
+    packets: list[tuple[int, int]] = []
+    first: av.VideoFrame | None = None
+    failure: BaseException | None = None
+    decoding = True
     try:
-        for frame in container.decode(stream):
-            return frame
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            ts = packet.pts if packet.pts is not None else packet.dts
+            packets.append((-1 if ts is None else ts, packet.duration or 0))
+            if decoding:
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError as exc:
+                    failure, decoding = exc, False
+                    continue
+                if frames:
+                    first, decoding = frames[0], False
+        if decoding and failure is None:  # a decoder that holds frames back (B-frames, threads): drain it
+            try:
+                frames = stream.codec_context.decode(None)
+            except av.FFmpegError as exc:
+                failure = exc
+            else:
+                first = frames[0] if frames else None
     except av.FFmpegError as exc:
         raise _corrupt(path, exc) from None
-    raise LatentmuseError(
-        f"{path} has a video stream but no frame of it could be decoded.",
-        "the file is damaged or truncated: re-export it.",
-    )
+    return packets, first, failure
 
 
 def probe(path: Path | str) -> VideoInfo:
-    """Size, exact frame rate, frame count, audio presence, codec and orientation of a video file.
+    """Size, exact frame rate, frame count, audio presence, codec and orientation of a video file,
+    with the packet timestamps and the variable-frame-rate flag, from one open and one demux pass.
 
-    The frame count is the number of demuxed video packets (no decoding); a file holding fewer
-    packets than its header lists, or ending before its stated duration, is refused as truncated
-    (before any work, rather than when decoding reaches the gap). The first frame is decoded, so a stream that does
-    not decode at all is an error here, before any work, and its display matrix (rotation) and pixel
-    format are known; the size reported is the displayed (upright) size.
+    The frame count is the number of demuxed video packets; a file holding fewer packets than its
+    header lists, or ending before its stated duration, is refused as truncated (before any work,
+    rather than when decoding reaches the gap). The first frame is decoded on the way, so a stream
+    that does not decode at all is an error here, before any work, and its display matrix (rotation)
+    and pixel format are known; the size reported is the displayed (upright) size. The packets'
+    timestamps are kept in the result, so neither :func:`is_variable_frame_rate` nor
+    :class:`~.frames.FrameSource` demuxes the file again.
     """
     path = Path(path)
     container = _open_input(path, "video")
     with container:
         stream = _video_stream(container, path)
-        try:
-            packets = _packets(container, stream)
-        except av.FFmpegError as exc:
-            raise _corrupt(path, exc) from None
+        packets, first, failure = _scan(container, stream, path)
         fps = _frame_rate(stream, packets)
         if not fps or fps <= 0:
             raise LatentmuseError(
@@ -150,13 +176,19 @@ def probe(path: Path | str) -> VideoInfo:
             raise _corrupt(path, ValueError("video stream has no frame size"))
         has_audio, codec = bool(container.streams.audio), stream.codec_context.name
         sar = stream.sample_aspect_ratio
-    with _open_input(path, "video") as container:  # afresh: the count may have demuxed to the end
-        first = _first_frame(container, _video_stream(container, path), path)
+        if failure is not None:
+            raise _corrupt(path, failure)
+        if first is None:
+            raise LatentmuseError(
+                f"{path} has a video stream but no frame of it could be decoded.",
+                "the file is damaged or truncated: re-export it.",
+            )
         orientation: Orientation = frame_orientation(first, str(path))
         width, height = orientation.displayed_size(int(first.width), int(first.height))
         sar = Fraction(sar) if sar and sar > 0 and sar != 1 else None
         if sar is not None and orientation.swaps_axes:
             sar = 1 / sar  # a pixel twice as wide is twice as tall once turned on its side
+        timestamps = tuple(sorted(ts for ts, _ in packets))
         return VideoInfo(
             path=path,
             width=width,
@@ -169,27 +201,46 @@ def probe(path: Path | str) -> VideoInfo:
             mirrored=orientation.mirrored,
             pix_fmt=first.format.name,
             sample_aspect_ratio=sar,
+            timestamps=timestamps,
+            variable_frame_rate=_durations_vary(timestamps, VFR_TOLERANCE),
+            coded_size=(int(first.width), int(first.height)),
         )
 
 
-def is_variable_frame_rate(path: Path | str, *, tolerance: float = 0.1) -> bool:
-    """Whether the video's frame durations vary (then it is treated as constant at its average rate).
+#: How far a frame duration may stray from the median, as a fraction of it, before the rate is variable.
+VFR_TOLERANCE = 0.1
 
-    Frame durations are read from the packet timestamps (demux only). A duration that differs from
-    the median by more than ``tolerance`` of the median plus one time-base tick (container timestamp
-    rounding, e.g. 33/34 ms in mkv) makes the video variable-rate.
-    """
-    path = Path(path)
-    container = _open_input(path, "video")
-    with container:
-        stream = _video_stream(container, path)
-        try:
-            pts = sorted(p for p in _packet_pts(container, stream) if p >= 0)
-        except av.FFmpegError as exc:
-            raise _corrupt(path, exc) from None
+
+def _durations_vary(timestamps: Sequence[int], tolerance: float) -> bool:
+    """Whether the gaps between the (known, sorted) timestamps vary by more than ``tolerance`` of their
+    median plus one time-base tick (container timestamp rounding, e.g. 33/34 ms in mkv)."""
+    pts = sorted(p for p in timestamps if p >= 0)
     deltas = [b - a for a, b in zip(pts, pts[1:])]
     if len(deltas) < 2:
         return False
     median = statistics.median(deltas)
     limit = tolerance * median + 1
     return any(abs(d - median) > limit for d in deltas)
+
+
+def is_variable_frame_rate(video: VideoInfo | Path | str, *, tolerance: float = VFR_TOLERANCE) -> bool:
+    """Whether the video's frame durations vary (then it is treated as constant at its average rate).
+
+    Frame durations are read from the packet timestamps: those :func:`probe` kept in a
+    :class:`VideoInfo` (no file is opened), or, given a path, demuxed from the file (no decoding). A
+    duration that differs from the median by more than ``tolerance`` of the median plus one time-base
+    tick (container timestamp rounding, e.g. 33/34 ms in mkv) makes the video variable-rate.
+    """
+    if isinstance(video, VideoInfo) and video.timestamps:
+        if tolerance == VFR_TOLERANCE:
+            return video.variable_frame_rate
+        return _durations_vary(video.timestamps, tolerance)
+    path = Path(video.path if isinstance(video, VideoInfo) else video)
+    container = _open_input(path, "video")
+    with container:
+        stream = _video_stream(container, path)
+        try:
+            pts = _packet_pts(container, stream)
+        except av.FFmpegError as exc:
+            raise _corrupt(path, exc) from None
+    return _durations_vary(pts, tolerance)
