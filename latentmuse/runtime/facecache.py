@@ -7,7 +7,10 @@ hits and an edited one misses) and every setting the pass depends on: front end 
 device type and dtype (S3FD's boxes differ in the last digits between fp16 and fp32), the ``--face``
 policy, ``--min-face-size`` and the tracker's constants. Tracking is causal (frame ``t`` depends on
 frames ``<= t`` only), so an entry for ``n`` frames serves every run that needs ``n`` or fewer: a
-shorter audio track hits, a longer one recomputes and replaces the entry.
+shorter audio track hits. A longer one extends the entry: the entry also holds the tracker's state
+after its last frame (:meth:`FaceTracker.state`), so only the missing frames are detected, by the
+resumed tracker (:meth:`FaceTrack.tracker`), with exactly the results one pass over all frames gives;
+the longer track then replaces the entry.
 
 What is *not* cached here, and why: LatentSync's alignment transforms are smoothed over the run's
 frames (a prefix of a longer run's transforms is not the shorter run's), and they cost about a
@@ -33,10 +36,12 @@ import numpy as np
 
 from ..files import atomic_write
 from .contracts import Face
-from .tracking import STATUSES, DubbedFace, count_statuses
+from .tracking import STATUSES, DubbedFace, FaceTracker, Selection, count_statuses
 
-#: Bumped whenever the entry layout or the face pass's results change.
-CACHE_VERSION = 1
+#: Bumped whenever the entry layout or the face pass's results change (2: the tracker's state). An entry
+#: of another version is a miss without a warning (the key's digest includes the version, so it is
+#: normally not even looked at) and is replaced.
+CACHE_VERSION = 2
 SUFFIX = ".lmfaces.npz"
 FOLDER = "faces"
 
@@ -44,12 +49,18 @@ FOLDER = "faces"
 @dataclass
 class FaceTrack:
     """The face pass over a video's first ``len(faces)`` frames: per frame the dubbed face (or None),
-    its tracker status and how many faces had been seen so far, and which face was dubbed."""
+    its tracker status and how many faces had been seen so far, which face was dubbed, and the
+    tracker's state after the last frame (``tracker_state``, :meth:`FaceTracker.state`; ``None`` when
+    the track cannot be extended: a prefix, or built without it).
 
-    faces: list[Face | None]
-    statuses: list[str]
-    seen: list[int]  # faces_seen after each frame's selection
-    dubbed: DubbedFace | None
+    Built all at once (:meth:`from_tracker`) or frame by frame as a stream detects them
+    (:meth:`confirm`, or :meth:`append`, then :meth:`checkpoint` before the track is stored)."""
+
+    faces: list[Face | None] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)  # faces_seen after each frame's selection
+    dubbed: DubbedFace | None = None
+    tracker_state: dict | None = None
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -58,10 +69,55 @@ class FaceTrack:
     def faces_seen(self) -> int:
         return self.seen[-1] if self.seen else 0
 
+    @classmethod
+    def from_tracker(cls, faces: list[Face | None], tracker: FaceTracker) -> FaceTrack:
+        """The track of a tracker that confirmed exactly ``faces`` (its returned faces), state included."""
+        track = cls(list(faces), list(tracker.statuses), list(tracker.seen_by_frame[: len(faces)]), tracker.dubbed)
+        track.checkpoint(tracker)
+        return track
+
     def prefix(self, n: int) -> FaceTrack:
-        """The pass over the first ``n`` frames (what a run of ``n`` frames would have computed)."""
+        """The pass over the first ``n`` frames (what a run of ``n`` frames would have computed); the
+        tracker's state only when that is the whole track (a tracker cannot be rewound)."""
         dubbed = self.dubbed if self.dubbed is not None and self.dubbed.first_frame < n else None
-        return FaceTrack(self.faces[:n], self.statuses[:n], self.seen[:n], dubbed)
+        state = self.tracker_state if n >= len(self) else None
+        return FaceTrack(self.faces[:n], self.statuses[:n], self.seen[:n], dubbed, state)
+
+    def tracker(self) -> FaceTracker:
+        """A tracker resumed after this track's last frame: feeding it frames ``len(self)`` on gives
+        exactly what one tracker over all frames gives. ``ValueError`` without a state."""
+        if self.tracker_state is None:
+            raise ValueError("this face track has no tracker state (a prefix, or stored without one)")
+        return FaceTracker.resume(self.tracker_state, statuses=self.statuses, seen=self.seen)
+
+    def append(self, face: Face | None, status: str, seen: int) -> None:
+        """One more frame. The stored tracker state no longer describes the track's end, so it is
+        dropped until the next :meth:`checkpoint`."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown face status {status!r}")
+        self.faces.append(face)
+        self.statuses.append(status)
+        self.seen.append(int(seen))
+        self.tracker_state = None
+
+    def confirm(self, tracker: FaceTracker, selection: Selection, face: Face | None) -> Face | None:
+        """``tracker.confirm(selection, face)``, appended to the track with the tracker's status and
+        count for that frame; returns the face to dub (or None). The tracker must be the one following
+        this track (new on an empty track, or :meth:`tracker`), so frames stay in step."""
+        if selection.index != len(self):
+            raise ValueError(f"frame {selection.index} confirmed into a track of {len(self)} frames")
+        out = tracker.confirm(selection, face)
+        self.append(out, tracker.statuses[-1], tracker.seen_by_frame[selection.index])
+        self.dubbed = tracker.dubbed
+        return out
+
+    def checkpoint(self, tracker: FaceTracker) -> None:
+        """Record the tracker's state (and choice) at the track's end, so the stored track can be
+        extended later; the tracker must have confirmed exactly this track's frames."""
+        if tracker.statuses != self.statuses:
+            raise ValueError(f"tracker at frame {len(tracker.statuses)} does not end this {len(self)}-frame track")
+        self.dubbed = tracker.dubbed
+        self.tracker_state = tracker.state()
 
     def counts(self, schedule) -> dict[str, int]:
         return count_statuses(self.statuses, schedule)
@@ -107,25 +163,36 @@ class FaceCache:
 
     def get(self, key: CacheKey, frames: int) -> FaceTrack | None:
         """The pass over ``frames`` frames, or None (no entry, a shorter one, or a corrupt one)."""
+        track = self.lookup(key)
+        if track is None or len(track) < frames:
+            return None
+        return track.prefix(frames)
+
+    def lookup(self, key: CacheKey) -> FaceTrack | None:
+        """The entry's whole pass, whatever its length (None: no entry, an old-format or a corrupt one).
+
+        A pass shorter than a run needs is a partial hit: ``track.tracker()`` resumes its tracker after
+        its last frame, so only the missing frames are detected; ``put`` then stores the longer pass."""
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             meta, track = _read(path)
+        except _OldVersion:
+            return None  # an entry of an earlier layout: recomputed and replaced, nothing to warn about
         except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, never fatal
             self.warn(f"face cache entry {path.name} is corrupt ({_reason(exc)}): faces detected again.")
             return None
         if meta.get("key") != key.digest:
             self.warn(f"face cache entry {path.name} belongs to another key: faces detected again.")
             return None
-        if len(track) < frames:
-            return None
-        return track.prefix(frames)
+        return track
 
     # ----------------------------------------------------------------------------- write
 
     def put(self, key: CacheKey, track: FaceTrack, video: str | Path) -> Path | None:
-        """Store ``track`` (atomically); an entry that cannot be written is a warning, not an error."""
+        """Store ``track``, replacing the entry (atomically, so a reader sees the old or the new one
+        whole); an entry that cannot be written is a warning, not an error."""
         path = self.path(key)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +212,8 @@ class FaceCache:
             try:
                 meta, _ = _read(path)
                 video, frames, settings = meta["video"], int(meta["frames"]), meta["settings"]
+            except _OldVersion as exc:
+                video, frames, settings = f"(old format: {_reason(exc)})", 0, {}
             except Exception as exc:  # noqa: BLE001
                 video, frames, settings = f"(corrupt: {_reason(exc)})", 0, {}
             out.append(CacheEntry(path, video, frames, settings, stat.st_size, stat.st_mtime))
@@ -187,19 +256,26 @@ def _arrays(track: FaceTrack) -> dict[str, np.ndarray]:
             "seen": np.asarray(track.seen, dtype=np.int64)}
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
+def _checksum(arrays: dict[str, np.ndarray], tracker_state: dict | None) -> str:
+    """sha256 of the arrays and the tracker state (a damaged state would resume a different tracker)."""
     digest = hashlib.sha256()
     for name in _ARRAYS:
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    digest.update(json.dumps(tracker_state, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+class _OldVersion(ValueError):
+    """An entry written by another CACHE_VERSION: a quiet miss."""
 
 
 def _encode(key: CacheKey, track: FaceTrack, video: str) -> bytes:
     arrays = _arrays(track)
     meta = {"version": CACHE_VERSION, "key": key.digest, "video": video, "video_sha256": key.video_sha256,
             "settings": key.settings, "frames": len(track), "written": time.time(),
-            "dubbed": None if track.dubbed is None else asdict(track.dubbed), "sha256": _checksum(arrays)}
+            "dubbed": None if track.dubbed is None else asdict(track.dubbed), "tracker_state": track.tracker_state,
+            "sha256": _checksum(arrays, track.tracker_state)}
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     return buffer.getvalue()
@@ -210,8 +286,8 @@ def _read(path: Path) -> tuple[dict, FaceTrack]:
         meta = json.loads(bytes(data["meta"]).decode())
         arrays = {name: data[name] for name in _ARRAYS}
     if meta.get("version") != CACHE_VERSION:
-        raise ValueError(f"version {meta.get('version')}, expected {CACHE_VERSION}")
-    if _checksum(arrays) != meta.get("sha256"):
+        raise _OldVersion(f"version {meta.get('version')}, expected {CACHE_VERSION}")
+    if _checksum(arrays, meta.get("tracker_state")) != meta.get("sha256"):
         raise ValueError("checksum mismatch")
     n = int(meta["frames"])
     if any(len(arrays[name]) != n for name in _ARRAYS):
@@ -222,7 +298,10 @@ def _read(path: Path) -> tuple[dict, FaceTrack]:
     dubbed = meta.get("dubbed")
     if dubbed is not None:
         dubbed = DubbedFace(**{**dubbed, "box": tuple(dubbed["box"])})
-    return meta, FaceTrack(faces, statuses, [int(v) for v in arrays["seen"]], dubbed)
+    state = meta.get("tracker_state")
+    if state is not None and int(state.get("frames", -1)) != n:
+        raise ValueError(f"tracker state after {state.get('frames')} frames in a {n}-frame entry")
+    return meta, FaceTrack(faces, statuses, [int(v) for v in arrays["seen"]], dubbed, state)
 
 
 def _reason(exc: BaseException) -> str:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
@@ -57,6 +57,7 @@ __all__ = [
     "STATUSES",
     "DubbedFace",
     "Selection",
+    "STATE_VERSION",
     "TrackerSettings",
     "box_iou",
     "parse_face_policy",
@@ -203,6 +204,10 @@ class TrackerSettings:
     landmark_patience: int = 5  # consecutive landmark rejections after which the reference is dropped
 
 
+#: Bumped whenever :meth:`FaceTracker.state`'s layout or meaning changes.
+STATE_VERSION = 1
+
+
 @dataclass
 class _Track:
     box: Box  # last matched box
@@ -258,6 +263,10 @@ class FaceTracker:
     candidate computed) :meth:`confirm`. Selections may run ahead of confirmations (a batch of frames
     is selected, its landmarks computed together, then confirmed in order): selection uses boxes only,
     so the result does not depend on the batching.
+
+    Between frames the tracker can be saved (:meth:`state`, JSON-able) and resumed (:meth:`resume`): the
+    resumed tracker decides every later frame exactly as this one would have, so a cached pass over a
+    video's first frames is extended instead of recomputed (runtime/facecache.py).
     """
 
     def __init__(self, policy: FacePolicy | str = "largest", min_face_size: float = DEFAULT_MIN_FACE_SIZE,
@@ -404,6 +413,75 @@ class FaceTracker:
     def _end_appearance(self) -> None:
         self._reference = None
         self._rejections = 0
+
+    # ------------------------------------------------------------------ saving and resuming
+
+    def state(self) -> dict:
+        """Everything the next frame's decisions depend on, as a JSON-able dict (Python floats, which
+        JSON writes exactly, so a JSON round trip loses nothing): the configuration, frames so far,
+        faces seen, the choice, every track in order (box, last frame seen, velocity; the order
+        decides ties), which one is dubbed, and the landmark reference and rejection count.
+
+        Why: a longer audio track over a cached video needs only the frames the cache lacks; a tracker
+        resumed from this (:meth:`resume`) continues exactly as this one would. The per-frame history
+        (``statuses``, ``seen_by_frame``) is not in it: the face-track cache holds it, and it grows with
+        the clip. Only between frames: every selected frame must be confirmed."""
+        if len(self.statuses) != self._next_frame:
+            raise ValueError(f"tracker state taken with {self._next_frame - len(self.statuses)} selected "
+                             "frames not yet confirmed")
+        dubbed_index = next((i for i, tr in enumerate(self._tracks) if tr is self._dubbed_track), None)
+        reference = None
+        if self._reference is not None:
+            points, center = self._reference
+            reference = {"landmarks": points.tolist(), "center": [float(v) for v in center]}
+        return {
+            "version": STATE_VERSION,
+            "policy": str(self.policy),
+            "min_face_size": self.min_face_size,
+            "settings": asdict(self.settings),
+            "frames": self._next_frame,
+            "faces_seen": self.faces_seen,
+            "dubbed": None if self.dubbed is None else {**asdict(self.dubbed), "box": [float(v) for v in self.dubbed.box]},
+            "tracks": [{"box": [float(v) for v in tr.box], "last_seen": tr.last_seen,
+                        "velocity": [float(v) for v in tr.velocity]} for tr in self._tracks],
+            "dubbed_track": dubbed_index,
+            "reference": reference,
+            "rejections": self._rejections,
+        }
+
+    @classmethod
+    def resume(cls, state: dict, *, statuses: Sequence[str], seen: Sequence[int]) -> FaceTracker:
+        """The tracker that :meth:`state` described, ready for the frame after its last one.
+
+        ``statuses`` and ``seen`` are the per-frame history of those frames (what the face track
+        stores), so that the resumed tracker's ``statuses``, ``seen_by_frame`` and :meth:`counts` cover
+        the whole clip as the original's did. Policy, minimum size and thresholds come from the state
+        (they decided the frames so far; the face cache's key holds them too). A state of another
+        version or a history of the wrong length is a ``ValueError``."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"tracker state version {state.get('version')}, expected {STATE_VERSION}")
+        frames = int(state["frames"])
+        if len(statuses) != frames or len(seen) != frames:
+            raise ValueError(f"tracker state after {frames} frames, history of {len(statuses)} statuses "
+                             f"and {len(seen)} counts")
+        tracker = cls(state["policy"], state["min_face_size"], TrackerSettings(**state["settings"]))
+        tracker._next_frame = frames
+        tracker.faces_seen = int(state["faces_seen"])
+        tracker.statuses = list(statuses)
+        tracker.seen_by_frame = [int(v) for v in seen]
+        dubbed = state["dubbed"]
+        if dubbed is not None:
+            tracker.dubbed = DubbedFace(**{**dubbed, "box": tuple(float(v) for v in dubbed["box"])})
+        tracker._tracks = [_Track(tuple(float(v) for v in tr["box"]), int(tr["last_seen"]),  # type: ignore[arg-type]
+                                  (float(tr["velocity"][0]), float(tr["velocity"][1]))) for tr in state["tracks"]]
+        if state["dubbed_track"] is not None:
+            tracker._dubbed_track = tracker._tracks[int(state["dubbed_track"])]
+        reference = state["reference"]
+        if reference is not None:
+            tracker._reference = (np.asarray(reference["landmarks"], dtype=np.float64),
+                                  (float(reference["center"][0]), float(reference["center"][1])))
+        tracker._rejections = int(state["rejections"])
+        return tracker
 
     # ------------------------------------------------------------------ summary
 
