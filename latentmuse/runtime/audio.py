@@ -303,12 +303,17 @@ class AudioFeatures:
 
     def _gatherer(self, layout: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """``index -> states[index]`` for step indices in [0, T50), fetching each segment they touch
-        once, in increasing order (so one request never thrashes the LRU, however many it spans)."""
+        once per request: held ones first, then the missing ones in increasing order, so encoding a
+        missing segment never evicts one this request still needs, however many it spans."""
 
         def gather(index: torch.Tensor) -> torch.Tensor:
             out = torch.empty(*index.shape, NUM_SLOTS, STATE_DIM)
             segment_of = index // SEGMENT_STEPS
-            for segment in torch.unique(segment_of).tolist():
+            needed = torch.unique(segment_of).tolist()
+            if len(needed) == 1:  # the common case: the whole request inside one segment
+                return self._segment(layout, needed[0])[index - needed[0] * SEGMENT_STEPS]
+            held = self._held[layout]
+            for segment in sorted(needed, key=lambda s: (s not in held, s)):
                 here = segment_of == segment
                 out[here] = self._segment(layout, segment)[index[here] - segment * SEGMENT_STEPS]
             return out
@@ -359,6 +364,12 @@ def _check_layout(layout: str) -> None:
 
 def positional_encoding(length: int = 50, dim: int = 384) -> torch.Tensor:
     """MuseTalk's sinusoidal PE: pe[p, 2k] = sin(p / 10000^(2k/d)), pe[p, 2k+1] = cos(same)."""
+    return _positional_encoding(length, dim).clone()
+
+
+@lru_cache(maxsize=4)
+def _positional_encoding(length: int, dim: int) -> torch.Tensor:
+    # cached: every window request adds it, and the float64 sines cost more than the gather
     position = torch.arange(length, dtype=torch.float64)[:, None]
     div = torch.pow(10000.0, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
     pe = torch.zeros(length, dim, dtype=torch.float64)
@@ -421,7 +432,7 @@ def _musetalk_windows(gather: Gather, steps: int, fps: Fraction | float, frames:
     gathered = gather(index.clamp(0, steps - 1)) if steps else torch.zeros(*index.shape, *state_shape, dtype=dtype)
     gathered = gathered * valid[..., None, None].to(gathered.dtype)
     windows = gathered.reshape(len(index), WINDOW_STEPS * gathered.shape[-2], gathered.shape[-1])
-    return windows + positional_encoding(windows.shape[1], windows.shape[2]).to(windows.dtype)
+    return windows + _positional_encoding(windows.shape[1], windows.shape[2]).to(windows.dtype)
 
 
 def _latentsync_windows(gather: Gather, steps: int, fps: Fraction | float,
