@@ -44,9 +44,9 @@ class AtomicFile:
     """A unique temporary file beside ``path`` that becomes ``path`` whole, or never.
 
     Every writer of a finished artefact (reports, plans, caches, plots, the output video) writes into
-    ``temp`` and then either :meth:`commit`\ s (flush to disk, rename onto ``path``, flush the
+    ``temp`` and then either :meth:`commit` (flush to disk, rename onto ``path``, flush the
     folder: a crash at any moment leaves the old file or the new one, never half of one) or
-    :meth:`discard`\ s (delete ``temp``). The temporary name is ``prefix + 8 hex digits + suffix``,
+    :meth:`discard` (delete ``temp``). The temporary name is ``prefix + 8 hex digits + suffix``,
     created with ``O_EXCL`` (as :func:`tempfile.mkstemp`, so two processes writing the same path
     never share a temporary file: each rename is whole, and the last one wins), but with the mode a
     plain ``open`` gives (``mkstemp``'s 0600 would hide reports and videos from a team).

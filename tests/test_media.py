@@ -259,6 +259,81 @@ def test_load_audio_espeak_speech(tmp_path: Path) -> None:
     assert np.abs(audio).max() > 0.1  # speech, not silence
 
 
+def _load_audio_before_decode_audio(path: Path, sample_rate: int = 16000) -> np.ndarray:
+    """load_audio as it was before decode_audio (commit 2b0e91b): decoded frames resampled straight to
+    mono ``sample_rate``, the AAC padding past the stated duration dropped, clipped. The reference
+    AudioTrack.mono must equal sample for sample."""
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        stream.thread_type = "AUTO"
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        stated, slack = None, 0
+        if stream.duration and stream.time_base:
+            stated = round(stream.duration * stream.time_base * sample_rate)
+            slack = int(2048 * sample_rate / (stream.codec_context.sample_rate or sample_rate)) + 2
+        for frame in container.decode(stream):
+            frame.pts = None
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    audio = np.concatenate(chunks).astype(np.float32, copy=False)
+    if stated is not None and 0 < audio.size - stated <= slack:
+        audio = audio[:stated]
+    return np.clip(audio, -1.0, 1.0)
+
+
+def _audio_inputs(tmp_path: Path, sample) -> dict[str, Path]:
+    tone, other = sine(1.3, 44100, 300.0), sine(1.3, 44100, 500.0, amp=0.9)
+    tone48, other48 = sine(1.1, 48000, 300.0), sine(1.1, 48000, 700.0, amp=0.9)
+    return {
+        "wav 22050 mono": write_wav(tmp_path / "m.wav", sine(0.9, 22050, amp=1.2), 22050),  # clipped at full scale
+        "wav 44100 stereo": write_wav(tmp_path / "s.wav", np.stack([tone, other], axis=1), 44100),
+        "aac 44100 stereo mp4": write_encoded_audio(tmp_path / "a44.mp4", "aac", np.stack([tone, other]), 44100),
+        "aac 48000 stereo mp4": write_encoded_audio(tmp_path / "a48.mp4", "aac", np.stack([tone48, other48]), 48000),
+        "mp3 44100 stereo": write_encoded_audio(tmp_path / "a.mp3", "libmp3lame", np.stack([tone, other]), 44100),
+        "flac 44100 stereo": write_encoded_audio(tmp_path / "a.flac", "flac", np.stack([tone, other]), 44100),
+        "the sample clip": sample.video,
+    }
+
+
+def test_decode_audio_mono_equals_the_previous_load_audio(tmp_path: Path, sample) -> None:
+    """One decode serves both uses: its 16 kHz mono waveform is the one load_audio gave before, exactly."""
+    for name, path in _audio_inputs(tmp_path, sample).items():
+        track = media.decode_audio(path, what="audio file")
+        expected = _load_audio_before_decode_audio(path)
+        got = track.mono(16000)
+        assert got.dtype == np.float32 and got.shape == expected.shape, name
+        assert np.array_equal(got, expected), (name, float(np.abs(got - expected).max()))
+        assert np.array_equal(load_audio(path), expected), name
+        assert np.array_equal(track.mono(22050), _load_audio_before_decode_audio(path, 22050)), name
+    track = media.decode_audio(_audio_inputs(tmp_path, sample)["aac 48000 stereo mp4"], what="audio file")
+    assert (track.sample_rate, track.layout, track.channels, track.sample_format) == (48000, "stereo", 2, "fltp")
+    assert abs(track.seconds - 1.1) < 2048 / 48000  # the native buffer: end padding kept for the writer to trim
+
+
+def test_decode_audio_keeps_the_decoders_samples(tmp_path: Path) -> None:
+    """16-bit PCM stays 16-bit, planar, sample for sample as written (computed here, not by PyAV)."""
+    left, right = sine(0.5, 22050, 300.0), sine(0.5, 22050, 900.0, amp=0.25)
+    path = write_wav(tmp_path / "s.wav", np.stack([left, right], axis=1), 22050)
+    track = media.decode_audio(path, what="audio file")
+    assert track.sample_format == "s16p" and track.sample_rate == 22050 and track.channels == 2
+    expected = (np.clip(np.stack([left, right]), -1, 1) * 32767).astype(np.int16)
+    assert np.array_equal(track.samples, expected)
+    assert sum(track.frame_sizes) == expected.shape[1] and track.duration == Fraction(expected.shape[1], 22050)
+
+
+def test_decode_audio_errors_as_load_audio(tmp_path: Path, clip: Path) -> None:
+    with pytest.raises(LatentmuseError, match="has no audio track") as err:
+        media.decode_audio(clip, what="audio file")
+    assert err.value.fix == "pass an audio file, or a video that has sound, as --audio."
+    empty = media.decode_audio(write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000), what="audio file")
+    assert empty.samples.shape[1] == 0  # decodes (a writer pads it with silence) ...
+    with pytest.raises(LatentmuseError, match="is empty"):
+        empty.mono()  # ... but gives no features
+    with pytest.raises(LatentmuseError, match="does not exist"):
+        media.decode_audio(tmp_path / "missing.wav")
+
+
 # -------------------------------------------------------------------------------- writing
 
 

@@ -38,7 +38,7 @@ output can be), :mod:`.writer`.
 
 from __future__ import annotations
 
-from .audio import load_audio
+from .audio import AudioTrack, decode_audio, load_audio
 from .formats import CODECS, OUTPUT_FORMATS, VIDEO_CODECS, choose_codec
 from .frames import DEFAULT_CHUNK, FrameSource, iter_frames
 from .paths import check_output_path
@@ -47,6 +47,7 @@ from .writer import FrameSink, MemorySink, VideoWriter
 
 
 __all__ = [
+    "AudioTrack",
     "CODECS",
     "DEFAULT_CHUNK",
     "OUTPUT_FORMATS",
@@ -57,6 +58,7 @@ __all__ = [
     "MemorySink",
     "VideoWriter",
     "check_output_path",
+    "decode_audio",
     "is_variable_frame_rate",
     "iter_frames",
     "load_audio",
