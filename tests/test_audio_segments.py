@@ -53,7 +53,8 @@ def audio_of(seconds: float, seed: int = 0) -> np.ndarray:
     n = round(seconds * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
     rng = np.random.default_rng(seed)
-    signal = (0.2 + 0.15 * np.sin(2 * np.pi * 0.3 * t)) * rng.standard_normal(n) + 0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t)
+    envelope = 0.2 + 0.15 * np.sin(2 * np.pi * 0.3 * t)
+    signal = envelope * rng.standard_normal(n) + 0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t)
     return signal.astype(np.float32)
 
 
@@ -199,5 +200,6 @@ def test_musetalk_steps_from_length_match_the_encoded_states(post_ln):
     whisper = whisper_standin()
     for n in (320, 319, 480_000, 480_320, 16_000 * 7 + 1):
         audio = np.zeros(n, np.float32)
-        assert AudioFeatures(audio, Fraction(25), whisper, post_ln).steps("musetalk") == len(encode_states(whisper, audio))
-        assert len(encode_states(whisper, audio)) == math.floor(n / SAMPLE_RATE * 50)
+        encoded = len(encode_states(whisper, audio))
+        assert AudioFeatures(audio, Fraction(25), whisper, post_ln).steps("musetalk") == encoded
+        assert encoded == math.floor(n / SAMPLE_RATE * 50)

@@ -196,7 +196,8 @@ def encode_latentsync_states(whisper: Runner, waveform: np.ndarray) -> torch.Ten
     space; a segment of ``n`` mel frames keeps its first ``n // 2`` encoder steps (50 per second).
     """
     mel = latentsync_log_mel(waveform)
-    states = [_encode_latentsync_segment(whisper, mel, index) for index in range(len(latentsync_segment_steps(mel.shape[-1])))]
+    segments = range(len(latentsync_segment_steps(mel.shape[-1])))
+    states = [_encode_latentsync_segment(whisper, mel, index) for index in segments]
     return torch.cat(states, dim=0) if states else torch.zeros(0, NUM_SLOTS, STATE_DIM)
 
 
