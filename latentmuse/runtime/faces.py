@@ -195,8 +195,8 @@ def _dlib_detector():
 #: detection scale, whatever the face's size in between. Measured on ``skimage.data.astronaut()``
 #: resampled so that its face's box (88 px at native size) would be N px, 25 frames each with a small
 #: sway and zoom, at ``upsample=0``: found in 0/25 frames at N = 48, 2/25 at 50, 10/25 at 52, 20/25 at
-#: 54, 25/25 from 56 on (docs/FACES.md). A face needs about 56 px at the detection scale; 60 leaves a
-#: margin for faces and poses less favourable than the astronaut's.
+#: 54, 25/25 from 56 on; mirrored, darkened, rotated 8 degrees or JPEG-compressed, 25/25 from 58 on
+#: (docs/FACES.md). 60 leaves a margin for faces and poses less favourable than these.
 DLIB_SMALLEST_FACE = 60.0
 #: The detector window: a detection image whose short side is below this cannot hold a window, so
 #: :func:`detection_scale` never shrinks a frame's short side below it.
