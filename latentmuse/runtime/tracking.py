@@ -441,7 +441,7 @@ class FaceTracker:
             "settings": asdict(self.settings),
             "frames": self._next_frame,
             "faces_seen": self.faces_seen,
-            "dubbed": None if self.dubbed is None else {**asdict(self.dubbed), "box": [float(v) for v in self.dubbed.box]},
+            "dubbed": None if self.dubbed is None else {**asdict(self.dubbed), "box": list(self.dubbed.box)},
             "tracks": [{"box": [float(v) for v in tr.box], "last_seen": tr.last_seen,
                         "velocity": [float(v) for v in tr.velocity]} for tr in self._tracks],
             "dubbed_track": dubbed_index,
