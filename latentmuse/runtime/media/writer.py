@@ -1,12 +1,11 @@
 """Writing the output: frame sinks, and the video writer that is atomic, safe against concurrent
-writers and a full disk, and keeps the audio in sync."""
+writers and a full disk, and keeps the audio in sync (encoded into the same file as the frames)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import re
-import secrets
 import socket
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -17,8 +16,10 @@ import av
 import numpy as np
 
 from ...errors import LatentmuseError
+from ...files import AtomicFile
+from .audio import AudioTrack, decode_audio
 from .formats import ENCODE_FLAGS, OUTPUT_FORMATS, VideoCodec, audio_encoder, choose_codec, output_format
-from .opening import _audio_stream, _corrupt, _first_line, _open_input
+from .opening import _first_line
 from .paths import check_output_path
 
 _DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
@@ -93,44 +94,32 @@ def _audio_frame(samples: np.ndarray, sample_fmt: str, layout: str, rate: int) -
     return frame
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file (or folder) to the disk, so a crash right after the rename leaves a whole file."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return  # folders cannot be opened on some systems (Windows): nothing to flush there
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF):  # a filesystem without fsync (some FUSE)
-            raise
-    finally:
-        os.close(fd)
-
-
 class VideoWriter:
-    """Stream-encode BGR frames and mux the audio on success; atomic, temp-file based.
+    """Stream-encode BGR frames, with the audio, into one temporary file renamed into place on success.
 
-    ``VideoWriter(path, width, height, fps, audio_source, codec=...)`` validates ``path``
-    (:func:`check_output_path`, with ``audio_source`` as an input) and the codec for its container
+    ``VideoWriter(path, width, height, fps, audio, codec=...)`` validates ``path``
+    (:func:`check_output_path`, with the audio's file as an input) and the codec for its container
     and the frame size (:func:`~.formats.choose_codec`: the container comes from the extension, see
     :mod:`.formats` for the matrix), then encodes each ``write(frame)`` into a temporary file in the
     output's folder, with the video time base exactly 1/fps and the frame size exactly
-    ``width`` x ``height``. ``close()`` (or a clean ``with`` exit) encodes ``audio_source``'s first
-    audio track (its own sample rate and channel layout whenever the container's audio codec takes
-    them; trimmed to ``frames_written / fps`` seconds, or padded with silence to it), interleaves it
-    with the video, flushes the file to disk and renames it onto ``path`` atomically. The audio is
-    always re-encoded (never stream-copied), so the trim is sample-exact; it is taken from the
-    source's first decoded sample (a container start offset between its audio and video is ignored,
-    as :func:`load_audio` ignores it too, so features and output stay in sync).
+    ``width`` x ``height``. ``audio`` is an :class:`~.audio.AudioTrack` (decoded once by the caller,
+    who also took the features from it) or a path (decoded here, once); its samples are encoded
+    into the same file as the frames arrive (its own sample rate and channel layout whenever the
+    container's audio codec takes them), up to the video's length so far, so the file is
+    interleaved; ``close()`` (or a clean ``with`` exit) encodes the rest, trimmed to
+    ``frames_written / fps`` seconds or padded with silence to it, flushes the file to disk and
+    renames it onto ``path`` atomically (:class:`latentmuse.files.AtomicFile`). Nothing is remuxed:
+    there is one temporary file per writer. The audio is always re-encoded (never stream-copied), so
+    the trim is sample-exact; it is taken from the source's first decoded sample (a container start
+    offset between its audio and video is ignored, as :func:`load_audio` ignores it too, so features
+    and output stay in sync).
 
     Failure leaves nothing: an exception inside the ``with`` block, ``abort()``, or any error while
     writing (a full disk is one line: "no space left on the disk holding ...") deletes the temporary
-    files and leaves nothing at ``path`` (an older file there is kept as it was). Temporary names
-    are unique per writer (created with ``O_EXCL``, like :func:`tempfile.mkstemp`, but with the
-    umask's permissions so the output has the usual mode), so two runs writing the same output never
-    share a file: each renames its own complete file into place, and the last rename wins.
+    file and leaves nothing at ``path`` (an older file there is kept as it was). Temporary names are
+    unique per writer (created with ``O_EXCL``, with the umask's permissions so the output has the
+    usual mode), so two runs writing the same output never share a file: each renames its own
+    complete file into place, and the last rename wins.
     """
 
     def __init__(
@@ -139,16 +128,15 @@ class VideoWriter:
         width: int,
         height: int,
         fps: Fraction,
-        audio_source: Path | str | None = None,
+        audio: AudioTrack | Path | str | None = None,
         *,
         codec: str = "auto",
         crf: int | None = None,
         preset: str = "medium",
         sample_aspect_ratio: Fraction | None = None,
     ) -> None:
-        self.path = check_output_path(
-            path, [audio_source] if audio_source is not None else [], extensions=OUTPUT_FORMATS
-        )
+        audio_path = audio.path if isinstance(audio, AudioTrack) else audio
+        self.path = check_output_path(path, [audio_path] if audio_path is not None else [], extensions=OUTPUT_FORMATS)
         if width <= 0 or height <= 0:
             raise ValueError(f"invalid frame size {width}x{height}")
         self.width, self.height = int(width), int(height)
@@ -158,23 +146,25 @@ class VideoWriter:
         self.format = output_format(self.path)
         self.codec: VideoCodec = choose_codec(self.path, codec, (self.width, self.height))
         self.pix_fmt = self.codec.pixel_format(self.width, self.height)
-        self.audio_source = Path(audio_source) if audio_source is not None else None
-        if self.audio_source is not None:  # fail now, not after encoding the whole video
-            with _open_input(self.audio_source, "audio file") as probe_container:
-                _audio_stream(probe_container, self.audio_source, "audio file")
+        # a path is decoded now: a missing or broken track fails before the video is encoded
+        self.audio: AudioTrack | None = (
+            audio if isinstance(audio, AudioTrack) or audio is None else decode_audio(audio, what="audio file")
+        )
+        self.audio_source = self.audio.path if self.audio is not None else None
         self.encoded_size = (self.width, self.height)  # always the frame size: nothing is padded
         self.frames_written = 0
         self.audio_padded_s = 0.0  # silence appended to a shorter audio source, seconds
         self._closed = False
         self._container = None
-        self._temps: list[Path] = []
+        self._file: AtomicFile | None = None
+        self._astream = None
         try:
-            self._final_tmp = self._new_temp("")
-            self._video_tmp = self._new_temp(".video") if self.audio_source is not None else self._final_tmp
-            direct = self.audio_source is None  # no audio: this file is the final one
-            options = {"movflags": "+faststart"} if direct and self.format.faststart else {}
+            sweep_stale_partials(self.path)
+            self._file = AtomicFile(self.path, prefix=f".{self.path.stem}.{_HOST}-{os.getpid()}-",
+                                    suffix=f".partial{self.path.suffix}")
+            options = {"movflags": "+faststart"} if self.format.faststart else {}
             self._container = av.open(
-                str(self._video_tmp), mode="w", format=self.format.container, container_options=options
+                str(self._file.temp), mode="w", format=self.format.container, container_options=options
             )
             stream = self._container.add_stream(self.codec.encoder, rate=self.fps)
             stream.width, stream.height = self.width, self.height
@@ -193,32 +183,16 @@ class VideoWriter:
             stream.options = self.codec.options(crf, preset)
             stream.thread_type = "AUTO"
             self._stream = stream
+            if self.audio is not None:
+                self._start_audio()
         except (av.FFmpegError, OSError) as exc:
             self.abort()
             raise self._failure(exc, "starting to write") from None
-        except BaseException:  # an interrupt (SIGINT/SIGTERM) between creating the temp files and returning
+        except BaseException:  # an interrupt (SIGINT/SIGTERM) between creating the temp file and returning
             self.abort()
             raise
 
-    # -- temporary files and errors
-
-    def _new_temp(self, tag: str) -> Path:
-        """A new, unique, empty hidden file next to the output:
-        ``.{stem}.{host}-{pid}-{random}{tag}.partial{suffix}`` (the writer's host and process, so that
-        a later writer of the same output can tell a dead writer's leftovers: :func:`sweep_stale_partials`)."""
-        if not self._temps:
-            sweep_stale_partials(self.path)
-        while True:
-            candidate = self.path.with_name(
-                f".{self.path.stem}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{tag}.partial{self.path.suffix}"
-            )
-            try:
-                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            os.close(fd)
-            self._temps.append(candidate)
-            return candidate
+    # -- errors
 
     def _failure(self, exc: BaseException, doing: str) -> LatentmuseError:
         """One line for an error while writing: a full disk, an unwritable folder, an I/O or encoder error."""
@@ -283,15 +257,21 @@ class VideoWriter:
         try:
             for packet in self._stream.encode(vf):
                 self._mux(self._container, packet)
+            self.frames_written += 1
+            if self._astream is not None:
+                self._pump_audio(final=False)
         except (av.FFmpegError, OSError) as exc:
             self.abort()
             raise self._failure(exc, "writing") from None
-        self.frames_written += 1
+        except BaseException:
+            self.abort()
+            raise
 
     # -- finishing
 
     def close(self) -> None:
-        """Flush the encoder, mux the audio, flush the file to disk and move it into place."""
+        """Flush the video encoder, encode the rest of the audio, flush the file to disk and move it
+        into place."""
         if self._closed:
             return
         try:
@@ -299,17 +279,11 @@ class VideoWriter:
                 raise LatentmuseError(f"no frames were written to {self.path}.", "check the input video.")
             for packet in self._stream.encode(None):
                 self._mux(self._container, packet)
+            if self._astream is not None:
+                self._pump_audio(final=True)
             container, self._container = self._container, None
             self._finish(container)
-            if self.audio_source is not None:
-                self._mux_audio()
-            _fsync(self._final_tmp)
-            os.replace(self._final_tmp, self.path)
-            self._temps.remove(self._final_tmp)  # now the output: never cleaned up as a temporary
-            try:
-                _fsync(self.path.parent)  # the rename itself to disk: best effort, the file is whole either way
-            except OSError:
-                pass
+            self._file.commit()
         except LatentmuseError:
             self.abort()
             raise
@@ -321,10 +295,9 @@ class VideoWriter:
             raise
         finally:
             self._closed = True
-        self._cleanup()
 
     def abort(self) -> None:
-        """Stop and delete every temporary file; nothing is written at ``path``."""
+        """Stop and delete the temporary file; nothing is written at ``path``."""
         self._closed = True
         if getattr(self, "_container", None) is not None:
             try:
@@ -332,17 +305,8 @@ class VideoWriter:
             except Exception:  # noqa: BLE001 - the file is being thrown away
                 pass
             self._container = None
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        """Delete this writer's own temporary files (never another writer's: the names are unique)."""
-        for tmp in getattr(self, "_temps", []):
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        if hasattr(self, "_temps"):
-            self._temps.clear()
+        if getattr(self, "_file", None) is not None:
+            self._file.discard()
 
     @property
     def duration_s(self) -> Fraction:
@@ -350,70 +314,77 @@ class VideoWriter:
 
     # -- audio
 
-    def _audio_packets(self, astream, sample_fmt: str, frame_size: int) -> Iterator[av.Packet]:
-        """Encoded packets of the audio source, trimmed / silence-padded to the video length, sent to
-        the encoder in frames of ``frame_size`` samples (the last one shorter)."""
-        rate = astream.codec_context.sample_rate
-        layout = astream.codec_context.layout
-        channels = layout.nb_channels
-        target = round(self.duration_s * rate)
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-        buffer = np.zeros((channels, 0), np.float32)
-        taken = 0  # samples taken from the source (<= target)
-        sent = 0  # samples given to the encoder
+    def _start_audio(self) -> None:
+        """Add the audio stream (the output's audio codec at the track's rate and layout where it
+        takes them) and the resampler that turns the track's decoded frames into its input."""
+        encoder = audio_encoder(self.format, self.codec)
+        rate, layout, sample_fmt, frame_size = self._audio_settings(encoder)
+        astream = self._container.add_stream(encoder, rate=rate)
+        astream.layout = layout
+        astream.format = sample_fmt
+        if not encoder.startswith("pcm_"):
+            channels = astream.codec_context.layout.nb_channels
+            astream.codec_context.bit_rate = {1: 128000, 2: 192000}.get(channels, 64000 * channels)
+        self._astream, self._audio_fmt, self._audio_frame_size = astream, sample_fmt, frame_size
+        self._audio_rate, self._audio_layout = rate, astream.codec_context.layout
+        self._audio_chunks = self._resampled(av.AudioResampler(format="fltp", layout=self._audio_layout, rate=rate))
+        self._audio_buffer = np.zeros((self._audio_layout.nb_channels, 0), np.float32)  # taken, not yet encoded
+        self._audio_exhausted = False
+        self._audio_sent = 0  # samples given to the encoder
 
-        def encode(samples: np.ndarray | None) -> Iterator[av.Packet]:
-            nonlocal sent
-            if samples is None:
-                yield from astream.encode(None)
-                return
-            frame = _audio_frame(samples, sample_fmt, layout.name, rate)
-            frame.pts = sent
-            frame.time_base = Fraction(1, rate)
-            sent += samples.shape[1]
-            yield from astream.encode(frame)
+    def _resampled(self, resampler: av.AudioResampler) -> Iterator[np.ndarray]:
+        """The track at the output's rate and layout, (channels, k) float32 chunks."""
+        for frame in self.audio.frames():
+            for res in resampler.resample(frame):
+                yield res.to_ndarray()
+        for res in resampler.resample(None):
+            yield res.to_ndarray()
 
-        with _open_input(self.audio_source, "audio file") as source:
-            src = _audio_stream(source, self.audio_source, "audio file")
-            try:
-                for decoded in source.decode(src):
-                    decoded.pts = None
-                    for res in resampler.resample(decoded):
-                        if taken >= target:
-                            break
-                        arr = res.to_ndarray()[:, : target - taken]
-                        taken += arr.shape[1]
-                        buffer = np.concatenate([buffer, arr], axis=1)
-                        while buffer.shape[1] >= frame_size:
-                            yield from encode(buffer[:, :frame_size])
-                            buffer = buffer[:, frame_size:]
-                    if taken >= target:
-                        break
-                if taken < target:
-                    for res in resampler.resample(None):
-                        arr = res.to_ndarray()[:, : target - taken]
-                        taken += arr.shape[1]
-                        buffer = np.concatenate([buffer, arr], axis=1)
-            except av.FFmpegError as exc:  # decoding the source (the output's writes fail in _mux)
-                raise _corrupt(self.audio_source, exc) from None
-        self.audio_padded_s = (target - taken) / rate  # silence added at the end (0 when trimmed)
-        buffer = np.concatenate([buffer, np.zeros((channels, target - taken), np.float32)], axis=1)
-        while buffer.shape[1] > 0:
-            yield from encode(buffer[:, :frame_size])
-            buffer = buffer[:, frame_size:]
-        yield from encode(None)
+    def _pump_audio(self, *, final: bool) -> None:
+        """Encode the audio up to the video written so far, in whole encoder frames, so audio and
+        video packets interleave; ``final``: up to exactly ``frames_written / fps``, the source
+        trimmed or padded with silence, the last frame shorter, then flush the encoder."""
+        rate, frame_size = self._audio_rate, self._audio_frame_size
+        need = round(self.duration_s * rate) - self._audio_sent  # samples up to the video's end so far
+        while self._audio_buffer.shape[1] < need and not self._audio_exhausted:
+            chunk = next(self._audio_chunks, None)
+            if chunk is None:
+                self._audio_exhausted = True
+            else:
+                self._audio_buffer = np.concatenate([self._audio_buffer, chunk], axis=1)
+        if final:
+            missing = max(0, need - self._audio_buffer.shape[1])
+            self.audio_padded_s = missing / rate  # silence added at the end (0 when trimmed)
+            silence = np.zeros((self._audio_buffer.shape[0], missing), np.float32)
+            self._audio_buffer = np.concatenate([self._audio_buffer[:, :need], silence], axis=1)
+        while need >= frame_size and self._audio_buffer.shape[1] >= frame_size or final and need > 0:
+            self._encode_audio(self._audio_buffer[:, :frame_size])  # the final frame may be shorter
+            self._audio_buffer = self._audio_buffer[:, frame_size:]
+            need -= frame_size
+        if final:
+            self._encode_audio(None)
+
+    def _encode_audio(self, samples: np.ndarray | None) -> None:
+        """Encode one frame of samples (None: flush the encoder) and mux its packets."""
+        if samples is None:
+            packets = self._astream.encode(None)
+        else:
+            frame = _audio_frame(samples, self._audio_fmt, self._audio_layout.name, self._audio_rate)
+            frame.pts = self._audio_sent
+            frame.time_base = Fraction(1, self._audio_rate)
+            self._audio_sent += samples.shape[1]
+            packets = self._astream.encode(frame)
+        for packet in packets:
+            self._mux(self._container, packet)
 
     def _audio_settings(self, encoder: str) -> tuple[int, str, str, int]:
-        """Sample rate, channel layout, sample format and frame size for the audio source: its own rate
-        and layout whenever ``encoder`` takes them (else its next higher rate; layouts it refuses become
-        stereo). The frame size (Opus: 20 ms) is known only from an opened encoder, so one is opened
-        here, apart from the output's stream."""
-        with _open_input(self.audio_source, "audio file") as source:
-            src = _audio_stream(source, self.audio_source, "audio file")
-            rate = _supported_rate(encoder, src.codec_context.sample_rate or 48000)
-            layout = src.codec_context.layout
-            channels = layout.nb_channels if layout is not None else 0
-            name = layout.name if channels else ""
+        """Sample rate, channel layout, sample format and frame size for the audio: the track's own
+        rate and layout whenever ``encoder`` takes them (else its next higher rate; layouts it refuses
+        become stereo). The frame size (Opus: 20 ms) is known only from an opened encoder, so one is
+        opened here, apart from the output's stream."""
+        rate = _supported_rate(encoder, self.audio.sample_rate or 48000)
+        channels = self.audio.channels
+        name = self.audio.layout if channels else ""
         if "channels" in name:  # unspecified channel order (e.g. wav): the default layout for the count
             name = _DEFAULT_LAYOUTS.get(channels, "")
         sample_fmt = _sample_format(encoder)
@@ -427,59 +398,14 @@ class VideoWriter:
                 continue
         raise LatentmuseError(f"the {encoder} encoder cannot encode {rate} Hz audio.", "choose another output container.")
 
-    def _mux_audio(self) -> None:
-        encoder = audio_encoder(self.format, self.codec)
-        rate, layout, sample_fmt, frame_size = self._audio_settings(encoder)
-        options = {"movflags": "+faststart"} if self.format.faststart else {}
-        with av.open(str(self._video_tmp), mode="r") as video_in:
-            out = av.open(str(self._final_tmp), mode="w", format=self.format.container, container_options=options)
-            try:
-                vin = video_in.streams.video[0]
-                vout = out.add_stream_from_template(vin)
-                vout.time_base = vin.time_base
-                if vout.codec_context is not None:  # what the template does not keep:
-                    vout.codec_context.framerate = self.fps  # the rate Matroska states (DefaultDuration)
-                    tag = self.codec.tags.get(self.format.container)
-                    if tag:
-                        vout.codec_context.codec_tag = tag  # hvc1 (Apple players), XVID
-                astream = out.add_stream(encoder, rate=rate)
-                astream.layout = layout
-                astream.format = sample_fmt
-                if not encoder.startswith("pcm_"):
-                    channels = astream.codec_context.layout.nb_channels
-                    astream.codec_context.bit_rate = {1: 128000, 2: 192000}.get(channels, 64000 * channels)
-                audio = self._audio_packets(astream, sample_fmt, frame_size)
-                pending = next(audio, None)
-                for packet in video_in.demux(vin):
-                    if packet.size == 0:
-                        continue
-                    t = float(packet.dts * packet.time_base) if packet.dts is not None else 0.0
-                    while pending is not None and (pending.pts is None or float(pending.pts * pending.time_base) <= t):
-                        self._mux(out, pending)
-                        pending = next(audio, None)
-                    packet.stream = vout
-                    self._mux(out, packet)
-                while pending is not None:
-                    self._mux(out, pending)
-                    pending = next(audio, None)
-            except BaseException:
-                try:
-                    out.close()
-                except Exception:  # noqa: BLE001 - the file is being thrown away; the first error is the one
-                    pass
-                raise
-            self._finish(out)
-        self._video_tmp.unlink()
-        self._temps.remove(self._video_tmp)
-
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
 def sweep_stale_partials(output: Path) -> list[Path]:
     """Delete the temporary files of ``output``'s writers that died on this host (killed by SIGKILL,
-    the OOM killer, a lost Ray actor): files named as :meth:`VideoWriter._new_temp` names them for
-    this very output, with this host's name and the id of a process that no longer exists. Nothing
+    the OOM killer, a lost Ray actor): files named as :class:`VideoWriter` names its temporary file for
+    this very output (older versions also left ``.video.partial`` files), with this host's name and the id of a process that no longer exists. Nothing
     else is touched: another host's, a live process's, or a file of another name stays. The deleted
     paths are returned."""
     pattern = re.compile(rf"^\.{re.escape(output.stem)}\.{re.escape(_HOST)}-(\d+)-[0-9a-f]{{8}}[A-Za-z_.]*\.partial"
