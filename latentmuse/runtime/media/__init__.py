@@ -1,4 +1,4 @@
-"""Frame and audio I/O on PyAV: probe, decode, schedule-driven frame access, audio loading, writing.
+"""Frame and audio I/O on PyAV: probe, decode, schedule-driven frame access, audio decoding, writing.
 
 Everything goes through PyAV (libav* in-process): no ffmpeg subprocess and no image files on disk.
 Frames are BGR ``uint8`` arrays of shape (H, W, 3). Every problem a user can cause (a missing,
@@ -6,6 +6,15 @@ unreadable or corrupt file, a file without the stream we need, an output path we
 raised as a one-line :class:`~latentmuse.errors.LatentmuseError`, never as a PyAV traceback.
 
 Decisions the pipeline relies on:
+
+* **Each input is read once**: :func:`probe` opens the video once and demuxes it once, decoding only
+  its first frame, and keeps the packet timestamps and the variable-frame-rate flag in its
+  :class:`~latentmuse.runtime.contracts.VideoInfo`; pass that ``info`` on to :class:`FrameSource`,
+  :func:`iter_frames` and :func:`is_variable_frame_rate`, and none of them demuxes the file again
+  (the decoding pass is the only other open). :func:`decode_audio` decodes the audio once into an
+  :class:`AudioTrack`: ``track.mono(16000)`` is the features' waveform (what :func:`load_audio`
+  returns) and the same track goes to :class:`VideoWriter`, which encodes it into the output
+  without reading any file again.
 
 * **Frame rate** is exact: :func:`probe` returns a :class:`fractions.Fraction` (29.97 stays
   30000/1001) and :class:`VideoWriter` uses a video time base of exactly 1/fps, so the output has the
@@ -28,12 +37,14 @@ Decisions the pipeline relies on:
   PCM) at its own sample rate and channel layout where that codec takes them, trimmed to exactly
   ``frames_written / fps`` seconds when longer and **padded with silence** to that length when
   shorter, so the output's audio and video always have the same length.
-* **Nothing half-written**: the writer works in unique temporary files and renames the complete
-  file into place; any failure (a full disk included) removes them and is one line.
+* **Nothing half-written**: the writer encodes video and audio into one unique temporary file
+  (:class:`latentmuse.files.AtomicFile`) and renames the complete file into place; any failure (a
+  full disk included) removes it and is one line.
 
 Modules, by concern: :mod:`.opening` (files and streams), :mod:`.probing`, :mod:`.orientation`,
-:mod:`.frames` (decoding), :mod:`.audio`, :mod:`.paths` (output checks), :mod:`.formats` (what the
-output can be), :mod:`.writer`.
+:mod:`.frames` (decoding), :mod:`.audio` (:func:`decode_audio`), :mod:`.paths` (output checks,
+shared with the bench: :func:`latentmuse.files.check_output_path`), :mod:`.formats` (what the output
+can be, and the swscale flags decoding and encoding share), :mod:`.writer`.
 """
 
 from __future__ import annotations
