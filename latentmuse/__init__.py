@@ -12,7 +12,7 @@ _LAZY = {
     "LipSync": "latentmuse.runtime.lipsync",
     "LoadOptions": "latentmuse.runtime.options",
     "ClipOptions": "latentmuse.runtime.options",
-    "RunReport": "latentmuse.runtime.pipeline",
+    "RunReport": "latentmuse.runtime.report",
 }
 
 __all__ = ["__version__", *_LAZY]

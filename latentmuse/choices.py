@@ -3,7 +3,7 @@ command line offers them as choices.
 
 This module imports nothing but the standard library, so ``latentmuse --help`` can list every choice
 without importing torch (``tests/test_backends.py`` checks it), and the runtime's own checks
-(:func:`latentmuse.runtime.pipeline.validate`, the backend selector, the PyTorch runner's precision)
+(:func:`latentmuse.runtime.checks.check_options`, the backend selector, the PyTorch runner's precision)
 cannot drift from what the command line accepts. :func:`choice_enum` turns a tuple into the
 ``str`` enum typer needs for ``--help`` to list the values and for click to reject any other value
 with a usage error (exit 2) before anything loads.

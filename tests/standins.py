@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from latentmuse.models.smoke import smoke_model
 from latentmuse.graphs import wrappers as graphs
-from latentmuse.runtime.models import ModelSet
+from latentmuse.runtime.runner_set import ModelSet
 from latentmuse.runners.torch_runner import TorchRunner
 
 

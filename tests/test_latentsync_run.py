@@ -14,7 +14,7 @@ import torch
 
 from latentmuse.models.random_weights import write_random_weights
 from latentmuse.runtime import media
-from latentmuse.runtime.models import load_torch_models
+from latentmuse.runtime.runner_set import load_torch_models
 from latentmuse.runtime.pipeline import RunOptions, run
 from latentmuse.samples import build_sample
 

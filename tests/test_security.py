@@ -113,7 +113,7 @@ def fan_folder(archive, tmp_path) -> Path:
 
 def test_trust_reaches_the_runtime_loaders(archive, fan_folder):
     from latentmuse.runtime.faces import S3FDFanFrontEnd
-    from latentmuse.runtime.models import load_models
+    from latentmuse.runtime.runner_set import load_models
 
     model, _ = archive
     zipped = fan_folder / "face-detection" / RELEASE

@@ -158,13 +158,14 @@ def stage_rates(report) -> dict:
 def pipeline_job(req: dict) -> dict:
     import torch
 
-    from ..runtime.pipeline import RunOptions, run
+    from ..runtime.lipsync import run
+    from ..runtime.options import RunOptions
     from .measure import DeviceMemory, peak_rss_mb
 
     device = torch.device(req["device"])
     memory = DeviceMemory(device, interval_s=0.01)
-    options = RunOptions(
-        video=Path(req["video"]), output=Path(req["output"]), weights=req["weights"], backend=req["backend"],
+    options = RunOptions.flat(
+        Path(req["video"]), Path(req["output"]), weights=req["weights"], backend=req["backend"],
         engines=Path(req["engines"]) if req.get("engines") else None, generator=req["generator"],
         steps=req["steps"], guidance=req["guidance"], batch_size=req["batch_size"], face_detector="dlib",
         device=req["device"],

@@ -18,7 +18,7 @@ from .progress import RichProgress
 from ..runtime.options import ClipOptions, LoadOptions
 
 if TYPE_CHECKING:
-    from ..runtime.pipeline import RunReport
+    from ..runtime.report import RunReport
 
 console = make_console()
 error_console = make_console(stderr=True)

@@ -78,6 +78,34 @@ def similarity_transform(points: np.ndarray, template: np.ndarray) -> tuple[np.n
     return np.concatenate([scale * rotation, translation[:, None]], axis=1), n_tpl[2] - n_src[2]
 
 
+class TransformSmoother:
+    """The smoothed transforms of :func:`smoothed_transforms`, one frame at a time in input order.
+
+    The smoothing is causal (a frame's bias depends on the frames before it only), so the stream
+    computes each input frame's transform as soon as its face is known: ``push(points)`` returns
+    frame k's transform (or None) for the k-th call.
+    """
+
+    def __init__(self, template: np.ndarray) -> None:
+        self.template = template
+        self._previous: np.ndarray | None = None
+
+    def push(self, points: np.ndarray | None) -> np.ndarray | None:
+        try:
+            matrix, bias = similarity_transform(points, self.template) if points is not None else (None, None)
+        except ValueError:  # degenerate points: no alignment for this frame (the fallback serves it)
+            matrix = None
+        if matrix is None:
+            self._previous = None
+            return None
+        if self._previous is not None:
+            bias = SMOOTHING * self._previous + (1 - SMOOTHING) * bias
+        self._previous = bias
+        matrix = matrix.copy()
+        matrix[:, 2] += bias
+        return matrix
+
+
 def smoothed_transforms(points: Sequence[np.ndarray | None], template: np.ndarray) -> list[np.ndarray | None]:
     """One (2, 3) transform per frame in input order; ``None`` where a frame has no points.
 
@@ -86,24 +114,8 @@ def smoothed_transforms(points: Sequence[np.ndarray | None], template: np.ndarra
     smoothing restarts after a passthrough gap instead of dragging an unrelated face's bias along.
     Degenerate points (all three equal) give ``None`` too.
     """
-    out: list[np.ndarray | None] = []
-    previous: np.ndarray | None = None
-    for pts in points:
-        try:
-            matrix, bias = similarity_transform(pts, template) if pts is not None else (None, None)
-        except ValueError:  # degenerate points: no alignment for this frame (the fallback serves it)
-            matrix = None
-        if matrix is None:
-            out.append(None)
-            previous = None
-            continue
-        if previous is not None:
-            bias = SMOOTHING * previous + (1 - SMOOTHING) * bias
-        previous = bias
-        matrix = matrix.copy()
-        matrix[:, 2] += bias
-        out.append(matrix)
-    return out
+    smoother = TransformSmoother(template)
+    return [smoother.push(pts) for pts in points]
 
 
 def _bounds(corners: np.ndarray, margin: int, width: int, height: int) -> tuple[int, int, int, int]:

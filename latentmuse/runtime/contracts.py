@@ -111,3 +111,13 @@ class FaceFrontEnd(Protocol):
     def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
         """The highest-scoring face of each BGR frame of a batch, with its landmarks."""
         ...
+
+    def for_clip(self, min_face_size: float, width: int, height: int) -> FaceFrontEnd:
+        """This front end set up to find every face at least ``min_face_size`` pixels tall in
+        ``width`` x ``height`` frames (dlib: its detection scale, docs/FACES.md); loads nothing."""
+        ...
+
+    @property
+    def settings(self) -> dict:
+        """The detection settings in effect (JSON-able), part of the face cache's key."""
+        ...

@@ -7,9 +7,10 @@
             report = lipsync("presenter.mp4", f"presenter.{language}.mp4", audio=f"speech.{language}.wav")
             print(report.status, report.frames_out)
 
-A :class:`LipSync` holds a :class:`~latentmuse.runtime.pipeline.Session` (the runners, the face front
+A :class:`LipSync` holds a :class:`~latentmuse.runtime.session.Session` (the runners, the face front
 end, the device), like a diffusers pipeline holds its components: loading is paid once, each call runs
-one clip through :func:`~latentmuse.runtime.pipeline.run_clip`. Load-time options
+one clip through :func:`~latentmuse.runtime.pipeline.run_clip`. :func:`run` is one clip on a
+``LipSync`` of its own. Load-time options
 (:class:`~latentmuse.runtime.options.LoadOptions`) are fixed at construction; per-clip options
 (:class:`~latentmuse.runtime.options.ClipOptions`) are given to each call. ``latentmuse run`` and
 ``latentmuse batch`` are thin wrappers over this class.
@@ -17,15 +18,20 @@ one clip through :func:`~latentmuse.runtime.pipeline.run_clip`. Load-time option
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..errors import LatentmuseError
 from ..files import Digests
+from ..progress import Progress, SilentProgress
 from . import media
-from .models import ModelSet
+from .checks import check_inputs, check_load_options
 from .options import ClipOptions, LoadOptions, RunOptions, clip_option_names
-from .pipeline import Progress, RunReport, Session, SilentProgress, check_load_options, open_session, run_clip
+from .pipeline import describe_inputs, reporting, run_clip
+from .report import RunReport
+from .runner_set import ModelSet
+from .session import Session
 
 
 class LipSync:
@@ -70,8 +76,7 @@ class LipSync:
         if self._closed:
             raise LatentmuseError("this LipSync is closed.", "create a new one (LipSync.from_weights) to run more clips.")
         if self._session is None:
-            self._session = open_session(self.load_options, note, self._models)
-            self._session.digests = self.digests
+            self._session = Session.open(self.load_options, note, self._models, self.digests)
             self.loads += 1
         return self._session
 
@@ -105,11 +110,29 @@ class LipSync:
         Raises :class:`~latentmuse.errors.LatentmuseError` for a clip that cannot be done (nothing is
         written at ``output``); the models stay loaded for the next clip.
         """
-        return run_clip(self.options_for(video, output, audio, report, options, **clip), self.session, progress, sink, job)
+        return self.run(self.options_for(video, output, audio, report, options, **clip), progress=progress, sink=sink, job=job)
+
+    def run(self, options: RunOptions, *, progress: Progress | None = None, sink: media.FrameSink | None = None,
+            job: dict | None = None) -> RunReport:
+        """One clip given as :class:`RunOptions` (whose load-time options must be this object's): its
+        inputs checked, the networks loaded if they are not yet, the video made (runtime/pipeline.py).
+        ``sink`` replaces the video writer (tests pass a lossless in-memory sink); ``job``: a batch's
+        key for this clip, kept in the report (batch/resume.py)."""
+        progress = progress or SilentProgress()
+        started = time.perf_counter()
+        with reporting(options, progress, job) as report:
+            inputs = check_inputs(options)
+            describe_inputs(report, inputs)
+            report.stages["validate"] = time.perf_counter() - started
+            tic = time.perf_counter()
+            session = self.session(progress.note)
+            report.stages["load_models"] = time.perf_counter() - tic  # ~0 for the second clip of a load
+            run_clip(options, inputs, session, report, started, progress, sink)
+        return report
 
     def options_for(self, video: str | Path, output: str | Path, audio: str | Path | None = None,
                     report: str | Path | None = None, options: ClipOptions | None = None, **clip: object) -> RunOptions:
-        """The flat :class:`RunOptions` of one clip of this load."""
+        """The :class:`RunOptions` of one clip of this load."""
         unknown = sorted(set(clip) - set(clip_option_names()))
         if unknown:
             load_time = [name for name in unknown if name in LoadOptions.__dataclass_fields__]
@@ -117,5 +140,13 @@ class LipSync:
                 raise TypeError(f"{', '.join(load_time)} is a load-time option: pass it to LipSync.from_weights")
             raise TypeError(f"unknown clip option(s) {', '.join(unknown)}")
         clip_options = replace(options or ClipOptions(), **clip)  # type: ignore[arg-type]
-        return RunOptions.of(Path(video), Path(output), self.load_options, clip_options,
-                             audio=None if audio is None else Path(audio), report=None if report is None else Path(report))
+        return RunOptions(Path(video), Path(output), None if audio is None else Path(audio),
+                          None if report is None else Path(report), self.load_options, clip_options)
+
+
+def run(options: RunOptions, progress: Progress | None = None, sink: media.FrameSink | None = None,
+        models: ModelSet | None = None) -> RunReport:
+    """One clip, loading its models after the inputs check out and closing them after: a
+    :class:`LipSync` used once. ``models``: already loaded models (tests, the bench), not closed here."""
+    with LipSync(options.load, lazy=True, models=models) as lipsync:
+        return lipsync.run(options, progress=progress, sink=sink)

@@ -4,8 +4,8 @@ Loading is the expensive part of a run (gigabytes of weights, engine deserialisa
 minutes), so the options that decide *which runners exist* are a type of their own,
 :class:`LoadOptions`, fixed for the life of a :class:`~latentmuse.runtime.lipsync.LipSync`. Everything
 that only changes how one clip is processed is a :class:`ClipOptions` and may differ from clip to clip
-(a batch's per-job options). :class:`RunOptions` is both, plus the clip's paths: the flat form the
-``run`` command and the one-shot :func:`~latentmuse.runtime.pipeline.run` take.
+(a batch's per-job options). :class:`RunOptions` is one clip: its paths with one of each
+(:meth:`RunOptions.flat` sorts flat keywords into them).
 
 The split follows the graphs: ``guidance`` (guided or batch-1 UNet3D graph), ``resolution`` and
 ``deepcache`` choose different UNet3D graphs, so they are load-time; ``steps`` and ``seed`` are not.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..models.constants import SMOKE
@@ -60,50 +60,40 @@ class ClipOptions:
     cache: Path | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
-    """One clip's paths with its load-time and per-clip options, flat (the ``run`` command's form)."""
+    """One clip: its paths, the load it runs on and how it is processed (the two option types as they are)."""
 
     video: Path
     output: Path
     audio: Path | None = None
-    weights: str | Path = SMOKE
-    generator: str = "auto"
-    backend: str = "auto"
-    face_detector: str = "auto"
-    face: str = "largest"
-    min_face_size: int = DEFAULT_MIN_FACE_SIZE
-    batch_size: int = 8
-    seed: int = 0
-    device: str = "auto"
     report: Path | None = None
-    face_batch_size: int = 16
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
-    resolution: str = "auto"
-    deepcache: bool = False
-    fallback: bool = True
-    engines: Path | None = None
-    precision: str = "auto"
-    allow_failed_frames: bool = False
-    codec: str = "auto"
-    trust_torchscript: Path | None = None
-    cache: Path | None = None
-
-    def load_options(self) -> LoadOptions:
-        return LoadOptions(**{f.name: getattr(self, f.name) for f in fields(LoadOptions)})
-
-    def clip_options(self) -> ClipOptions:
-        return ClipOptions(**{f.name: getattr(self, f.name) for f in fields(ClipOptions)})
+    load: LoadOptions = field(default_factory=LoadOptions)
+    clip: ClipOptions = field(default_factory=ClipOptions)
 
     @classmethod
-    def of(cls, video: Path, output: Path, load: LoadOptions, clip: ClipOptions, *, audio: Path | None = None,
-           report: Path | None = None) -> RunOptions:
-        """The flat options of one clip of a load."""
-        values = {f.name: getattr(load, f.name) for f in fields(LoadOptions)}
-        values.update({f.name: getattr(clip, f.name) for f in fields(ClipOptions)})
-        return cls(video=Path(video), output=Path(output), audio=None if audio is None else Path(audio),
-                   report=None if report is None else Path(report), **values)
+    def flat(cls, video: str | Path, output: str | Path, *, audio: str | Path | None = None,
+             report: str | Path | None = None, **options: object) -> RunOptions:
+        """From flat keywords (the ``run`` command's form): each option goes to the type that declares it."""
+        load, clip = split_options(options)
+        return cls(Path(video), Path(output), None if audio is None else Path(audio),
+                   None if report is None else Path(report), load, clip)
+
+    @property
+    def audio_source(self) -> Path:
+        """Where the audio comes from: ``audio``, or the video's own track."""
+        return self.audio if self.audio is not None else self.video
+
+
+def split_options(options: dict, load: LoadOptions | None = None, clip: ClipOptions | None = None) -> tuple[LoadOptions, ClipOptions]:
+    """Flat option values as (load, clip), over ``load`` and ``clip`` (defaults when None); an unknown
+    name is a TypeError, as for a function's keyword."""
+    load_names, clip_names = set(LoadOptions.__dataclass_fields__), set(ClipOptions.__dataclass_fields__)
+    unknown = sorted(set(options) - load_names - clip_names)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}")
+    return (replace(load or LoadOptions(), **{k: v for k, v in options.items() if k in load_names}),
+            replace(clip or ClipOptions(), **{k: v for k, v in options.items() if k in clip_names}))
 
 
 def options_to_dict(options: LoadOptions | ClipOptions) -> dict:
@@ -126,4 +116,4 @@ def clip_option_names() -> tuple[str, ...]:
 
 
 __all__ = ["ClipOptions", "LoadOptions", "RunOptions", "clip_option_names", "options_from_dict",
-           "options_to_dict"]
+           "options_to_dict", "split_options"]

@@ -14,7 +14,7 @@ import torch
 
 from ..audio import AudioFeatures
 from ..contracts import Face
-from ..datagen import Window
+from ..datagen import WindowPlanner
 
 
 class GeneratorFailure(RuntimeError):
@@ -112,7 +112,7 @@ class StageClock:
 
 class DeferredFrame:
     """An output frame whose last, per-frame CPU step (pasting the generated face into the frame) is
-    still to run: ``resolve()`` runs it once. A generator with ``defer_paste`` set returns these, and
+    still to run: ``resolve()`` runs it once. A generator built with ``defer_paste`` returns these, and
     the pipeline's encoder thread resolves them (runtime/overlap.py), so pasting overlaps the next
     window's network calls. The paste is pure array work on shapes the generator already checked."""
 
@@ -130,7 +130,7 @@ class DeferredFrame:
 
 def paste_frames(generator, fn, argument_rows, stage: str) -> list:
     """``fn(*row)`` per frame now, or deferred (:class:`DeferredFrame`) when ``generator.defer_paste``."""
-    if getattr(generator, "defer_paste", False):
+    if generator.defer_paste:
         return [DeferredFrame(fn, tuple(row), generator.clock, stage) for row in argument_rows]
     tic = time.perf_counter()
     out = [fn(*row) for row in argument_rows]
@@ -146,21 +146,30 @@ def resolved(frame):
 class Generator(Protocol):
     """A lip-sync model behind one interface (docs/GENERATORS.md).
 
-    ``plan`` groups the process frames (``tags[i]`` true for output frame i) into the windows this
-    model wants; ``prepare`` sees every input frame's face once before generation (for per-video
-    caches such as smoothed alignments); ``generate`` returns one blended BGR uint8 frame per batch
-    entry, or raises (:class:`BatchOutOfMemory` when a frame-batched call ran out of memory);
-    ``smaller_batch`` halves the frames per batched call for the rest of the run (a batch that ran out
-    of memory once would again) and returns ``(old, new)``, or None when it is already one frame.
+    Everything a generator needs comes through its constructor (runners, settings, the run's latent
+    cache, whether to defer pasting) or the batch it is given; the stream only calls these:
+
+    * ``usable(face, frame_shape)``: whether it can work on this face (MuseTalk needs a crop box);
+      the face stage passes frames no generator of the run can use through;
+    * ``planner()``: a fresh :class:`~latentmuse.runtime.datagen.WindowPlanner` that groups process
+      frames into the windows this model wants, as their faces become known;
+    * ``observe(in_index, face)``: each input frame's face once, in input order, as soon as it is
+      known (before any window holding it), for per-video state such as smoothed alignments;
+    * ``generate(batch)``: one blended BGR uint8 frame per batch entry, or raises
+      (:class:`BatchOutOfMemory` when a frame-batched call ran out of memory);
+    * ``smaller_batch()``: halves the frames per batched call for the rest of the run (a batch that
+      ran out of memory once would again) and returns ``(old, new)``, or None at one frame.
+
     Batching never changes a frame's result, only how many frames share a call.
     """
 
     name: str
     clock: StageClock
-    audio_layout: str  # which AudioFeatures states it reads: "musetalk" or "latentsync"
+    audio_layout: str  # which AudioFeatures windows it reads: "musetalk" or "latentsync"
 
-    def plan(self, tags: Sequence[bool]) -> list[Window]: ...
-    def prepare(self, faces: Sequence[Face | None]) -> None: ...
+    def usable(self, face: Face, frame_shape: Sequence[int]) -> bool: ...
+    def planner(self) -> WindowPlanner: ...
+    def observe(self, in_index: int, face: Face | None) -> None: ...
     def generate(self, batch: GenerationBatch) -> list[np.ndarray]: ...
     def smaller_batch(self) -> tuple[int, int] | None: ...
 

@@ -21,7 +21,7 @@ import torch
 
 from ...errors import LatentmuseError
 from ..contracts import Face
-from ..datagen import Window
+from ..datagen import WindowPlanner
 from .base import BatchOutOfMemory, GenerationBatch, Generator, GeneratorFailure, StageClock, is_out_of_memory
 
 PASSTHROUGH = "passthrough"
@@ -86,10 +86,7 @@ def release_memory(exc: BaseException) -> None:
 
 class GeneratorChain:
     """``primary`` with ``fallback`` behind it; ``primary`` may be None with ``unavailable`` saying why.
-
-    Plans windows the primary's way (the fallback's when there is no primary), so a run's windows do
-    not depend on which windows later fail.
-    """
+    It is itself a generator to the stream: it plans, observes and judges faces for both."""
 
     def __init__(self, primary: Generator | None, fallback: Generator | None, *, unavailable: str | None = None,
                  primary_name: str | None = None, allow_fallback: bool = True,
@@ -113,25 +110,35 @@ class GeneratorChain:
         return self.primary_name
 
     @property
-    def planner(self) -> Generator:
+    def generators(self) -> list[Generator]:
+        return [g for g in (self.primary, self.fallback) if g is not None]
+
+    @property
+    def planning(self) -> Generator:
+        """The generator whose windows the run uses: the primary, else the fallback."""
         return self.primary if self.primary is not None else self.fallback  # type: ignore[return-value]
 
     @property
     def audio_layouts(self) -> list[str]:
         """The layouts the run will certainly read (the fallback's is computed if a window needs it)."""
-        return [self.planner.audio_layout]
+        return [self.planning.audio_layout]
 
     @property
     def clocks(self) -> dict[str, StageClock]:
-        return {g.name: g.clock for g in (self.primary, self.fallback) if g is not None}
+        return {g.name: g.clock for g in self.generators}
 
-    def plan(self, tags: Sequence[bool]) -> list[Window]:
-        return self.planner.plan(tags)
+    def usable(self, face: Face, frame_shape: Sequence[int]) -> bool:
+        """A face every generator of the chain can work on (a window may end up on either)."""
+        return all(g.usable(face, frame_shape) for g in self.generators)
 
-    def prepare(self, faces: Sequence[Face | None]) -> None:
-        for generator in (self.primary, self.fallback):
-            if generator is not None:
-                generator.prepare(faces)
+    def planner(self) -> WindowPlanner:
+        """Windows planned the primary's way (the fallback's when there is no primary), so a run's
+        windows do not depend on which windows later fail."""
+        return self.planning.planner()
+
+    def observe(self, in_index: int, face: Face | None) -> None:
+        for generator in self.generators:
+            generator.observe(in_index, face)
 
     def generate(self, batch: GenerationBatch, keep: Sequence[int]) -> dict[int, np.ndarray]:
         """Blended frames for the window's ``keep`` output indices (each from its first batch entry)."""

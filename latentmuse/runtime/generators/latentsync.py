@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import alignment
-from ..audio import latentsync_audio_windows
 from ..contracts import Face
-from ..datagen import Window, clip_windows
+from ..datagen import ClipWindowPlanner
 from ...graphs.registry import deepcache_graphs, unet3d_graph
 from ...runners.base import Runner, run_chunked
 from ..sampling import DDIM, DEFAULT_GUIDANCE, DEFAULT_STEPS, deepcache_full_steps, guide, uses_guidance
@@ -112,8 +111,10 @@ class LatentSyncGenerator:
         return roles
 
     def __init__(self, runners: dict[str, Runner], settings: LatentSyncSettings | None = None,
-                 on_step: Callable[[], None] | None = None) -> None:
-        """``on_step`` is called after every DDIM step (a progress bar: a window can take minutes on a CPU)."""
+                 on_step: Callable[[], None] | None = None, *, defer_paste: bool = False) -> None:
+        """``on_step`` is called after every DDIM step (a progress bar: a window can take minutes on a
+        CPU); ``defer_paste``: return DeferredFrame objects whose paste the encoder's thread runs
+        (runtime/overlap.py)."""
         self.settings = settings or LatentSyncSettings()
         self.on_step = on_step
         unet = ("unet3d_caching", "unet3d_shallow") if self.settings.deepcache else ("unet3d",)
@@ -132,21 +133,27 @@ class LatentSyncGenerator:
         self.mask = load_mask(res).to(self.device)
         self.mask_latent = latent_mask(self.mask, res // VAE_FACTOR)
         self.noise = initial_noise(self.settings.seed, res).to(self.device)
-        self.transforms: list[np.ndarray | None] = []
+        self.transforms: list[np.ndarray | None] = []  # by input frame, smoothed in input order
+        self._smoother = alignment.TransformSmoother(self.template)
         self.vae_batch = self.settings.vae_batch  # images per VAE call; see smaller_batch
         self.clock = StageClock()
-        #: return DeferredFrame objects whose paste the pipeline's encoder thread runs (runtime/overlap.py)
-        self.defer_paste = False
+        self.defer_paste = defer_paste
 
     # ------------------------------------------------------------------------------------ planning
 
-    def plan(self, tags: Sequence[bool]) -> list[Window]:
-        return clip_windows(tags, WINDOW)
+    def usable(self, face: Face, frame_shape: Sequence[int]) -> bool:
+        """Any face: degenerate alignment points make that frame's window fall back."""
+        return True
 
-    def prepare(self, faces: Sequence[Face | None]) -> None:
-        """Alignment transforms for every input frame, smoothed in input order (reused by ping-pong)."""
-        points = [None if face is None else alignment.alignment_points(face.landmarks) for face in faces]
-        self.transforms = alignment.smoothed_transforms(points, self.template)
+    def planner(self) -> ClipWindowPlanner:
+        return ClipWindowPlanner(WINDOW)
+
+    def observe(self, in_index: int, face: Face | None) -> None:
+        """The input frame's alignment transform, smoothed with the frames before it (reused by ping-pong)."""
+        if in_index != len(self.transforms):
+            raise ValueError(f"faces must be observed in input order: got frame {in_index}, expected {len(self.transforms)}")
+        points = None if face is None else alignment.alignment_points(face.landmarks)
+        self.transforms.append(self._smoother.push(points))
 
     # ---------------------------------------------------------------------------------- generation
 
@@ -176,8 +183,7 @@ class LatentSyncGenerator:
         self.clock.add("vae_encode", time.perf_counter() - tic)
 
         tic = time.perf_counter()
-        audio = latentsync_audio_windows(batch.audio.latentsync_states, batch.n_out, batch.audio.fps,
-                                         frames=batch.out_indices)[None].to(self.device)  # (1, F, 50, 384)
+        audio = batch.audio.latentsync_windows(batch.out_indices)[None].to(self.device)  # (1, F, 50, 384)
         latent = self.sample(condition, audio)
         self.clock.add("sampling", time.perf_counter() - tic)
 
@@ -238,5 +244,5 @@ class LatentSyncGenerator:
     def _transform(self, in_index: int) -> np.ndarray:
         matrix = self.transforms[in_index] if in_index < len(self.transforms) else None
         if matrix is None:
-            raise GeneratorFailure(f"no alignment for input frame {in_index} (degenerate landmarks, or prepare() not run)")
+            raise GeneratorFailure(f"no alignment for input frame {in_index} (degenerate landmarks, or its face not observed)")
         return matrix

@@ -15,10 +15,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..audio import musetalk_audio_windows
 from ..blending import FaceParser, crop_geometry, parser_crop, paste_back
 from ..contracts import Face
-from ..datagen import Window, frame_windows
+from ..datagen import FrameWindowPlanner
 from ...runners.base import Runner
 from ...runners.base import run_chunked
 from ..latentcache import LatentSession
@@ -60,7 +59,7 @@ def _to_tensor(crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
 class MuseTalkGenerator:
     """MuseTalk 1.5 over runners for the VAE encoder/decoder and the UNet, plus the face parser.
 
-    Frames are independent, so any ``batch_size`` process frames make a window (:func:`frame_windows`).
+    Frames are independent, so any ``batch_size`` process frames make a window (:class:`FrameWindowPlanner`).
     ``call_batch`` frames go through the networks together: ``batch_size`` until a call runs out of
     memory, then halved (:meth:`smaller_batch`) for the rest of the run; the windows stay as planned.
     """
@@ -75,22 +74,27 @@ class MuseTalkGenerator:
                 "bisenet": "bisenet"}
 
     def __init__(self, vae_encoder: Runner, vae_decoder: Runner, unet: Runner, parser: FaceParser,
-                 batch_size: int = 8) -> None:
+                 batch_size: int = 8, *, latents: LatentSession | None = None, defer_paste: bool = False) -> None:
+        """``latents``: the run's latent cache (runtime/latentcache.py), encoded latents by input
+        frame; ``defer_paste``: return DeferredFrame objects whose paste the encoder's thread runs
+        (runtime/overlap.py)."""
         self.vae_encoder, self.vae_decoder, self.unet, self.parser = vae_encoder, vae_decoder, unet, parser
         self.batch_size = batch_size
         self.call_batch = batch_size
         self.device = unet.device
         self.clock = StageClock()
-        #: return DeferredFrame objects whose paste the pipeline's encoder thread runs (runtime/overlap.py)
-        self.defer_paste = False
-        #: the run's latent cache (runtime/latentcache.py): encoded latents by input frame, or None
-        self.latents: LatentSession | None = None
+        self.defer_paste = defer_paste
+        self.latents = latents
 
-    def plan(self, tags: Sequence[bool]) -> list[Window]:
-        return frame_windows(tags, self.batch_size)
+    def usable(self, face: Face, frame_shape: Sequence[int]) -> bool:
+        """Landmarks that make no crop box cannot be dubbed."""
+        return crop_box(face, frame_shape) is not None
 
-    def prepare(self, faces: Sequence[Face | None]) -> None:
-        """Nothing to cache per video: the crop box comes from each frame's own landmarks."""
+    def planner(self) -> FrameWindowPlanner:
+        return FrameWindowPlanner(self.batch_size)
+
+    def observe(self, in_index: int, face: Face | None) -> None:
+        """Nothing to keep per video: the crop box comes from each frame's own landmarks."""
 
     def generate(self, batch: GenerationBatch) -> list[np.ndarray]:
         """Any number of frames; network calls are chunked to ``call_batch`` frames."""
@@ -146,7 +150,7 @@ class MuseTalkGenerator:
         unet_in = self._latents(batch, boxes)
 
         tic = time.perf_counter()
-        audio = musetalk_audio_windows(batch.audio.musetalk_states, batch.n_out, batch.audio.fps, frames=batch.out_indices)
+        audio = batch.audio.musetalk_windows(batch.out_indices)
         pred = run_chunked(self.unet, {"latents": unet_in, "audio": audio}, "latent", n, self.device)
         self.clock.add("unet", time.perf_counter() - tic)
 

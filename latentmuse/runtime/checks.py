@@ -1,0 +1,103 @@
+"""Every check a clip needs before anything heavy runs, in the order a run makes them.
+
+:func:`check_options` needs nothing but the options (values, the output's and the report's paths,
+the codec for the container); :func:`check_inputs` reads the inputs' headers and decodes the audio,
+once: what it returns (:class:`ClipInputs`) is all the run needs to know about its files, so no later
+stage opens them to learn it again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..choices import BACKENDS, FACE_DETECTORS, GENERATORS, PRECISIONS, RESOLUTIONS
+from ..errors import LatentmuseError
+from . import media
+from .contracts import VideoInfo
+from .datagen import output_frame_count, ping_pong_schedule
+from .options import ClipOptions, LoadOptions, RunOptions
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .tracking import DEFAULT_MIN_FACE_SIZE, parse_face_policy
+
+#: The audio features' sample rate (Whisper's).
+FEATURE_RATE = 16_000
+
+
+def check_load_options(load: LoadOptions) -> None:
+    """Load-time values, before anything is loaded."""
+    for value, allowed, flag in ((load.generator, GENERATORS, "--generator"), (load.backend, BACKENDS, "--backend"),
+                                 (load.face_detector, FACE_DETECTORS, "--face-detector"),
+                                 (load.precision, PRECISIONS, "--precision"),
+                                 (str(load.resolution), RESOLUTIONS, "--resolution")):
+        if value not in allowed:
+            raise LatentmuseError(f"{flag} {value} is not known.", f"use one of {', '.join(allowed)}.")
+    if not (math.isfinite(load.guidance) and load.guidance >= 1.0):
+        raise LatentmuseError(
+            f"--guidance {load.guidance} is below 1.",
+            f"use --guidance 1 to turn classifier-free guidance off, or {DEFAULT_GUIDANCE} (LatentSync's default).",
+        )
+
+
+def check_clip_options(clip: ClipOptions) -> None:
+    """Per-clip values."""
+    if clip.batch_size < 1:
+        raise LatentmuseError(f"--batch-size {clip.batch_size} is not positive.", "use --batch-size 8.")
+    if clip.face_batch_size < 1:
+        raise LatentmuseError(f"face_batch_size {clip.face_batch_size} is not positive.", "use face_batch_size=16 (the default).")
+    parse_face_policy(clip.face)
+    if not (isinstance(clip.min_face_size, int) and clip.min_face_size >= 1):
+        raise LatentmuseError(f"--min-face-size {clip.min_face_size} is not a positive number of pixels.",
+                              f"use --min-face-size {DEFAULT_MIN_FACE_SIZE} (the default).")
+    if not 1 <= clip.steps <= 1000:
+        raise LatentmuseError(f"--steps {clip.steps} is outside 1..1000.", f"use --steps {DEFAULT_STEPS} (LatentSync's default).")
+
+
+def check_options(options: RunOptions) -> None:
+    """The options' values, then the output's and the report's paths (nothing is read or loaded)."""
+    check_load_options(options.load)
+    check_clip_options(options.clip)
+    inputs = [options.video] + ([options.audio] if options.audio is not None else [])
+    media.check_output_path(options.output, inputs, extensions=media.OUTPUT_FORMATS)
+    media.choose_codec(options.output, options.clip.codec)  # the container takes it; its encoder exists
+    if options.report is not None:
+        media.check_output_path(options.report, inputs + [options.output])
+
+
+@dataclass(frozen=True)
+class ClipInputs:
+    """What the run knows about its files after one look at each: the video's header (with its packet
+    timestamps, see :func:`~.media.probe`), the audio decoded once at its own rate (the writer muxes
+    from it) and at 16 kHz mono (the features), and the output frames' input schedule."""
+
+    info: VideoInfo
+    audio: media.AudioTrack
+    waveform: np.ndarray  # float32 mono at FEATURE_RATE
+    n_out: int
+    schedule: list[int]  # input frame of each output frame (ping-pong, or a prefix)
+
+    @property
+    def n_frames(self) -> int:
+        """Input frames the run uses (a prefix when the audio is shorter than the video)."""
+        return max(self.schedule) + 1
+
+
+def check_inputs(options: RunOptions) -> ClipInputs:
+    """The video's header and the whole audio track (decoded once, here)."""
+    info = media.probe(options.video)
+    parse_face_policy(options.clip.face).check_frame(info.width, info.height)
+    media.choose_codec(options.output, options.clip.codec, (info.width, info.height))  # it can code this size
+    audio = media.decode_audio(options.audio_source, what="video" if options.audio is None else "audio file")
+    waveform = audio.mono(FEATURE_RATE)
+    n_out = output_frame_count(len(waveform), info.fps)
+    if n_out == 0:
+        raise LatentmuseError(f"the audio in {options.audio_source} is shorter than one video frame.", "use a longer audio track.")
+    return ClipInputs(info, audio, waveform, n_out, ping_pong_schedule(info.frame_count, n_out))
+
+
+def validate(options: RunOptions) -> ClipInputs:
+    """Every check that needs no model: fails fast, before anything heavy is loaded."""
+    check_options(options)
+    return check_inputs(options)
