@@ -143,6 +143,9 @@ class Notes:
     def advance(self, stage, amount=1):
         pass
 
+    def status(self, text):
+        pass
+
     def note(self, message):
         self.messages.append(message)
 
@@ -182,7 +185,7 @@ def run_concurrently(target, args_list) -> list[BaseException]:
 
 def counted_standin_loads(monkeypatch) -> dict:
     """Runs load stand-in models (of :func:`standin_models`) behind a counter: ``["n"]`` loads so far."""
-    from latentmuse.runtime import pipeline
+    from latentmuse.runtime import session
 
     models, _ = standin_models(steps=1, whisper_runner=whisper_standin())
     counter = {"n": 0, "models": models}
@@ -191,5 +194,5 @@ def counted_standin_loads(monkeypatch) -> dict:
         counter["n"] += 1
         return models
 
-    monkeypatch.setattr(pipeline, "load_run_models", load)
+    monkeypatch.setattr(session, "load_run_models", load)
     return counter
