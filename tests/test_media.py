@@ -491,8 +491,33 @@ def test_a_media_pass_reads_each_input_once(tmp_path: Path, monkeypatch) -> None
     v, a = reads[video.resolve()], reads[speech.resolve()]
     assert v.opens == 2 and v.demuxed == n  # probe's one pass; FrameSource's own decoding pass
     assert v.decoded >= n  # every frame decoded at least once (seeks decode some again)
-    assert (a.opens, a.packets) == (1, a.decoded) and a.decoded > 0
+    with av.open(str(speech)) as container:  # the file's packets, counted outside the wrapper
+        audio_packets = sum(1 for p in container.demux(container.streams.audio[0]) if p.size)
+    assert a.opens == 1 and audio_packets <= a.packets <= audio_packets + 1  # one pass (+ its end-of-stream marker)
     assert set(reads) == {video.resolve(), speech.resolve()}  # the output is never read back
+
+
+def test_a_clips_own_audio_is_read_in_the_probes_pass(tmp_path: Path, monkeypatch) -> None:
+    """probe_clip reads a video's timestamps and decodes its own track in one open and one pass, and
+    gives what probe and decode_audio give separately."""
+    from latentmuse.samples import build_sample
+
+    from .helpers import count_av
+
+    sample = build_sample(tmp_path, seconds=1.2, size=(200, 200))
+    apart = probe(sample.video), media.decode_audio(sample.video)
+    with count_av(monkeypatch) as reads:
+        info, track = media.probe_clip(sample.video)
+    with av.open(str(sample.video)) as container:
+        packets = sum(1 for p in container.demux() if p.size)
+    r = reads[sample.video.resolve()]
+    assert r.opens == 1 and packets <= r.packets <= packets + 2  # every packet once (+ end-of-stream markers)
+    assert info == apart[0] and info.timestamps == apart[0].timestamps
+    assert np.array_equal(track.samples, apart[1].samples) and track.frame_sizes == apart[1].frame_sizes
+    assert np.array_equal(track.mono(16000), apart[1].mono(16000))
+    silent = write_index_video(tmp_path / "silent.mp4", 5, gop=5)
+    with pytest.raises(LatentmuseError, match="has no audio track"):
+        media.probe_clip(silent)
 
 
 # -------------------------------------------------------------------------------- writing: faults, concurrency

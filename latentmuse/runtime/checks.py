@@ -86,10 +86,14 @@ class ClipInputs:
 
 def check_inputs(options: RunOptions) -> ClipInputs:
     """The video's header and the whole audio track (decoded once, here)."""
-    info = media.probe(options.video)
+    if options.audio is None:  # the video's own track: read in the same pass as the video's timestamps
+        info, audio = media.probe_clip(options.video)
+    else:
+        info = media.probe(options.video)
     parse_face_policy(options.clip.face).check_frame(info.width, info.height)
     media.choose_codec(options.output, options.clip.codec, (info.width, info.height))  # it can code this size
-    audio = media.decode_audio(options.audio_source, what="video" if options.audio is None else "audio file")
+    if options.audio is not None:
+        audio = media.decode_audio(options.audio, what="audio file")
     waveform = audio.mono(FEATURE_RATE)
     n_out = output_frame_count(len(waveform), info.fps)
     if n_out == 0:

@@ -53,7 +53,7 @@ from .audio import AudioTrack, decode_audio, load_audio
 from .formats import CODECS, OUTPUT_FORMATS, VIDEO_CODECS, choose_codec
 from .frames import DEFAULT_CHUNK, FrameSource, iter_frames
 from .paths import check_output_path
-from .probing import is_variable_frame_rate, probe
+from .probing import is_variable_frame_rate, probe, probe_clip
 from .writer import FrameSink, MemorySink, VideoWriter
 
 
@@ -74,4 +74,5 @@ __all__ = [
     "iter_frames",
     "load_audio",
     "probe",
+    "probe_clip",
 ]

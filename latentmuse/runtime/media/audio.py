@@ -81,6 +81,45 @@ class AudioTrack:
         return audio
 
 
+class TrackDecoder:
+    """Decodes one audio stream's packets, fed one at a time, into an :class:`AudioTrack`.
+
+    :func:`decode_audio` feeds it a container's packets of that stream; :func:`~.probing.probe_clip`
+    feeds it the audio packets of the same demux pass that reads the video's timestamps, so a video
+    whose own track is the audio is opened and read once for both.
+    """
+
+    def __init__(self, stream, path: Path) -> None:
+        stream.thread_type = "AUTO"
+        cc = stream.codec_context
+        self.stream, self.path = stream, path
+        self.duration = Fraction(stream.duration) * Fraction(stream.time_base) if stream.duration and stream.time_base else None
+        self.fmt, self.layout, self.rate = cc.format.planar.name if cc.format else "fltp", cc.layout.name, cc.sample_rate
+        self.planes: list[np.ndarray] = []
+
+    def feed(self, packet: av.Packet) -> None:
+        """Decode one packet (the demuxer's empty end-of-stream packet flushes the decoder)."""
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as exc:
+            raise _corrupt(self.path, exc) from None
+        for frame in frames:
+            if not self.planes:  # the decoder's actual output, which a header may misstate
+                self.fmt, self.layout, self.rate = frame.format.planar.name, frame.layout.name, frame.sample_rate
+            elif (frame.format.planar.name, frame.layout.name, frame.sample_rate) != (self.fmt, self.layout, self.rate):
+                raise _corrupt(self.path, ValueError("the audio format changes mid-stream"))
+            array = frame.to_ndarray()
+            if not frame.format.is_planar:  # packed: (1, n * channels) interleaved
+                array = array.reshape(-1, frame.layout.nb_channels).T
+            self.planes.append(array)
+
+    def track(self) -> AudioTrack:
+        channels = av.AudioLayout(self.layout).nb_channels
+        samples = np.concatenate(self.planes, axis=1) if self.planes else np.zeros((channels, 0), np.float32)
+        return AudioTrack(path=self.path, samples=samples, sample_format=self.fmt, sample_rate=int(self.rate or 0),
+                          layout=self.layout, frame_sizes=tuple(p.shape[1] for p in self.planes), duration=self.duration)
+
+
 def decode_audio(path: Path | str, *, what: str = "video") -> AudioTrack:
     """Decode the first audio track of any file PyAV reads, once, into an :class:`AudioTrack`.
 
@@ -90,29 +129,14 @@ def decode_audio(path: Path | str, *, what: str = "video") -> AudioTrack:
     """
     path = Path(path)
     container = _open_input(path, "audio file")
-    planes: list[np.ndarray] = []
     with container:
-        stream = _audio_stream(container, path, what)
-        stream.thread_type = "AUTO"
-        cc = stream.codec_context
-        duration = Fraction(stream.duration) * Fraction(stream.time_base) if stream.duration and stream.time_base else None
-        fmt, layout, rate = cc.format.planar.name if cc.format else "fltp", cc.layout.name, cc.sample_rate
+        decoder = TrackDecoder(_audio_stream(container, path, what), path)
         try:
-            for frame in container.decode(stream):
-                if not planes:  # the decoder's actual output, which a header may misstate
-                    fmt, layout, rate = frame.format.planar.name, frame.layout.name, frame.sample_rate
-                elif (frame.format.planar.name, frame.layout.name, frame.sample_rate) != (fmt, layout, rate):
-                    raise _corrupt(path, ValueError("the audio format changes mid-stream"))
-                array = frame.to_ndarray()
-                if not frame.format.is_planar:  # packed: (1, n * channels) interleaved
-                    array = array.reshape(-1, frame.layout.nb_channels).T
-                planes.append(array)
+            for packet in container.demux(decoder.stream):
+                decoder.feed(packet)
         except av.FFmpegError as exc:
             raise _corrupt(path, exc) from None
-    channels = av.AudioLayout(layout).nb_channels
-    samples = np.concatenate(planes, axis=1) if planes else np.zeros((channels, 0), np.float32)
-    return AudioTrack(path=path, samples=samples, sample_format=fmt, sample_rate=int(rate or 0), layout=layout,
-                      frame_sizes=tuple(p.shape[1] for p in planes), duration=duration)
+    return decoder.track()
 
 
 def load_audio(path: Path | str, sample_rate: int = 16000, *, what: str = "video") -> np.ndarray:

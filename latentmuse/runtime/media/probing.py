@@ -12,7 +12,8 @@ import av
 
 from ...errors import LatentmuseError
 from ..contracts import VideoInfo
-from .opening import _corrupt, _open_input, _video_stream
+from .audio import AudioTrack, TrackDecoder
+from .opening import _audio_stream, _corrupt, _open_input, _video_stream
 from .orientation import Orientation, frame_orientation
 
 
@@ -108,19 +109,25 @@ def _check_complete(path: Path, stream, packets: list[tuple[int, int]], fps: Fra
         )
 
 
-def _scan(container, stream, path: Path) -> tuple[list[tuple[int, int]], av.VideoFrame | None, BaseException | None]:
+def _scan(container, stream, path: Path, audio: TrackDecoder | None = None
+          ) -> tuple[list[tuple[int, int]], av.VideoFrame | None, BaseException | None]:
     """One pass over the video packets: (timestamp, duration) of each, and the first frame decoded on
     the way (it proves the stream decodes and carries the display matrix and pixel format).
 
     Packets are fed to the decoder only until it gives its first frame; the rest is demux only. A
     decoding error is returned, not raised, so that the file's header checks (no frame rate, cut
-    short) keep their precedence over it, as when the first frame was decoded in a second pass."""
+    short) keep their precedence over it, as when the first frame was decoded in a second pass.
+    ``audio``: the file's audio packets of the same pass go to this decoder."""
     packets: list[tuple[int, int]] = []
     first: av.VideoFrame | None = None
     failure: BaseException | None = None
     decoding = True
+    streams = (stream,) if audio is None else (stream, audio.stream)
     try:
-        for packet in container.demux(stream):
+        for packet in container.demux(*streams):
+            if audio is not None and packet.stream.index == audio.stream.index:
+                audio.feed(packet)
+                continue
             if packet.size == 0:
                 continue  # the demuxer's end-of-stream marker
             ts = packet.pts if packet.pts is not None else packet.dts
@@ -146,6 +153,19 @@ def _scan(container, stream, path: Path) -> tuple[list[tuple[int, int]], av.Vide
 
 
 def probe(path: Path | str) -> VideoInfo:
+    return _probe(Path(path))[0]
+
+
+def probe_clip(path: Path | str) -> tuple[VideoInfo, AudioTrack]:
+    """:func:`probe` and :func:`~.audio.decode_audio` of the video's own track in one open and one
+    demux pass (a clip whose audio is its own track reads its file once before decoding frames).
+    The video's errors come first, then "no audio track" with the fix for a video's own track."""
+    info, track = _probe(Path(path), audio=True)
+    assert track is not None
+    return info, track
+
+
+def _probe(path: Path, audio: bool = False) -> tuple[VideoInfo, AudioTrack | None]:
     """Size, exact frame rate, frame count, audio presence, codec and orientation of a video file,
     with the packet timestamps and the variable-frame-rate flag, from one open and one demux pass.
 
@@ -157,11 +177,12 @@ def probe(path: Path | str) -> VideoInfo:
     timestamps are kept in the result, so neither :func:`is_variable_frame_rate` nor
     :class:`~.frames.FrameSource` demuxes the file again.
     """
-    path = Path(path)
     container = _open_input(path, "video")
     with container:
         stream = _video_stream(container, path)
-        packets, first, failure = _scan(container, stream, path)
+        tracks = [s for s in container.streams.audio if s.codec_context is not None] if audio else []
+        decoder = TrackDecoder(tracks[0], path) if tracks else None
+        packets, first, failure = _scan(container, stream, path, decoder)
         fps = _frame_rate(stream, packets)
         if not fps or fps <= 0:
             raise LatentmuseError(
@@ -189,7 +210,9 @@ def probe(path: Path | str) -> VideoInfo:
         if sar is not None and orientation.swaps_axes:
             sar = 1 / sar  # a pixel twice as wide is twice as tall once turned on its side
         timestamps = tuple(sorted(ts for ts, _ in packets))
-        return VideoInfo(
+        if audio and decoder is None:
+            _audio_stream(container, path, "video")  # raises: no audio track, with the fix
+        info = VideoInfo(
             path=path,
             width=width,
             height=height,
@@ -205,6 +228,7 @@ def probe(path: Path | str) -> VideoInfo:
             variable_frame_rate=_durations_vary(timestamps, VFR_TOLERANCE),
             coded_size=(int(first.width), int(first.height)),
         )
+        return info, decoder.track() if decoder is not None else None
 
 
 #: How far a frame duration may stray from the median, as a fraction of it, before the rate is variable.
