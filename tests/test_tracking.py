@@ -341,14 +341,15 @@ def standins():
 def dub(video, tmp_path, models, **options):
     """The pipeline with dlib and the stand-in MuseTalk (blocky, known output) on ``video``."""
     from latentmuse.runtime import media
-    from latentmuse.runtime.pipeline import RunOptions, run
+    from latentmuse.runtime.lipsync import run
+    from latentmuse.runtime.options import RunOptions
 
     from .helpers import write_wav
 
     frames = list(media.iter_frames(video))
     audio = write_wav(tmp_path / "a.wav", len(frames) / FPS + 0.01)
     sink = media.MemorySink()
-    report = run(RunOptions(video=video, audio=audio, output=tmp_path / "o.mp4", face_detector="dlib",
+    report = run(RunOptions.flat(video=video, audio=audio, output=tmp_path / "o.mp4", face_detector="dlib",
                             generator="musetalk", **options), sink=sink, models=models)
     assert len(sink.frames) == len(frames) == report.frames_out
     return report, frames, sink.frames
@@ -400,9 +401,9 @@ def test_only_the_chosen_face_changes_in_every_frame(side_by_side, standins, tmp
 
 def test_a_pixel_outside_every_face_takes_the_nearest_and_says_so(side_by_side, standins, tmp_path):
     video, rects = side_by_side
-    report, inputs, outputs = dub(video, tmp_path, standins, face="205,100")  # in the gap, nearer L's face box
+    report, inputs, outputs = dub(video, tmp_path, standins, face="195,100")  # in the gap: 39 px to L's box, 58 to R's
     only_region_changes(inputs, outputs, rects, "L", "R")
-    assert any("--face 205,100 is inside no face" in w for w in report.warnings)
+    assert any("--face 195,100 is inside no face" in w for w in report.warnings)
 
 
 def test_the_dubbed_face_leaves_the_frame_and_comes_back(tmp_path, patches, standins):
@@ -438,7 +439,7 @@ def test_the_dubbed_face_leaves_the_frame_and_comes_back(tmp_path, patches, stan
     assert "largest from input frame 0 at (" in row and f"{report.frames_face_lost} lost" in row, row
 
 
-def test_a_face_below_the_minimum_size_passes_through_with_the_reason(side_by_side, standins, tmp_path):
+def test_a_face_below_the_minimum_size_passes_through_with_the_reason(side_by_side, patches, standins, tmp_path):
     from latentmuse.runtime.faces import DlibFrontEnd
 
     video, rects = side_by_side
@@ -447,7 +448,27 @@ def test_a_face_below_the_minimum_size_passes_through_with_the_reason(side_by_si
     only_region_changes(inputs, outputs, rects, "L", "R")
     heights = [[c.height for c in found] for found in DlibFrontEnd().candidates(inputs)]
     assert all(len(h) == 2 and min(h) < 100 <= max(h) for h in heights)
-    report, _, outputs = dub(video, tmp_path, standins, min_face_size=200)
+
+    # A face is "too small" when the detector finds it below --min-face-size. dlib's detection scale
+    # follows the minimum (so smaller faces are mostly not found at all, and pass through as no_face),
+    # but it never shrinks the frame's short side below its window: a close-up filling a 200 px tall
+    # frame is found, about 180 px, at --min-face-size 150 and 200 alike.
+    import cv2
+
+    from latentmuse.runtime import media
+
+    big = cv2.resize(patches[1], (240, 240), interpolation=cv2.INTER_CUBIC)[20:220]
+    close_up = tmp_path / "close-up.mp4"
+    with media.VideoWriter(close_up, W, H, FPS, None, crf=12) as writer:
+        for t in range(6):
+            frame = np.full((H, W, 3), 90, np.uint8)
+            frame[:, 140 + 2 * t : 380 + 2 * t] = big
+            writer.write(frame)
+    report, inputs, outputs = dub(close_up, tmp_path, standins, min_face_size=150)
+    assert report.frames_processed == len(inputs) == 6 and report.face_passthrough == {}
+    heights = [c.height for found in DlibFrontEnd().for_clip(200, W, H).candidates(inputs) for c in found]
+    assert len(heights) == len(inputs) and all(150 <= h < 200 for h in heights)
+    report, _, outputs = dub(close_up, tmp_path, standins, min_face_size=200)
     assert report.dubbed_face is None and report.frames_processed == 0
     assert report.frames_face_too_small == report.frames_no_face == len(inputs)
     assert report.face_passthrough == {"too_small": len(inputs)}
@@ -473,9 +494,11 @@ def test_bad_face_options_are_usage_errors(capsys, side_by_side, tmp_path, argv,
 
 def test_a_pixel_outside_the_frame_is_one_error_before_any_loading(capsys, side_by_side, tmp_path):
     from .conftest import run_cli
+    from .helpers import write_wav
 
-    video, _ = side_by_side
+    video, _ = side_by_side  # silent: the speech comes from --audio, so the face is the one mistake
     code, out, err = run_cli(capsys, "run", str(video), "-o", str(tmp_path / "o.mp4"), "--weights", "smoke",
+                             "--audio", str(write_wav(tmp_path / "a.wav", 0.5)),
                              "--face-detector", "dlib", "--face", "480,10")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and "Traceback" not in out + err, out + err
@@ -484,7 +507,7 @@ def test_a_pixel_outside_the_frame_is_one_error_before_any_loading(capsys, side_
 
 
 def test_s3fd_front_end_through_the_face_pass(tmp_path):
-    """The smoke S3FD (random weights: noise "faces", up to 20 a frame) through detect_faces in two
+    """The smoke S3FD (random weights: noise "faces", up to 20 a frame) through the run's face stage in two
     batches, with a stand-in FAN (peaks at the heatmaps' centre): every frame gets a status, FAN sees at
     most one crop per frame, and the choice is the first frame's largest candidate."""
     import torch
@@ -492,7 +515,8 @@ def test_s3fd_front_end_through_the_face_pass(tmp_path):
     from latentmuse.models.smoke import smoke_model
     from latentmuse.runtime import media
     from latentmuse.runtime.faces import S3FDFanFrontEnd
-    from latentmuse.runtime.pipeline import SilentProgress, detect_faces
+    from latentmuse.runtime.generators.musetalk import crop_box
+    from latentmuse.runtime.stream import FaceStage
 
     from .standins import FnRunner
 
@@ -513,7 +537,10 @@ def test_s3fd_front_end_through_the_face_pass(tmp_path):
         for _ in range(4):
             writer.write(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
     tracker = FaceTracker("largest", min_face_size=1)
-    faces_out = detect_faces(video, fe, tracker, 4, 2, SilentProgress())
+    stage = FaceStage(fe, tracker, lambda face, shape: crop_box(face, shape) is not None, 2)
+    jobs = list(stage.jobs(((i, f) for i, f in enumerate(media.iter_frames(video))), list(range(4))))
+    assert [(j.out_index, j.in_index) for j in jobs] == [(i, i) for i in range(4)] and stage.detected == 4
+    faces_out = [j.face for j in jobs]
     assert len(faces_out) == len(tracker.statuses) == len(found) == 4 and len(found[0]) > 1
     assert tracker.dubbed.first_frame == 0 and tracker.dubbed.box == max(found[0], key=lambda c: c.area).box
     assert crops and sum(crops) <= 4 and sum(crops) == sum(s in (DUBBED, NO_LANDMARKS, LANDMARK_JUMP) for s in tracker.statuses)
