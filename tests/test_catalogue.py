@@ -26,7 +26,8 @@ import pytest
 
 from latentmuse.runtime import media
 from latentmuse.runtime.datagen import ping_pong_schedule
-from latentmuse.runtime.pipeline import RunOptions, validate
+from latentmuse.runtime.checks import validate
+from latentmuse.runtime.options import RunOptions
 
 from .catalogue import (
     QUADRANTS,
@@ -56,13 +57,15 @@ def media_run(video: Path, audio: Path | None, output: Path, codec: str = "auto"
     """What ``latentmuse run`` does with media: ``validate`` (every check before models load), then the
     run's frame schedule read through ``FrameSource`` and written by ``VideoWriter`` (the generator
     passes frames without a face through unchanged, and these scenes have none)."""
-    options = RunOptions(video=video, output=output, audio=audio, codec=codec)
-    info, audio_path, samples = validate(options)
-    n_out = len(samples) * info.fps.numerator // (16000 * info.fps.denominator)
-    with media.VideoWriter(output, info.width, info.height, info.fps, audio_path, codec=codec,
+    options = RunOptions.flat(video=video, output=output, audio=audio, codec=codec)
+    inputs = validate(options)
+    info = inputs.info
+    n_out = len(inputs.waveform) * info.fps.numerator // (16000 * info.fps.denominator)
+    assert inputs.n_out == n_out and inputs.schedule == ping_pong_schedule(info.frame_count, n_out)
+    with media.VideoWriter(output, info.width, info.height, info.fps, inputs.audio, codec=codec,
                            sample_aspect_ratio=info.sample_aspect_ratio) as writer, \
             media.FrameSource(video, info) as source:
-        for _, frame in source.frames(ping_pong_schedule(info.frame_count, n_out)):
+        for _, frame in source.frames(inputs.schedule):
             writer.write(frame)
 
 
@@ -472,9 +475,9 @@ def standin_model_set():
 def test_run_on_paths_with_spaces_and_non_ascii(capsys, tmp_path, monkeypatch):
     """The whole command on names a user's editor produces: spaces, accents, an apostrophe, a symbol
     (the models are stand-ins: the names, not the networks, are at stake)."""
-    from latentmuse.runtime import pipeline
+    from latentmuse.runtime import session
 
-    monkeypatch.setattr(pipeline, "load_run_models", lambda *args, **kwargs: standin_model_set())
+    monkeypatch.setattr(session, "load_run_models", lambda *args, **kwargs: standin_model_set())
     folder = tmp_path / "dossier à trier"
     folder.mkdir()
     video = write_video(folder / "vidéo d'été 01.mov", audio=TONE)
@@ -515,7 +518,7 @@ def test_rotated_phone_video_faces_found_upright_and_written_upright(tmp_path, r
     sees it upright), and the output shows exactly what the input shows, with no matrix left."""
     from latentmuse.runtime.faces import DlibFrontEnd
     from latentmuse.runtime.generators.musetalk import crop_box
-    from latentmuse.runtime.pipeline import run
+    from latentmuse.runtime.lipsync import run
 
     frames = 4
     picture = _face_picture(frames)
@@ -526,7 +529,7 @@ def test_rotated_phone_video_faces_found_upright_and_written_upright(tmp_path, r
     assert stored.shape[:2] == (FACE_SIZE[0], FACE_SIZE[1]) and DlibFrontEnd().detect([stored]) == [None]
 
     output = tmp_path / "out.mp4"
-    report = run(RunOptions(video=video, output=output, weights="smoke", face_detector="dlib",
+    report = run(RunOptions.flat(video=video, output=output, weights="smoke", face_detector="dlib",
                             generator="musetalk"), models=standin_model_set())
     assert report.frames_out == frames and report.frames_no_face == 0 and report.frames_processed == frames
 

@@ -110,23 +110,29 @@ def _check_complete(path: Path, stream, packets: list[tuple[int, int]], fps: Fra
 
 
 def _scan(container, stream, path: Path, audio: TrackDecoder | None = None
-          ) -> tuple[list[tuple[int, int]], av.VideoFrame | None, BaseException | None]:
+          ) -> tuple[list[tuple[int, int]], av.VideoFrame | None, BaseException | None, LatentmuseError | None]:
     """One pass over the video packets: (timestamp, duration) of each, and the first frame decoded on
     the way (it proves the stream decodes and carries the display matrix and pixel format).
 
     Packets are fed to the decoder only until it gives its first frame; the rest is demux only. A
     decoding error is returned, not raised, so that the file's header checks (no frame rate, cut
     short) keep their precedence over it, as when the first frame was decoded in a second pass.
-    ``audio``: the file's audio packets of the same pass go to this decoder."""
+    ``audio``: the file's audio packets of the same pass go to this decoder; its error is returned
+    too (fourth), so the video's checks come first."""
     packets: list[tuple[int, int]] = []
     first: av.VideoFrame | None = None
     failure: BaseException | None = None
+    audio_failure: LatentmuseError | None = None
     decoding = True
     streams = (stream,) if audio is None else (stream, audio.stream)
     try:
         for packet in container.demux(*streams):
             if audio is not None and packet.stream.index == audio.stream.index:
-                audio.feed(packet)
+                if audio_failure is None:
+                    try:
+                        audio.feed(packet)
+                    except LatentmuseError as exc:
+                        audio_failure = exc
                 continue
             if packet.size == 0:
                 continue  # the demuxer's end-of-stream marker
@@ -149,7 +155,7 @@ def _scan(container, stream, path: Path, audio: TrackDecoder | None = None
                 first = frames[0] if frames else None
     except av.FFmpegError as exc:
         raise _corrupt(path, exc) from None
-    return packets, first, failure
+    return packets, first, failure, audio_failure
 
 
 def probe(path: Path | str) -> VideoInfo:
@@ -182,7 +188,7 @@ def _probe(path: Path, audio: bool = False) -> tuple[VideoInfo, AudioTrack | Non
         stream = _video_stream(container, path)
         tracks = [s for s in container.streams.audio if s.codec_context is not None] if audio else []
         decoder = TrackDecoder(tracks[0], path) if tracks else None
-        packets, first, failure = _scan(container, stream, path, decoder)
+        packets, first, failure, audio_failure = _scan(container, stream, path, decoder)
         fps = _frame_rate(stream, packets)
         if not fps or fps <= 0:
             raise LatentmuseError(
@@ -210,6 +216,8 @@ def _probe(path: Path, audio: bool = False) -> tuple[VideoInfo, AudioTrack | Non
         if sar is not None and orientation.swaps_axes:
             sar = 1 / sar  # a pixel twice as wide is twice as tall once turned on its side
         timestamps = tuple(sorted(ts for ts, _ in packets))
+        if audio_failure is not None:
+            raise audio_failure
         if audio and decoder is None:
             _audio_stream(container, path, "video")  # raises: no audio track, with the fix
         info = VideoInfo(
