@@ -16,12 +16,19 @@ import pytest
 
 from latentmuse.runtime import media
 from latentmuse.runtime.blending import crop_geometry
+from latentmuse.runtime.defaults import DEFAULT_MIN_FACE_SIZE
 from latentmuse.runtime.faces import DlibFrontEnd
 from latentmuse.runtime.generators.musetalk import crop_box
-from latentmuse.runtime.pipeline import RunOptions, run
+from latentmuse.runtime.lipsync import run
+from latentmuse.runtime.options import RunOptions
 from latentmuse.samples import build_sample
 
 from .helpers import decode_index, write_level_video, write_wav
+
+
+def run_front_end(frame):
+    """The dlib front end as a run sets it up for this clip (its detection scale from --min-face-size)."""
+    return DlibFrontEnd().for_clip(DEFAULT_MIN_FACE_SIZE, frame.shape[1], frame.shape[0])
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,7 @@ def sample(tmp_path_factory):
 def memory_run(sample, tmp_path_factory):
     sink = media.MemorySink()
     out = tmp_path_factory.mktemp("out")
-    options = RunOptions(video=sample.video, output=out / "unused.mp4", weights="smoke", face_detector="dlib",
+    options = RunOptions.flat(video=sample.video, output=out / "unused.mp4", weights="smoke", face_detector="dlib",
                          generator="musetalk", report=out / "report.json")
     report = run(options, sink=sink)
     return report, sink.frames, list(media.iter_frames(sample.video)), out
@@ -44,7 +51,7 @@ def memory_run(sample, tmp_path_factory):
 def latentsync_run(sample):
     """The default generator on smoke weights (LatentSync, MuseTalk behind it), two DDIM steps."""
     sink = media.MemorySink()
-    report = run(RunOptions(video=sample.video, output=Path("unused.mp4"), weights="smoke", face_detector="dlib",
+    report = run(RunOptions.flat(video=sample.video, output=Path("unused.mp4"), weights="smoke", face_detector="dlib",
                             steps=2), sink=sink)
     return report, sink.frames, list(media.iter_frames(sample.video))
 
@@ -80,7 +87,7 @@ def test_latentsync_changes_pixels_only_inside_the_aligned_crop(sample, latentsy
     from latentmuse.runtime import alignment as al
 
     _, frames, inputs = latentsync_run
-    front_end = DlibFrontEnd()
+    front_end = run_front_end(inputs[0])
     points = [al.alignment_points(front_end.detect([inputs[i]])[0].landmarks) for i in range(15)]
     transforms = al.smoothed_transforms(points, al.face_template(256))  # the first run, smoothed in order
     for i in (0, 7, 14):
@@ -97,7 +104,7 @@ def test_latentsync_changes_pixels_only_inside_the_aligned_crop(sample, latentsy
 
 def test_processed_frames_change_only_inside_the_face_box(sample, memory_run):
     _, frames, inputs, _ = memory_run
-    front_end = DlibFrontEnd()
+    front_end = run_front_end(inputs[0])
     for i in (0, 30, 39):
         face = front_end.detect([inputs[i]])[0]
         x1, y1, x2, y2 = crop_box(face, inputs[i].shape)
@@ -123,7 +130,7 @@ def test_report_json_has_the_contract_fields(memory_run):
 
 def test_encoded_output_keeps_fps_count_and_audio(sample, tmp_path):
     output = tmp_path / "out.mp4"
-    report = run(RunOptions(video=sample.video, output=output, weights="smoke", face_detector="dlib", steps=1))
+    report = run(RunOptions.flat(video=sample.video, output=output, weights="smoke", face_detector="dlib", steps=1))
     info = media.probe(output)
     assert info.fps == Fraction(25) and info.frame_count == report.frames_out == 40
     with av.open(str(output)) as container:
@@ -137,7 +144,7 @@ def test_video_without_a_face_comes_back_unchanged(tmp_path):
     audio = write_wav(tmp_path / "a.wav", 0.4)
     video = write_level_video(tmp_path / "noface.mp4", 10, Fraction(25), audio)
     sink = media.MemorySink()
-    report = run(RunOptions(video=video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib"), sink=sink)
+    report = run(RunOptions.flat(video=video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib"), sink=sink)
     assert report.frames_processed == 0 and report.frames_out == 10
     assert all(np.array_equal(a, b) for a, b in zip(sink.frames, media.iter_frames(video)))
 
@@ -146,7 +153,7 @@ def test_longer_audio_cycles_the_video_ping_pong(tmp_path):
     video = write_level_video(tmp_path / "six.mp4", 6, Fraction(25), None)
     audio = write_wav(tmp_path / "long.wav", 0.6)  # 15 output frames from 6 input frames
     sink = media.MemorySink()
-    report = run(RunOptions(video=video, audio=audio, output=tmp_path / "o.mp4", weights="smoke",
+    report = run(RunOptions.flat(video=video, audio=audio, output=tmp_path / "o.mp4", weights="smoke",
                             face_detector="dlib"), sink=sink)
     assert report.frames_out == 15 and report.frames_in == 6
     assert [decode_index(f) for f in sink.frames] == [0, 1, 2, 3, 4, 5, 5, 4, 3, 2, 1, 0, 0, 1, 2]
@@ -155,7 +162,7 @@ def test_longer_audio_cycles_the_video_ping_pong(tmp_path):
 def test_shorter_audio_cuts_the_video(tmp_path):
     video = write_level_video(tmp_path / "ten.mp4", 10, Fraction(25), None)
     sink = media.MemorySink()
-    report = run(RunOptions(video=video, audio=write_wav(tmp_path / "s.wav", 0.2), output=tmp_path / "o.mp4",
+    report = run(RunOptions.flat(video=video, audio=write_wav(tmp_path / "s.wav", 0.2), output=tmp_path / "o.mp4",
                             weights="smoke", face_detector="dlib"), sink=sink)
     assert report.frames_out == 5 and [decode_index(f) for f in sink.frames] == [0, 1, 2, 3, 4]
 
@@ -165,7 +172,7 @@ def test_ntsc_frame_rate_is_preserved(tmp_path):
     audio = write_wav(tmp_path / "a.wav", 0.5)
     video = write_level_video(tmp_path / "ntsc.mp4", 15, fps, audio)
     output = tmp_path / "out.mp4"
-    report = run(RunOptions(video=video, output=output, weights="smoke", face_detector="dlib"))
+    report = run(RunOptions.flat(video=video, output=output, weights="smoke", face_detector="dlib"))
     info = media.probe(output)
     assert report.fps == "30000/1001" and info.fps == fps
     assert info.frame_count == report.frames_out == math.floor(Fraction(1, 2) * fps) == 14
