@@ -1,7 +1,7 @@
 """The Python API (``LipSync``) and the face-track cache.
 
 Stand-in runners (tests/standins.py) make a clip take about a second with exact results; the models
-are loaded through the patched ``pipeline.load_run_models``, which counts its calls.
+are loaded through the patched ``session.load_run_models``, which counts its calls.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from latentmuse.errors import LatentmuseError
-from latentmuse.runtime import media, pipeline
+from latentmuse.runtime import media
 from latentmuse.runtime.facecache import SUFFIX, FaceCache
 from latentmuse.runtime.lipsync import LipSync
+from latentmuse.runtime.lipsync import run as lipsync_run
 from latentmuse.runtime.options import ClipOptions, LoadOptions, RunOptions
 
 from .conftest import run_cli
@@ -56,7 +57,7 @@ def test_two_clips_one_load_and_the_same_frames_as_one_shot_runs(clip, loads, tm
     assert b.stages["load_models"] < a.stages["load_models"] + 1.0 and b.face == "center"
     # the same clip as a one-shot run (which loads again) gives the very same frames
     alone = media.MemorySink()
-    pipeline.run(RunOptions(video=clip.video, output=tmp_path / "c.mp4", weights="smoke", **LOAD), sink=alone)
+    lipsync_run(RunOptions.flat(video=clip.video, output=tmp_path / "c.mp4", weights="smoke", **LOAD), sink=alone)
     assert loads["n"] == 2
     np.testing.assert_array_equal(frames_of(first), frames_of(alone))
 
@@ -122,17 +123,26 @@ def test_second_audio_on_a_video_skips_detection_and_matches(clip, loads, detect
     assert entry.frames == 20 and entry.video == str(clip.video)
 
 
-def test_a_shorter_audio_hits_a_longer_one_recomputes(clip, loads, detections, tmp_path):
+def test_a_shorter_audio_hits_a_longer_one_extends(clip, loads, detections, tmp_path):
     cache = tmp_path / "cache"
     short, long = write_wav(tmp_path / "s.wav", 0.4), write_wav(tmp_path / "l.wav", 0.8)
     with LipSync.from_weights("smoke", **LOAD) as lipsync:
         assert lipsync(clip.video, tmp_path / "1.mp4", audio=short, cache=cache).face_cache == "miss"
         assert detections["frames"] == 10
-        assert lipsync(clip.video, tmp_path / "2.mp4", audio=long, cache=cache).face_cache == "miss"
-        assert detections["frames"] == 30
+        extended, whole = media.MemorySink(), media.MemorySink()
+        longer = lipsync(clip.video, tmp_path / "2.mp4", audio=long, cache=cache, sink=extended)
+        assert longer.face_cache == "partial" and detections["frames"] == 20  # only the 10 missing frames
+        (entry,) = FaceCache(cache).entries()
+        assert entry.frames == 20  # the longer track replaced the entry
         again = lipsync(clip.video, tmp_path / "3.mp4", audio=short, cache=cache)
-    assert again.face_cache == "hit" and detections["frames"] == 30
+        assert again.face_cache == "hit" and detections["frames"] == 20
+        off = lipsync(clip.video, tmp_path / "4.mp4", audio=long, sink=whole)
+        assert off.face_cache == "off" and detections["frames"] == 40
     assert again.face_passthrough == {"lost": 5} and again.frames_out == 10
+    # the resumed tracker gives exactly what one pass over all the frames gives
+    np.testing.assert_array_equal(frames_of(extended), frames_of(whole))
+    for field in ("dubbed_face", "faces_seen", "frames_no_face", "face_passthrough", "frames_face_lost"):
+        assert getattr(longer, field) == getattr(off, field), field
 
 
 def test_other_front_end_settings_miss(clip, loads, detections, tmp_path):
