@@ -18,8 +18,10 @@ import pytest
 
 from latentmuse.errors import LatentmuseError
 from latentmuse.outcomes import ExitCode
-from latentmuse.runtime import media, pipeline
-from latentmuse.runtime.pipeline import RunOptions, RunReport, run
+from latentmuse.runtime import media, session, stream
+from latentmuse.runtime.lipsync import run
+from latentmuse.runtime.options import RunOptions
+from latentmuse.runtime.report import RunReport
 
 from .conftest import run_cli
 from .standins import standin_models, twenty_frame_sample, whisper_standin
@@ -37,7 +39,7 @@ def clip(tmp_path_factory):
 def standins(monkeypatch):
     """The run's models are stand-ins (what ``--weights smoke`` would load, of known function)."""
     models, _ = standin_models(steps=1, whisper_runner=whisper_standin())
-    monkeypatch.setattr(pipeline, "load_run_models", lambda *args, **kwargs: models)
+    monkeypatch.setattr(session, "load_run_models", lambda *args, **kwargs: models)
     return models
 
 
@@ -115,7 +117,7 @@ def test_a_fallback_that_serves_the_window_is_not_a_failed_frame(clip, tmp_path)
     def fail(number):
         raise RuntimeError("unet3d down")
     denoiser.fail = fail
-    report = run(RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
+    report = run(RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
                             generator="latentsync", steps=1, report=tmp_path / "r.json"),
                  sink=media.MemorySink(), models=models)
     assert report.frames_by_generator == {"musetalk": 15} and report.frames_failed == 0
@@ -165,9 +167,10 @@ def test_an_error_mid_write_reports_the_frames_written_and_leaves_no_video(capsy
 
 
 def test_an_unexpected_exception_is_reported_with_its_type(clip, standins, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "detect_faces", lambda *args, **kwargs: (_ for _ in ()).throw(ValueError("bug")))
+    """A bug in the face stage (its own thread, mid-stream, the writer open) reaches the caller as itself."""
+    monkeypatch.setattr(stream.FaceStage, "_detect", lambda *args, **kwargs: (_ for _ in ()).throw(ValueError("bug")))
     with pytest.raises(ValueError, match="bug"):
-        run(RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
+        run(RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
                        generator="musetalk", report=tmp_path / "r.json"))
     report = read_json(tmp_path / "r.json")
     assert (report["status"], report["error"], report["exit_code"]) == ("error", "ValueError: bug", 1)
