@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from latentmuse.runtime import media, pipeline
+from latentmuse.runtime.lipsync import run as lipsync_run
 from latentmuse.runtime.overlap import BackgroundSink, Prefetch
-from latentmuse.runtime.pipeline import RunOptions
+from latentmuse.runtime.options import RunOptions
 
 from .standins import standin_models, twenty_frame_sample, whisper_standin
 
@@ -98,17 +99,18 @@ def test_a_whole_run_through_the_threads_is_frame_exact(tmp_path, monkeypatch):
     (the stages then alternate, as one thread would run them)."""
     clip = twenty_frame_sample(tmp_path)
     models, _ = standin_models(steps=1, whisper_runner=whisper_standin())
-    options = RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", generator="musetalk",
+    options = RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", generator="musetalk",
                          face_detector="dlib")
     deep = media.MemorySink()
-    pipeline.run(options, sink=deep, models=models)
+    lipsync_run(options, sink=deep, models=models)
     import latentmuse.runtime.overlap as overlap
 
     monkeypatch.setattr(overlap, "DEFAULT_DEPTH", 1)
     monkeypatch.setattr(pipeline, "BackgroundSink", lambda sink: overlap.BackgroundSink(sink, depth=1))
-    monkeypatch.setattr(pipeline, "Prefetch", lambda items: overlap.Prefetch(items, depth=1))
+    # every queue one item deep: the decoder's and the face stage's (whose look-ahead it replaces)
+    monkeypatch.setattr(pipeline, "Prefetch", lambda items, depth=None, name="decode": overlap.Prefetch(items, depth=1, name=name))
     shallow = media.MemorySink()
-    report = pipeline.run(options, sink=shallow, models=models)
+    report = lipsync_run(options, sink=shallow, models=models)
     assert report.frames_written == 20 and len(deep.frames) == 20
     np.testing.assert_array_equal(np.stack(deep.frames), np.stack(shallow.frames))
     # passthrough frames are the decoded input frames, in their places
@@ -125,7 +127,7 @@ def test_pasting_in_the_encoder_thread_gives_the_frames_pasting_inline_gives(tmp
 
     clip = twenty_frame_sample(tmp_path)
     models, _ = standin_models(steps=1, whisper_runner=whisper_standin())
-    options = RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", generator=generator,
+    options = RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", generator=generator,
                          face_detector="dlib", steps=1)
     deferred_seen = []
     original = DeferredFrame.resolve
@@ -136,11 +138,11 @@ def test_pasting_in_the_encoder_thread_gives_the_frames_pasting_inline_gives(tmp
 
     monkeypatch.setattr(DeferredFrame, "resolve", counting)
     deferred = media.MemorySink()
-    report = pipeline.run(options, sink=deferred, models=models)
+    report = lipsync_run(options, sink=deferred, models=models)
     assert report.frames_processed == 15 and len(deferred_seen) >= 15
     assert set(deferred_seen) == {"latentmuse-encode"}  # pasted in the encoder's thread
     for module in (musetalk, latentsync):
         monkeypatch.setattr(module, "paste_frames", lambda gen, fn, rows, stage: [fn(*row) for row in rows])
     inline = media.MemorySink()
-    pipeline.run(options, sink=inline, models=models)
+    lipsync_run(options, sink=inline, models=models)
     np.testing.assert_array_equal(np.stack(deferred.frames), np.stack(inline.frames))
