@@ -109,11 +109,12 @@ def test_unavailable_backend_is_a_one_line_error(capsys, media_files, tmp_path):
 def test_validate_still_refuses_unknown_values_from_programmatic_callers(media_files, tmp_path):
     """The CLI's enums reject these at parse time; a caller of the library gets the same one-line error."""
     from latentmuse.errors import LatentmuseError
-    from latentmuse.runtime.pipeline import RunOptions, validate
+    from latentmuse.runtime.checks import validate
+    from latentmuse.runtime.options import RunOptions
 
     for field, value in (("generator", "wav2lip"), ("backend", "cuda"), ("precision", "int8"),
                          ("face_detector", "mtcnn"), ("resolution", "384")):
-        options = RunOptions(video=media_files["with_audio"], output=tmp_path / "o.mp4", **{field: value})
+        options = RunOptions.flat(video=media_files["with_audio"], output=tmp_path / "o.mp4", **{field: value})
         with pytest.raises(LatentmuseError, match=f"--{field.replace('_', '-')} {value} is not known"):
             validate(options)
 
@@ -127,15 +128,15 @@ def test_choices_are_the_runtime_definitions():
     from latentmuse.models.layouts import LATENTSYNC_REPOS, layouts
     from latentmuse.models.random_weights import Size
     from latentmuse.runners import select, torch_runner
-    from latentmuse.runtime import pipeline
+    from latentmuse.runtime import checks
 
     def values(enum):
         return tuple(member.value for member in enum)
 
-    assert values(choices.Generator) == pipeline.GENERATORS == ("auto", "musetalk", "latentsync")
+    assert values(choices.Generator) == checks.GENERATORS == ("auto", "musetalk", "latentsync")
     assert values(choices.Backend) == select.BACKENDS == ("auto", "trt", "ort", "torch")
     assert values(choices.Precision) == torch_runner.PRECISIONS == ("auto", "fp32", "fp16")
-    assert values(choices.FaceDetector) == pipeline.FACE_DETECTORS and values(choices.Resolution) == pipeline.RESOLUTIONS
+    assert values(choices.FaceDetector) == checks.FACE_DETECTORS and values(choices.Resolution) == checks.RESOLUTIONS
     assert values(choices.RandomSize) == get_args(Size)
     assert values(weights.LatentSyncVersion) == tuple(LATENTSYNC_REPOS)
     assert values(weights.Model) == tuple(entry.key for entry in layouts("1.6"))
