@@ -13,7 +13,8 @@ import pytest
 
 from latentmuse.runtime import media
 from latentmuse.runtime.generators.base import BatchOutOfMemory, batch_memory, is_out_of_memory
-from latentmuse.runtime.pipeline import RunOptions, run
+from latentmuse.runtime.lipsync import run
+from latentmuse.runtime.options import RunOptions
 
 from .standins import Notes, OutOfMemoryAbove, standin_models, twenty_frame_sample, whisper_standin
 
@@ -32,7 +33,7 @@ def run_with(clip, tmp_path, generator: str, setup=None, **options):
     if setup is not None:
         setup(models.runners)
     sink, notes = media.MemorySink(), Notes()
-    report = run(RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
+    report = run(RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
                             generator=generator, steps=1, guidance=1.0, **options), notes, sink=sink, models=models)
     return report, sink.frames, notes, models.runners
 
