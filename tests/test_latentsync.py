@@ -20,10 +20,12 @@ from latentmuse.runtime import media
 from latentmuse.runtime.audio import encode_latentsync_states
 from latentmuse.runtime.blending import paste_back
 from latentmuse.runtime.datagen import clip_windows, output_frame_count
+from latentmuse.runtime.defaults import DEFAULT_MIN_FACE_SIZE
 from latentmuse.runtime.faces import DlibFrontEnd
 from latentmuse.runtime.generators import latentsync as ls
 from latentmuse.runtime.generators.musetalk import crop_box
-from latentmuse.runtime.pipeline import RunOptions, run
+from latentmuse.runtime.lipsync import run
+from latentmuse.runtime.options import RunOptions
 from latentmuse.samples import build_sample
 
 from .standins import Notes, block_decode, block_encode, standin_models
@@ -41,7 +43,8 @@ def clip(tmp_path_factory):
     sample = build_sample(tmp_path_factory.mktemp("clip"), seconds=2.4, cutaway=(0.6, 1.0))
     n_out = output_frame_count(len(media.load_audio(sample.video)), sample.fps)
     frames = list(media.iter_frames(sample.video))[:n_out]
-    faces = DlibFrontEnd().detect(frames)
+    height, width = frames[0].shape[:2]  # the run's front end: dlib at the default --min-face-size's scale
+    faces = DlibFrontEnd().for_clip(DEFAULT_MIN_FACE_SIZE, width, height).detect(frames)
     faces = [f if f is not None and crop_box(f, frames[0].shape) is not None else None for f in faces]
     transforms = al.smoothed_transforms([None if f is None else al.alignment_points(f.landmarks) for f in faces],
                                         al.face_template(256))
@@ -63,7 +66,7 @@ def run_standins(clip, tmp_path, *, generator="latentsync", guidance=1.5, setup=
     if setup is not None:
         setup(models, denoiser)
     sink, notes = media.MemorySink(), Notes()
-    report = run(RunOptions(video=sample.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
+    report = run(RunOptions.flat(video=sample.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
                             generator=generator, steps=STEPS, guidance=guidance, **options),
                  notes, sink=sink, models=models)
     return report, sink.frames, denoiser, notes
@@ -252,7 +255,7 @@ def test_no_fallback_turns_the_first_failure_into_an_error_and_writes_nothing(cl
     fail_window(1, RuntimeError("engine exploded"))(models, denoiser)
     output = tmp_path / "o.mp4"
     with pytest.raises(LatentmuseError, match="frames 25-40: RuntimeError: engine exploded"):
-        run(RunOptions(video=sample.video, output=output, weights="smoke", face_detector="dlib",
+        run(RunOptions.flat(video=sample.video, output=output, weights="smoke", face_detector="dlib",
                        generator="latentsync", steps=STEPS, fallback=False), models=models)
     assert list(tmp_path.iterdir()) == []  # neither the output nor a partial file
 
@@ -340,7 +343,7 @@ def test_ping_pong_reuses_each_input_frames_alignment(clip, tmp_path):
     models, _ = standin_models(STEPS)
     sink = media.MemorySink()
     audio = write_wav(tmp_path / "long.wav", 3.2)  # 80 output frames from the clip's input frames
-    report = run(RunOptions(video=sample.video, audio=audio, output=tmp_path / "o.mp4", face_detector="dlib",
+    report = run(RunOptions.flat(video=sample.video, audio=audio, output=tmp_path / "o.mp4", face_detector="dlib",
                             generator="latentsync", steps=STEPS), sink=sink, models=models)
     schedule = ping_pong_schedule(report.frames_in, report.frames_out)
     assert report.frames_out == 80 and schedule[report.frames_in] == report.frames_in - 1  # the turn
