@@ -42,12 +42,12 @@ def _hidden(folder: Path) -> list[str]:
 
 
 def _wait_until_generating(process: subprocess.Popen, folder: Path) -> None:
-    """Generation has begun once the video writer's temporary files (hidden, named after out.mp4: the
-    video and the final file) exist in the output folder (the path checks' probe files, also hidden,
-    come and go before), plus a moment for the writer to finish opening them: a signal inside the
-    writer's constructor is the writer's to clean up, not what this test is about."""
+    """Generation has begun once the video writer's temporary file (hidden, named after out.mp4) exists
+    in the output folder (the path checks' probe files, also hidden, come and go before), plus a
+    moment for the writer to finish opening it: a signal inside the writer's constructor is the
+    writer's to clean up, not what this test is about."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while len([name for name in _hidden(folder) if name.startswith(".out.")]) < 2:
+    while not [name for name in _hidden(folder) if name.startswith(".out.") and ".partial" in name]:
         if process.poll() is not None:
             out, err = process.communicate()
             pytest.fail(f"the run ended ({process.returncode}) before it began generating: {err[-2000:]}")
