@@ -240,9 +240,10 @@ def test_percentiles_and_the_summary():
 
 
 def test_a_worker_that_crashes_is_recorded_with_its_last_line(tmp_path):
-    from latentmuse.bench.suite import SilentBenchProgress, Workers
+    from latentmuse.bench.suite import Workers
+    from latentmuse.progress import SilentProgress
 
-    got = Workers(tmp_path, SilentBenchProgress()).run({"job": "no-such-job"})
+    got = Workers(tmp_path, SilentProgress()).run({"job": "no-such-job"})
     assert set(got) == {"skipped"} and got["skipped"].startswith("failed: the worker exited with 1: KeyError")
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
 
 from ..artifacts.export_report import REPORT_NAME, REPORT_SCHEMA, read_report
 from ..artifacts.onnx_files import external_data_files
@@ -39,6 +38,7 @@ from ..files import atomic_write, check_output_path
 from ..graphs.registry import ALL_GRAPHS, GRAPHS, unet3d_graph
 from ..models.layouts import LATENTSYNC_RESOLUTION
 from ..models.smoke import SMOKE
+from ..progress import Progress, SilentProgress
 from ..runners.select import EngineStore, engines_dir
 from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .worker import TAG
@@ -49,29 +49,6 @@ FPS = 25
 WHISPER_FRAMES = 30 * FPS
 #: One UNet3D call is one DDIM step of a 16-frame window.
 UNET3D_FRAMES = 16
-
-
-class BenchProgress(Protocol):
-    """What the suite reports while it works (the CLI shows it as rich progress bars)."""
-
-    def phase(self, name: str, total: int | None) -> None: ...
-    def advance(self, name: str) -> None: ...
-    def status(self, text: str) -> None: ...
-    def note(self, message: str) -> None: ...
-
-
-class SilentBenchProgress:
-    def phase(self, name: str, total: int | None) -> None:
-        pass
-
-    def advance(self, name: str) -> None:
-        pass
-
-    def status(self, text: str) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        pass
 
 
 @dataclass
@@ -198,7 +175,7 @@ def prepare(options: BenchOptions) -> Plan:
 class Workers:
     """Runs worker jobs one after another (never in parallel: they would share the cores)."""
 
-    def __init__(self, folder: Path, progress: BenchProgress) -> None:
+    def __init__(self, folder: Path, progress: Progress) -> None:
         self.folder, self.progress = folder, progress
         self.count = 0
 
@@ -272,7 +249,7 @@ def _link_validated(store: EngineStore, graphs: list[str], target: Path) -> list
     return linked
 
 
-def ensure_onnx(plan: Plan, workers: Workers, tmp: Path, progress: BenchProgress) -> tuple[Path, dict | None]:
+def ensure_onnx(plan: Plan, workers: Workers, tmp: Path, progress: Progress) -> tuple[Path, dict | None]:
     """The engines folder ONNX Runtime runs from, and what was exported into a temporary one (None: nothing)."""
     options = plan.options
     needed = [g for g in dict.fromkeys([*plan.graphs, *(plan.pipeline_graphs if options.end_to_end else [])])
@@ -288,7 +265,7 @@ def ensure_onnx(plan: Plan, workers: Workers, tmp: Path, progress: BenchProgress
     progress.note(f"ort: {plan.engines}{os.sep} has no validated ONNX of these weights for {', '.join(lacking)}: "
                   f"exporting them ({precisions}) into {onnx_dir}, removed afterwards")
     reused = _link_validated(store, [g for g in needed if g not in lacking], onnx_dir)
-    progress.phase("export", None)
+    progress.start("export", None)
     tic = time.perf_counter()
     outcome = workers.run({"job": "export", "graphs": lacking, "weights": str(options.weights),
                            "out_dir": str(onnx_dir), "fp16": cuda, "seed": options.seed})
@@ -322,18 +299,18 @@ def ratios(result: dict) -> dict:
     return out
 
 
-def _notice(progress: BenchProgress, said: set, backend: str, reason: str, what: str) -> None:
+def _notice(progress: Progress, said: set, backend: str, reason: str, what: str) -> None:
     key = (backend, reason)
     if key not in said:
         said.add(key)
         progress.note(f"{backend} skipped for {what}: {reason}")
 
 
-def run_bench(options: BenchOptions, progress: BenchProgress | None = None, plan: Plan | None = None) -> dict:
+def run_bench(options: BenchOptions, progress: Progress | None = None, plan: Plan | None = None) -> dict:
     """Measure (see the module doc); the result dict of ``--json``. Raises if no backend ran at all."""
     from .measure import machine
 
-    progress = progress or SilentBenchProgress()
+    progress = progress or SilentProgress()
     plan = plan or prepare(options)
     cuda = plan.device.startswith("cuda")
     if str(options.weights) == SMOKE:
@@ -404,7 +381,7 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None, plan
         flops_jobs = [g for g in plan.graphs if cuda and ("torch" not in plan.backends or ("torch", g) in skip)
                       and not (plan.unet3d_missing and g in plan.unet3d.values())]
         e2e = [b for b in plan.backends if (b, "end_to_end") not in skip] if options.end_to_end else []
-        progress.phase("measure", len(jobs) + len(flops_jobs) + len(e2e))
+        progress.start("measure", len(jobs) + len(flops_jobs) + len(e2e))
 
         for graph, work in plan.graphs.items():
             entry = result["graphs"][graph] = {**work, "flops_per_frame": None}

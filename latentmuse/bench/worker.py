@@ -135,6 +135,9 @@ class _ForwardedProgress:
         total = self.totals.get(stage)
         say(f"{self.backend} end to end: {stage} {self.done[stage]}" + (f"/{total}" if total else ""))
 
+    def status(self, text: str) -> None:
+        say(f"{self.backend} end to end: {text}")
+
     def note(self, message: str) -> None:
         pass
 
@@ -180,6 +183,7 @@ def pipeline_job(req: dict) -> dict:
         "frames_per_s": round(report.frames_out / seconds, 3) if seconds > 0 else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_device_mb": memory.peak_mb(),
+        "first_frame_seconds": report.first_frame_seconds,
         "stages": stage_rates(report),
         "runners": report.runners,
         "frames_processed": report.frames_processed,

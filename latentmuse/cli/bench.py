@@ -43,17 +43,17 @@ class BenchBars:
             self.bars.update(task, now="")
         self.bars.stop()
 
-    def phase(self, name: str, total: int | None) -> None:
+    def start(self, name: str, total: int | None) -> None:
         self.check()
         if self.current is not None:
             self.bars.update(self.tasks[self.current], now="")
         self.tasks[name] = self.bars.add_task(_PHASES.get(name, name), total=total, now="")
         self.current = name
 
-    def advance(self, name: str) -> None:
+    def advance(self, name: str, amount: int = 1) -> None:
         self.check()
         task = self.tasks[name]
-        self.bars.advance(task)
+        self.bars.advance(task, amount)
         if self.bars.tasks[task].total is None:
             self.bars.update(task, total=self.bars.tasks[task].completed)
 

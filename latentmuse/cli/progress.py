@@ -48,5 +48,9 @@ class RichProgress:
         if self.bars.tasks[task].total is None:
             self.bars.update(task, total=self.bars.tasks[task].completed)
 
+    def status(self, text: str) -> None:
+        """What runs now: shown by the bench's bars; a run's bars say it already."""
+        self.check()
+
     def note(self, message: str) -> None:
         self.console.print(f"[bold yellow]{escape(message)}[/]")

@@ -93,7 +93,10 @@ def summary_table(result: RunReport, title: str) -> Table:
     if result.retries:
         table.add_row("smaller batches", "; ".join(f"{r['generator']} {r['batch'][0]} -> {r['batch'][1]} from frame "
                                                    f"{r['frames'][0][0]}: {r['reason']}" for r in result.retries))
-    table.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stages.items() if "." not in k))
+    if result.first_frame_seconds is not None:
+        table.add_row("first frame", f"{result.first_frame_seconds:.1f} s after the start")
+    table.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stages.items() if "." not in k)
+                  + " (stages overlap)")
     if result.stages:
         table.add_row("generator seconds", ", ".join(f"{k.split('.', 1)[1]} {v:.1f}" for k, v in result.stages.items() if "." in k))
     return table
