@@ -170,15 +170,25 @@ def test_a_folder_pairs_languages_with_their_video_and_caches_faces(capsys, clip
     shutil.copy(clip.video, folder / "talk.mp4")
     write_wav(folder / "talk.de.wav", 0.6)
     write_wav(folder / "talk.fr.wav", 0.8, freq=330.0)
+    from latentmuse.runtime.faces import DlibFrontEnd
+
+    detected, original = [], DlibFrontEnd.candidates
+    monkeypatch.setattr(DlibFrontEnd, "candidates", lambda self, frames: detected.append(len(frames)) or original(self, frames))
     code, out, err = run_cli(capsys, "batch", str(folder), *COMMON, "--cache", str(tmp_path / "cache"))
     assert code == 0, err
+    assert sum(detected) == 20  # 15 frames for the German track, the French one's 5 more
     summary = json.loads((folder / "lipsynced" / "batch.summary.json").read_text())
     assert [(j["output"].rsplit("/", 1)[1], j["face_cache"]) for j in summary["jobs"]] == \
-        [("talk.de.mp4", "miss"), ("talk.fr.mp4", "miss")]  # the French track is longer: 20 frames, not 15
+        [("talk.de.mp4", "miss"), ("talk.fr.mp4", "partial")]  # the French track is longer: 20 frames, not 15,
+    # so its run extends the German run's entry (only the 5 new frames are detected) and replaces it
+    from latentmuse.runtime.facecache import FaceCache
+
+    assert [entry.frames for entry in FaceCache(tmp_path / "cache").entries()] == [20]
     (folder / "lipsynced" / "talk.de.mp4").unlink()
     code, out, err = run_cli(capsys, "batch", str(folder), *COMMON, "--cache", str(tmp_path / "cache"))
     assert code == 0 and [j["face_cache"] for j in json.loads((folder / "lipsynced" / "batch.summary.json").read_text())["jobs"]] \
         == ["hit", ""]
+    assert sum(detected) == 20  # the hit detected nothing
     (folder / "orphan.wav").write_bytes(b"")
     with pytest.raises(LatentmuseError, match="names no video: orphan.wav"):
         from latentmuse.batch.jobs import read_jobs
