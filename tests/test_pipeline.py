@@ -125,6 +125,8 @@ def test_report_json_has_the_contract_fields(memory_run):
         assert key in data
     assert data["generator"] == "musetalk" and data["fps"] == "25/1" and data["frames_by_generator"] == {"musetalk": 30}
     assert {"audio_features", "faces", "generate_and_write"} <= set(data["stages"])
+    # the first frame reached the encoder once the run was under way, before its generation ended
+    assert 0 < data["first_frame_seconds"] < sum(data["stages"][s] for s in ("validate", "load_models", "generate_and_write"))
     assert any("SMOKE" in w for w in data["warnings"])
 
 
