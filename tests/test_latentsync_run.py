@@ -15,7 +15,8 @@ import torch
 from latentmuse.models.random_weights import write_random_weights
 from latentmuse.runtime import media
 from latentmuse.runtime.runner_set import load_torch_models
-from latentmuse.runtime.pipeline import RunOptions, run
+from latentmuse.runtime.lipsync import run
+from latentmuse.runtime.options import RunOptions
 from latentmuse.samples import build_sample
 
 from .conftest import run_cli
@@ -43,7 +44,7 @@ def weights_with_broken_unet3d(weights_without_unet3d, tmp_path) -> Path:
 
 
 def test_auto_without_unet3d_weights_is_musetalk(sample, weights_without_unet3d, tmp_path):
-    report = run(RunOptions(video=sample.video, output=tmp_path / "o.mp4", weights=weights_without_unet3d,
+    report = run(RunOptions.flat(video=sample.video, output=tmp_path / "o.mp4", weights=weights_without_unet3d,
                             face_detector="dlib"), sink=media.MemorySink())
     assert report.generator == "musetalk" and report.frames_by_generator == {"musetalk": 30}
     assert report.fallbacks == [] and report.steps is None
@@ -53,14 +54,14 @@ def test_a_random_weights_folder_runs_the_hybrid_path_like_smoke(sample, weights
     root = tmp_path / "weights"
     shutil.copytree(weights_without_unet3d, root)
     write_random_weights(root, models=["unet3d"])  # `latentmuse weights random` writes all seven
-    report = run(RunOptions(video=sample.video, output=tmp_path / "o.mp4", weights=root, face_detector="dlib",
+    report = run(RunOptions.flat(video=sample.video, output=tmp_path / "o.mp4", weights=root, face_detector="dlib",
                             steps=1), sink=media.MemorySink())
     assert report.generator == "latentsync" and report.frames_by_generator == {"latentsync": 30}
     assert report.fallbacks == [] and report.resolution == 256
 
 
 def test_missing_unet3d_weights_fall_back_to_musetalk_for_every_frame(sample, weights_without_unet3d, tmp_path):
-    report = run(RunOptions(video=sample.video, output=tmp_path / "o.mp4", weights=weights_without_unet3d,
+    report = run(RunOptions.flat(video=sample.video, output=tmp_path / "o.mp4", weights=weights_without_unet3d,
                             face_detector="dlib", generator="latentsync"), sink=media.MemorySink())
     assert report.generator == "latentsync" and report.frames_by_generator == {"musetalk": 30}
     (record,) = report.fallbacks
@@ -70,7 +71,7 @@ def test_missing_unet3d_weights_fall_back_to_musetalk_for_every_frame(sample, we
 
 
 def test_unet3d_that_fails_to_load_falls_back(sample, weights_with_broken_unet3d, tmp_path):
-    report = run(RunOptions(video=sample.video, output=tmp_path / "o.mp4", weights=weights_with_broken_unet3d,
+    report = run(RunOptions.flat(video=sample.video, output=tmp_path / "o.mp4", weights=weights_with_broken_unet3d,
                             face_detector="dlib"), sink=media.MemorySink())
     assert report.generator == "latentsync"  # auto: the weights have a UNet3D file
     (record,) = report.fallbacks
@@ -138,7 +139,7 @@ def test_pipeline_runs_with_every_runner_in_float64(short_sample, tmp_path, gene
     def frames_with(dtype):
         models = load_torch_models("smoke", torch.device("cpu"), unet3d=generator == "latentsync", dtype=dtype)
         sink = media.MemorySink()
-        report = run(RunOptions(video=short_sample.video, output=tmp_path / "o.mp4", weights="smoke",
+        report = run(RunOptions.flat(video=short_sample.video, output=tmp_path / "o.mp4", weights="smoke",
                                 face_detector="dlib", generator=generator, steps=1), sink=sink, models=models)
         cut = len(short_sample.cutaway_frames)
         assert report.fallbacks == [] and report.frames_no_face == cut > 0
