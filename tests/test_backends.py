@@ -25,7 +25,8 @@ from latentmuse.runners.compare import compare, run_all
 from latentmuse.runners.ort_runner import OrtRunner
 from latentmuse.runners.select import EngineStore, Selector, TorchModels
 from latentmuse.runtime import media
-from latentmuse.runtime.pipeline import RunOptions, run
+from latentmuse.runtime.lipsync import run
+from latentmuse.runtime.options import RunOptions
 from latentmuse.samples import build_sample
 from latentmuse.system import GpuInfo
 
@@ -78,7 +79,7 @@ def test_runner_checks_inputs_against_the_spec(engines):
 def test_a_run_on_onnx_runtime_matches_pytorch(engines, clip, tmp_path, generator):
     def frames(backend):
         sink = media.MemorySink()
-        report = run(RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
+        report = run(RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
                                 generator=generator, backend=backend, engines=engines, steps=2), sink=sink)
         return sink.frames, report
 
@@ -112,8 +113,9 @@ def test_backend_ort_for_other_weights_is_refused(engines, clip, tmp_path):
 def test_engines_only_run_imports_neither_diffusers_nor_transformers(engines, clip, tmp_path):
     script = (
         "import sys, json\n"
-        "from latentmuse.runtime.pipeline import RunOptions, run\n"
-        f"r = run(RunOptions(video={str(clip.video)!r}, output={str(tmp_path / 'o.mp4')!r}, weights='smoke',"
+        "from latentmuse.runtime.lipsync import run\n"
+        "from latentmuse.runtime.options import RunOptions\n"
+        f"r = run(RunOptions.flat(video={str(clip.video)!r}, output={str(tmp_path / 'o.mp4')!r}, weights='smoke',"
         f" face_detector='dlib', backend='ort', engines={str(engines)!r}, steps=1))\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers'))\n"
         "print(json.dumps({'heavy': heavy, 'generator': r.generator, 'backend': r.backend,"
@@ -205,7 +207,7 @@ def test_a_unet3d_engine_failing_mid_run_sends_its_window_to_musetalk(built, fak
     monkeypatch.setattr(fake_trt.IExecutionContext, "execute_async_v3", flaky)
     monkeypatch.setattr("latentmuse.runners.select.trt_gpu", lambda device: GPU)
     sink = media.MemorySink()
-    report = run(RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
+    report = run(RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
                             backend="auto", engines=built, steps=2), sink=sink)
     assert report.runners["unet3d"]["backend"] == "trt"
     (record,) = report.fallbacks
