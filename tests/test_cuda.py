@@ -18,7 +18,8 @@ from latentmuse.graphs.registry import GRAPHS
 from latentmuse.runners.compare import cosine, run_all
 from latentmuse.runners.select import TorchModels
 from latentmuse.runtime import media
-from latentmuse.runtime.pipeline import RunOptions, run
+from latentmuse.runtime.lipsync import run
+from latentmuse.runtime.options import RunOptions
 from latentmuse.samples import build_sample
 
 from .conftest import RUN_GRAPHS, run_cli
@@ -87,7 +88,7 @@ def test_tensorrt_runner_replays_cuda_graphs_correctly(engines, tmp_path):
 def test_the_pipeline_in_fp16_on_cuda_matches_fp32_on_the_cpu(clip, tmp_path, generator):
     def frames(device, precision):
         sink = media.MemorySink()
-        report = run(RunOptions(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
+        report = run(RunOptions.flat(video=clip.video, output=tmp_path / "o.mp4", weights="smoke", face_detector="dlib",
                                 generator=generator, backend="torch", device=device, precision=precision, steps=2),
                      sink=sink)
         return sink.frames, report

@@ -516,8 +516,7 @@ def test_a_clips_own_audio_is_read_in_the_probes_pass(tmp_path: Path, monkeypatc
     assert np.array_equal(track.samples, apart[1].samples) and track.frame_sizes == apart[1].frame_sizes
     assert np.array_equal(track.mono(16000), apart[1].mono(16000))
     silent = write_index_video(tmp_path / "silent.mp4", 5, gop=5)
-    with pytest.raises(LatentmuseError, match="has no audio track"):
-        media.probe_clip(silent)
+    assert media.probe_clip(silent)[1] is None  # the caller says "no audio track" after its other checks
 
 
 # -------------------------------------------------------------------------------- writing: faults, concurrency

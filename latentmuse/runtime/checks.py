@@ -94,6 +94,8 @@ def check_inputs(options: RunOptions) -> ClipInputs:
     media.choose_codec(options.output, options.clip.codec, (info.width, info.height))  # it can code this size
     if options.audio is not None:
         audio = media.decode_audio(options.audio, what="audio file")
+    elif audio is None:
+        raise media.no_audio_error(options.video, "video")
     waveform = audio.mono(FEATURE_RATE)
     n_out = output_frame_count(len(waveform), info.fps)
     if n_out == 0:

@@ -52,6 +52,7 @@ from __future__ import annotations
 from .audio import AudioTrack, decode_audio, load_audio
 from .formats import CODECS, OUTPUT_FORMATS, VIDEO_CODECS, choose_codec
 from .frames import DEFAULT_CHUNK, FrameSource, iter_frames
+from .opening import no_audio_error
 from .paths import check_output_path
 from .probing import is_variable_frame_rate, probe, probe_clip
 from .writer import FrameSink, MemorySink, VideoWriter
@@ -73,6 +74,7 @@ __all__ = [
     "is_variable_frame_rate",
     "iter_frames",
     "load_audio",
+    "no_audio_error",
     "probe",
     "probe_clip",
 ]

@@ -94,5 +94,10 @@ def _audio_stream(
     """The first audio track; ``what`` ("video" or "audio file") says which fix fits its absence."""
     streams = [s for s in container.streams.audio if s.codec_context is not None]
     if not streams:
-        raise LatentmuseError(f"{path} has no audio track.", NO_TRACK_FIX.get(what, NO_TRACK_FIX["video"]))
+        raise no_audio_error(path, what)
     return streams[0]
+
+
+def no_audio_error(path: Path, what: str = "video") -> LatentmuseError:
+    """"PATH has no audio track." with the fix for where the audio was asked for."""
+    return LatentmuseError(f"{path} has no audio track.", NO_TRACK_FIX.get(what, NO_TRACK_FIX["video"]))

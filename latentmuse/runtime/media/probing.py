@@ -13,7 +13,7 @@ import av
 from ...errors import LatentmuseError
 from ..contracts import VideoInfo
 from .audio import AudioTrack, TrackDecoder
-from .opening import _audio_stream, _corrupt, _open_input, _video_stream
+from .opening import _corrupt, _open_input, _video_stream
 from .orientation import Orientation, frame_orientation
 
 
@@ -162,13 +162,12 @@ def probe(path: Path | str) -> VideoInfo:
     return _probe(Path(path))[0]
 
 
-def probe_clip(path: Path | str) -> tuple[VideoInfo, AudioTrack]:
+def probe_clip(path: Path | str) -> tuple[VideoInfo, AudioTrack | None]:
     """:func:`probe` and :func:`~.audio.decode_audio` of the video's own track in one open and one
     demux pass (a clip whose audio is its own track reads its file once before decoding frames).
-    The video's errors come first, then "no audio track" with the fix for a video's own track."""
-    info, track = _probe(Path(path), audio=True)
-    assert track is not None
-    return info, track
+    The video's errors come first; a video without an audio track gives ``None`` for the track, so
+    the caller can make its other checks before saying so (:func:`~.opening.no_audio_error`)."""
+    return _probe(Path(path), audio=True)
 
 
 def _probe(path: Path, audio: bool = False) -> tuple[VideoInfo, AudioTrack | None]:
@@ -218,8 +217,6 @@ def _probe(path: Path, audio: bool = False) -> tuple[VideoInfo, AudioTrack | Non
         timestamps = tuple(sorted(ts for ts, _ in packets))
         if audio_failure is not None:
             raise audio_failure
-        if audio and decoder is None:
-            _audio_stream(container, path, "video")  # raises: no audio track, with the fix
         info = VideoInfo(
             path=path,
             width=width,
