@@ -32,6 +32,7 @@ class BenchBars:
             TimeElapsedColumn(), TextColumn("{task.fields[now]}"), console=console, transient=False,
         )
         self.tasks: dict[str, int] = {}
+        self.open_ended: set[str] = set()  # stages started without a total
         self.current: str | None = None
 
     def __enter__(self) -> BenchBars:
@@ -48,13 +49,15 @@ class BenchBars:
         if self.current is not None:
             self.bars.update(self.tasks[self.current], now="")
         self.tasks[name] = self.bars.add_task(_PHASES.get(name, name), total=total, now="")
+        if total is None:
+            self.open_ended.add(name)
         self.current = name
 
     def advance(self, name: str, amount: int = 1) -> None:
         self.check()
         task = self.tasks[name]
         self.bars.advance(task, amount)
-        if self.bars.tasks[task].total is None:
+        if name in self.open_ended:  # total unknown until the stage ends: the bar shows what is done
             self.bars.update(task, total=self.bars.tasks[task].completed)
 
     def status(self, text: str) -> None:

@@ -23,6 +23,7 @@ class RichProgress:
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         )
         self.tasks: dict[str, int] = {}
+        self.open_ended: set[str] = set()  # stages started without a total
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -38,6 +39,10 @@ class RichProgress:
             self.bars.reset(self.tasks[stage], total=total)
         else:
             self.tasks[stage] = self.bars.add_task(_LABELS.get(stage, stage), total=total)
+        if total is None:
+            self.open_ended.add(stage)
+        else:
+            self.open_ended.discard(stage)
         if total == 0:  # nothing to do (e.g. no window in a clip without a face): shown finished, not spinning
             self.bars.update(self.tasks[stage], completed=0)
 
@@ -45,7 +50,7 @@ class RichProgress:
         self.check()
         task = self.tasks[stage]
         self.bars.advance(task, amount)
-        if self.bars.tasks[task].total is None:
+        if stage in self.open_ended:  # total unknown until the stage ends: the bar shows what is done
             self.bars.update(task, total=self.bars.tasks[task].completed)
 
     def status(self, text: str) -> None:
