@@ -4,23 +4,27 @@ the first frame early, faces from the cache never detected again.
 The reference frames are per-frame sha256 digests (tests/data/golden_sample_frames.json) of runs on
 the 5 s demo clip made by the previous release's code path (commit 95fc06f: a whole-clip face pass,
 then generation), with the same weights, seed and front-end detection settings (dlib at upsample 0,
-frames shrunk to 640 px, as before the per-clip detection scale).
+frames shrunk to 640 px, as before the per-clip detection scale). They are the frames handed to the
+encoder; what the encoder makes of them is not reproducible bit for bit once the file has an audio
+stream (x264's packets differ from run to run, in both releases), so it is not compared.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from skimage.data import astronaut
 
 from latentmuse.runtime import faces as faces_module
 from latentmuse.runtime import media
 from latentmuse.runtime.lipsync import LipSync, run
 from latentmuse.runtime.options import RunOptions
-from latentmuse.samples import build_sample
+from latentmuse.samples import DEFAULT_TEXT, render_frame, speak
 
 from .helpers import count_av, write_wav
 
@@ -32,14 +36,27 @@ def digests(frames) -> list[str]:
     return [hashlib.sha256(np.ascontiguousarray(f).tobytes()).hexdigest()[:16] for f in frames]
 
 
+def whole_digest(frames) -> str:
+    return hashlib.sha256(b"".join(np.ascontiguousarray(f).tobytes() for f in frames)).hexdigest()[:16]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The 5 s demo clip (build_sample's defaults) and a 7.3 s tone for a ping-pong run."""
+    """The inputs the digests were taken on: the demo clip's 125 frames encoded without audio (x264's
+    output is reproducible then; with an audio stream in the same file it is not, in this release or
+    the previous one), its speech as a wav, and a 7.3 s tone for a ping-pong run."""
     folder = tmp_path_factory.mktemp("demo")
-    sample = build_sample(folder)
-    if hashlib.sha256(sample.video.read_bytes()).hexdigest() != GOLDEN["sample_sha256"]:
-        pytest.skip("this machine's espeak-ng/libx264 make another demo clip than the one the digests were taken on")
-    return sample, write_wav(folder / "long.wav", 7.3)
+    image = np.ascontiguousarray(astronaut()[:, :, ::-1])
+    video = folder / "demo_silent.mp4"
+    with media.VideoWriter(video, 320, 320, Fraction(25), None, crf=18, preset="fast") as writer:
+        for index in range(125):
+            writer.write(render_frame(index, 125, (320, 320), range(50, 75), image))
+    speech = folder / "speech.wav"
+    speak(DEFAULT_TEXT, speech)
+    decoded = whole_digest(media.iter_frames(video)), hashlib.sha256(media.load_audio(speech).tobytes()).hexdigest()[:16]
+    if decoded != (GOLDEN["video_frames"], GOLDEN["speech_16k"]):
+        pytest.skip(f"this machine's libx264/espeak-ng make other inputs ({decoded}) than the digests were taken on")
+    return video, speech, write_wav(folder / "long.wav", 7.3)
 
 
 @pytest.fixture
@@ -54,23 +71,22 @@ def old_detection(monkeypatch):
     ("musetalk_pingpong", dict(generator="musetalk", audio="long")),
 ])
 def test_the_stream_makes_the_frames_of_the_previous_pipeline(demo, old_detection, case, options, tmp_path):
-    sample, long_audio = demo
+    video, speech, long_audio = demo
     options = dict(options)
-    audio = long_audio if options.pop("audio", None) else None
+    audio = long_audio if options.pop("audio", None) else speech
     sink = media.MemorySink()
-    report = run(RunOptions.flat(sample.video, tmp_path / "unused.mp4", audio=audio, **SMOKE, **options), sink=sink)
+    report = run(RunOptions.flat(video, tmp_path / "unused.mp4", audio=audio, **SMOKE, **options), sink=sink)
     assert report.status == "ok"
     got = digests(sink.frames)
     assert len(got) == len(GOLDEN[case])
     assert [i for i, (a, b) in enumerate(zip(got, GOLDEN[case])) if a != b] == []
 
 
-def test_the_encoded_output_decodes_to_the_previous_frames(demo, old_detection, tmp_path):
-    sample, _ = demo
+def test_first_frame_seconds_is_reported_and_precedes_the_end(demo, tmp_path):
+    video, speech, _ = demo
     output = tmp_path / "out.mp4"
-    report = run(RunOptions.flat(sample.video, output, generator="musetalk", **SMOKE))
-    assert report.status == "ok" and report.frames_written == 125
-    assert digests(media.iter_frames(output)) == GOLDEN["musetalk_encoded"]
+    report = run(RunOptions.flat(video, output, audio=speech, generator="musetalk", **SMOKE))
+    assert report.status == "ok" and report.frames_written == report.frames_out == 101
     assert report.first_frame_seconds is not None
     assert 0 < report.first_frame_seconds < sum(report.stages[s] for s in ("validate", "load_models", "generate_and_write"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # one file written, no side files
