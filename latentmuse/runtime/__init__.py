@@ -1,5 +1,6 @@
-"""The staged lip-sync pipeline: media in, faces, audio features, data generation, generators, media out.
+"""The lip-sync runtime: one clip as one stream (media in, faces, audio features, windows, generators,
+media out), and the ``LipSync`` API that holds the loaded networks for many clips.
 
-Stages exchange the small dataclasses in :mod:`latentmuse.runtime.contracts`; :mod:`.pipeline` wires
-them and owns the progress display and the run report.
+Stages exchange the small dataclasses in :mod:`latentmuse.runtime.contracts`; docs/ARCHITECTURE.md
+("A run is one stream", "Runtime modules") says which module does what.
 """
