@@ -20,8 +20,8 @@ from ..progress import Progress, SilentProgress
 from . import media
 from .audio import AudioFeatures
 from .cachekeys import face_cache_key, latent_session
-from .checks import ClipInputs, check_inputs, check_options
-from .facecache import FaceCache
+from .checks import ClipInputs, check_options
+from .facecache import FaceCache, FaceTrack
 from .heap import HeapTrimmer
 from .options import LoadOptions, RunOptions
 from .overlap import BackgroundSink, Prefetch
@@ -130,7 +130,7 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
 
         features = AudioFeatures(inputs.waveform, info.fps, session.models["whisper_encoder"], session.models["whisper_post_ln"])
         heap = HeapTrimmer()  # long clips: freed frame buffers go back to the system (runtime/heap.py)
-        faces = FaceStage(front_end, tracker, chain.usable, clip.face_batch_size, known, heap, progress)
+        faces = FaceStage(front_end, tracker, chain.usable, clip.face_batch_size, known or FaceTrack(), heap, progress)
         counts = StreamCounts()
         n_out = inputs.n_out
         progress.start("faces", max(0, n_frames - (len(known) if known is not None else 0)))
@@ -173,6 +173,7 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
 
     track = faces.track
     if cache is not None and faces.detected:
+        track.checkpoint(faces.tracker)  # the tracker's state at the end, so a longer run can extend it
         cache.put(face_key, track, options.video)
     report_faces(report, track, inputs.schedule, warn)
     for name, clock in chain.clocks.items():

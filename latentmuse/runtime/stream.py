@@ -14,7 +14,6 @@ batch, the frames a pending window still needs), not by the clip.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,51 +35,38 @@ from .tracking import FaceTracker
 class FaceStage:
     """The faces of a clip's input frames, found in input order as the stream reaches them.
 
-    ``known`` is a face-cache entry's track (any length; ``None`` for none): its frames pass on with
-    their cached faces and the tracker resumes after its last frame. Frames past it are detected
-    ``batch_size`` at a time by ``front_end`` and followed by ``tracker``; a face ``usable`` rejects
-    (no generator of the run can work on it) counts as none. The track grows as frames are found;
-    :attr:`track` is the pass over every input frame seen so far (what the face cache stores).
+    ``track`` is the pass so far: empty, or a face-cache entry of any length, whose frames pass on with
+    their cached faces (``tracker`` then resumes after its last frame, :meth:`FaceTrack.tracker`).
+    Frames past it are detected ``batch_size`` at a time by ``front_end``, confirmed by ``tracker``
+    and appended to ``track`` (:meth:`FaceTrack.confirm`); a face ``usable`` rejects (no generator of
+    the run can work on it) counts as none. At the end, ``track`` is what the face cache stores.
     """
 
     front_end: FaceFrontEnd
     tracker: FaceTracker
     usable: Callable[[Face, Sequence[int]], bool]
     batch_size: int
-    known: FaceTrack | None = None
+    track: FaceTrack = field(default_factory=FaceTrack)
     heap: HeapTrimmer | None = None
     progress: Progress | None = None
     detected: int = 0  # frames run through the detector
     seconds: float = 0.0  # spent detecting (on the stage's thread)
-    faces: list[Face | None] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.known is not None:
-            self.faces = list(self.known.faces)
-
-    @property
-    def track(self) -> FaceTrack:
-        """The pass over the input frames found so far: the cached entry extended by what was detected."""
-        with self._lock:
-            if not self.detected and self.known is not None:
-                return self.known
-            return FaceTrack.from_tracker(list(self.faces), self.tracker)
 
     def jobs(self, decoded: Iterable[tuple[int, np.ndarray]], schedule: Sequence[int]) -> Iterator[FrameJob]:
         """Each decoded ``(input index, frame)`` of the schedule as a :class:`FrameJob` with its face."""
         pending: list[FrameJob] = []
+        faces = self.track.faces
         for out_index, (in_index, frame) in enumerate(decoded):
             if in_index != schedule[out_index]:  # a decoding fault must not silently shift the video
                 raise RuntimeError(f"frame source gave frame {in_index} for output {out_index}, expected {schedule[out_index]}")
-            if in_index < len(self.faces) + len(pending):  # found, or waiting in this batch (a ping-pong turn)
+            if in_index < len(faces) + len(pending):  # found, or waiting in this batch (a ping-pong turn)
                 yield from self._detect(pending)
                 pending = []
-                yield FrameJob(out_index, in_index, frame, self.faces[in_index])
+                yield FrameJob(out_index, in_index, frame, faces[in_index])
                 continue
-            if in_index != len(self.faces) + len(pending):
+            if in_index != len(faces) + len(pending):
                 raise RuntimeError(f"input frame {in_index} reached the face stage out of order "
-                                   f"({len(self.faces)} found, {len(pending)} waiting)")
+                                   f"({len(faces)} found, {len(pending)} waiting)")
             pending.append(FrameJob(out_index, in_index, frame, None))
             if len(pending) == self.batch_size:
                 yield from self._detect(pending)
@@ -97,11 +83,9 @@ class FaceStage:
         selections = [self.tracker.select(found, frame.shape)
                       for found, frame in zip(self.front_end.candidates(frames), frames)]
         marked = self.front_end.landmarks(frames, [sel.candidate for sel in selections])
-        with self._lock:
-            for sel, face, job in zip(selections, marked, batch):
-                usable = face if face is not None and self.usable(face, job.frame.shape) else None
-                job.face = self.tracker.confirm(sel, usable)
-                self.faces.append(job.face)
+        for sel, face, job in zip(selections, marked, batch):
+            usable = face if face is not None and self.usable(face, job.frame.shape) else None
+            job.face = self.track.confirm(self.tracker, sel, usable)
         self.detected += len(batch)
         self.seconds += time.perf_counter() - tic
         if self.progress is not None:
