@@ -1,4 +1,5 @@
-"""The run report: what a clip's run did, written on every outcome once its path is known good (README, "The run report")."""
+"""The run report: what a clip's run did, written on every outcome once its path is known good (the
+README lists its fields)."""
 
 from __future__ import annotations
 

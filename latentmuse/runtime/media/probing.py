@@ -159,6 +159,7 @@ def _scan(container, stream, path: Path, audio: TrackDecoder | None = None
 
 
 def probe(path: Path | str) -> VideoInfo:
+    """A video's :class:`VideoInfo` from one open and one demux pass (see :func:`_probe`)."""
     return _probe(Path(path))[0]
 
 
