@@ -119,11 +119,6 @@ class GeneratorChain:
         return self.primary if self.primary is not None else self.fallback  # type: ignore[return-value]
 
     @property
-    def audio_layouts(self) -> list[str]:
-        """The layouts the run will certainly read (the fallback's is computed if a window needs it)."""
-        return [self.planning.audio_layout]
-
-    @property
     def clocks(self) -> dict[str, StageClock]:
         return {g.name: g.clock for g in self.generators}
 
