@@ -277,6 +277,43 @@ def test_runtime_skips_an_onnx_whose_side_file_is_gone(tmp_path):
     assert path is None and f"{NAME}.onnx.data" in why and "missing" in why
 
 
+def test_runtime_trusts_an_untouched_export_by_its_recorded_stat_without_parsing_it(tmp_path, monkeypatch):
+    """A run reads the export record instead of the ONNX header (parsing it means importing onnx, ~0.6 s
+    before the first frame); any file touched since, or a record naming a file elsewhere, means a hash."""
+    import os
+
+    from latentmuse.artifacts import onnx_files
+    from latentmuse.runners.select import EngineStore
+
+    out = tmp_path / "engines" / "onnx"
+    r = _export(out, external_data_threshold_bytes=0)
+    fp32, side = out / f"{NAME}.onnx", out / f"{NAME}.onnx.data"
+    recorded = read_report(out / REPORT_NAME)[NAME]["stat"]
+    assert [name for name, *_ in recorded] == [fp32.name, side.name]
+    assert onnx_files.unchanged_since(fp32, recorded)
+
+    def no_parsing(path):
+        raise AssertionError(f"parsed {path}")
+
+    monkeypatch.setattr(onnx_files, "external_data_files", no_parsing)
+    path, why = EngineStore(tmp_path / "engines", "smoke").onnx(NAME, "fp32")
+    assert path == fp32 and "validated" in why
+    monkeypatch.undo()
+
+    stat = side.stat()
+    os.utime(side, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched: same bytes, new mtime
+    assert not onnx_files.unchanged_since(fp32, recorded)
+    path, why = EngineStore(tmp_path / "engines", "smoke").onnx(NAME, "fp32")
+    assert path == fp32, why  # hashed again: the bytes are the recorded ones
+    data = side.read_bytes()
+    side.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # changed: the hash no longer matches
+    path, why = EngineStore(tmp_path / "engines", "smoke").onnx(NAME, "fp32")
+    assert path is None, why
+    for bad in ([], "x", [[fp32.name, 1]], [["../" + fp32.name, *recorded[0][1:]]], [[side.name, *recorded[1][1:]]],
+                [recorded[0], ["../outside.data", 1, 1]]):
+        assert not onnx_files.unchanged_since(fp32, bad), bad
+
+
 def test_cli_failed_reexport_says_it_kept_the_previous_one(tmp_path, capsys, monkeypatch):
     out = tmp_path / "o"
     code, stdout, err = run_cli(capsys, "export", "--weights", "smoke", "--graphs", NAME, "--out", str(out),

@@ -83,6 +83,27 @@ def onnx_stat(path: str | Path) -> list[list]:
     return [[p.name, *_stat(p)] for p in model_files(path)]
 
 
+def unchanged_since(path: str | Path, recorded: object) -> bool:
+    """Whether the model at ``path`` is the one whose :func:`onnx_stat` was ``recorded``, judged from the
+    recorded files' names, sizes and mtimes alone.
+
+    The header is the first recorded file: while it is untouched, the side files it names are the
+    recorded ones, so nothing is parsed (parsing needs the ``onnx`` package, whose import alone costs
+    a run ~0.6 s on a CPU before its first frame). Anything unexpected (a malformed record, a name
+    that is not a plain file name beside the model, a file gone) is False: the caller hashes instead.
+    """
+    path = Path(path)
+    if not isinstance(recorded, list) or not recorded:
+        return False
+    try:
+        names = [entry[0] for entry in recorded]
+        if names[0] != path.name or any(not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..") for n in names):
+            return False
+        return all([size, mtime] == list(_stat(path.parent / name)) for name, size, mtime in recorded)
+    except (LatentmuseError, TypeError, ValueError):
+        return False
+
+
 def onnx_bytes(path: str | Path) -> int:
     """Size on disk of an ONNX model including its external data."""
     return sum(_stat(p)[0] for p in model_files(path))

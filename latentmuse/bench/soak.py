@@ -11,7 +11,7 @@ count equals the input's, and the report accounts for each) and the long run's p
 ``rss_tolerance`` (20 %) of the baseline's.
 
 ``python -m latentmuse.bench.soak --minutes 10 --baseline-minutes 1 --json out/soak.json`` (``make soak``).
-It takes long on a CPU (every frame is decoded twice, detected, generated and encoded): see
+It takes long on a CPU (every frame is decoded, detected, generated and encoded): see
 docs/BENCHMARKS.md for measured figures and the command that produced them.
 """
 

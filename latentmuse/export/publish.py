@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..artifacts.export_report import PASS, REPORT_NAME, ExportResult, read_report, report_lock, update_report
-from ..artifacts.onnx_files import model_files, onnx_sha256, onnx_stat
+from ..artifacts.onnx_files import model_files, onnx_sha256, unchanged_since
 from ..errors import LatentmuseError
 
 #: ``last_run`` statuses of a whole export, and the ``files`` outcome of each graph in it.
@@ -118,7 +118,7 @@ def signals_held() -> Iterator[None]:
 def _matches(recorded: object, path: Path, sha256: object) -> bool:
     """Whether the model at ``path`` is the one an entry recorded (its stat, else its sha256)."""
     try:
-        if recorded and recorded == onnx_stat(path):
+        if unchanged_since(path, recorded):
             return True
         return bool(sha256) and onnx_sha256(path) == sha256
     except LatentmuseError:

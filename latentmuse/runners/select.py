@@ -35,7 +35,7 @@ from torch import nn
 from ..artifacts import manifest as mf
 from ..choices import BACKENDS
 from ..artifacts.export_report import REPORT_NAME, read_report, validated_entry
-from ..artifacts.onnx_files import onnx_sha256, onnx_stat
+from ..artifacts.onnx_files import onnx_sha256, unchanged_since
 from ..errors import LatentmuseError
 from ..files import slug
 from ..graphs.registry import ALL_GRAPHS, GRAPHS
@@ -148,7 +148,7 @@ class EngineStore:
             entry = self.report().get(graph) or {}
             recorded = entry.get("stat" if precision == "fp32" else "fp16_stat")
             key = "sha256" if precision == "fp32" else "fp16_sha256"
-            if recorded and entry.get(key) and recorded == onnx_stat(path):
+            if entry.get(key) and unchanged_since(path, recorded):
                 self._sha[path] = entry[key]
             else:
                 self._sha[path] = onnx_sha256(path)
