@@ -96,10 +96,11 @@ def unchanged_since(path: str | Path, recorded: object) -> bool:
     if not isinstance(recorded, list) or not recorded:
         return False
     try:
-        names = [entry[0] for entry in recorded]
-        if names[0] != path.name or any(not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..") for n in names):
-            return False
-        return all([size, mtime] == list(_stat(path.parent / name)) for name, size, mtime in recorded)
+        for index, (name, size, mtime) in enumerate(recorded):
+            plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+            if not plain or (index == 0 and name != path.name) or _stat(path.parent / name) != (size, mtime):
+                return False
+        return True
     except (LatentmuseError, TypeError, ValueError):
         return False
 
