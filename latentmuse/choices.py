@@ -35,6 +35,8 @@ ENGINE_PRECISIONS = ("auto", "fp16", "fp32")
 TRT_FLAVORS = ("auto", "tensorrt", "tensorrt-rtx")
 #: Sizes ``latentmuse weights random`` writes: test configurations or the released architectures.
 RANDOM_SIZES = ("tiny", "full")
+#: ``--sync-score``: the lip-sync score in the run (``auto``: when the weights folder has SyncNet).
+SYNC_SCORES = ("auto", "on", "off")
 #: ``latentmuse run --codec``: the output's video codec (``auto``: its container's default; which
 #: container takes which is :mod:`latentmuse.runtime.media.formats`).
 CODECS = ("auto", "h264", "hevc", "vp9", "mpeg4", "mjpeg", "prores")
@@ -62,3 +64,4 @@ EnginePrecision = choice_enum("EnginePrecision", ENGINE_PRECISIONS)
 TrtFlavorChoice = choice_enum("TrtFlavorChoice", TRT_FLAVORS)
 RandomSize = choice_enum("RandomSize", RANDOM_SIZES)
 Codec = choice_enum("Codec", CODECS)
+SyncScoring = choice_enum("SyncScoring", SYNC_SCORES)

@@ -27,6 +27,8 @@ class ExitCode(IntEnum):
       message, nothing loaded.
     * ``FAILED_FRAMES`` (3): ``run`` wrote the whole video, but some process frames failed every
       generator and were passed through unchanged (counted, with the reasons, in the table and report).
+    * ``LOW_SYNC`` (4): ``run`` wrote the whole video, but its lip-sync confidence (SyncNet LSE-C) is
+      below ``--min-sync-confidence`` (docs/QUALITY.md); the report says ``low_sync`` with the figure.
     * ``SIGINT`` (130) / ``SIGTERM`` (143): stopped by that signal (128 + its number, the shell's
       convention); no output file was written.
     """
@@ -35,6 +37,7 @@ class ExitCode(IntEnum):
     ERROR = 1
     USAGE = 2
     FAILED_FRAMES = 3
+    LOW_SYNC = 4
     SIGINT = 128 + signal.SIGINT
     SIGTERM = 128 + signal.SIGTERM
 
@@ -42,6 +45,7 @@ class ExitCode(IntEnum):
 #: ``RunReport.status`` values, one per way a run can end.
 STATUS_OK = "ok"
 STATUS_FAILED_FRAMES = "failed_frames"
+STATUS_LOW_SYNC = "low_sync"
 STATUS_ERROR = "error"
 STATUS_INTERRUPTED = "interrupted"
 

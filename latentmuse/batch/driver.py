@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import LatentmuseError
 from ..files import Digests, atomic_write
-from ..outcomes import STATUS_FAILED_FRAMES, ExitCode, Interrupted
+from ..outcomes import STATUS_FAILED_FRAMES, STATUS_LOW_SYNC, ExitCode, Interrupted
 from ..runtime.options import ClipOptions, LoadOptions
 from .jobs import Job
 from .resume import DONE, FAILED_BEFORE, RUN, decide, job_key
@@ -36,7 +36,7 @@ class JobResult:
     output: str
     report: str
     status: str  # done | skipped | failed | not_run
-    outcome: str = ""  # the run report's status: ok | failed_frames | error | interrupted (skipped: the earlier one)
+    outcome: str = ""  # the run report's status: ok | failed_frames | low_sync | error | interrupted (skipped: the earlier one)
     reason: str | None = None
     frames: int = 0
     frames_failed: int = 0
@@ -45,6 +45,9 @@ class JobResult:
     latent_cache: str = ""
     worker: str | None = None
     exit_code: int = ExitCode.OK
+    #: the lip-sync score (LSE-C, LSE-D) of the video, when scored
+    sync_confidence: float | None = None
+    sync_distance: float | None = None
 
 
 @dataclass
@@ -68,21 +71,25 @@ class BatchSummary:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Jobs by end; ``low_sync`` counts the complete videos (done now or earlier) below the gate."""
         out = dict.fromkeys((DONE_NOW, SKIPPED, FAILED, NOT_RUN), 0)
         for result in self.jobs:
             out[result.status] += 1
+        out[STATUS_LOW_SYNC] = sum(r.outcome == STATUS_LOW_SYNC and r.status in (DONE_NOW, SKIPPED) for r in self.jobs)
         return out
 
     @property
     def exit_code(self) -> int:
         """1 when a job failed, else 3 when a video has frames that failed every generator (unless
-        allowed), 130/143 when interrupted, else 0."""
+        allowed), else 4 when a video is below the lip-sync gate, 130/143 when interrupted, else 0."""
         if self.interrupted:
             return ExitCode.SIGTERM if "SIGTERM" in self.interrupted else ExitCode.SIGINT
         if any(r.status in (FAILED, NOT_RUN) for r in self.jobs):
             return ExitCode.ERROR
         if any(r.exit_code == ExitCode.FAILED_FRAMES for r in self.jobs):
             return ExitCode.FAILED_FRAMES
+        if any(r.exit_code == ExitCode.LOW_SYNC for r in self.jobs):
+            return ExitCode.LOW_SYNC
         return ExitCode.OK
 
     def to_dict(self) -> dict:
@@ -102,7 +109,7 @@ class BatchSummary:
 
 
 def plan(jobs: Iterable[Job], load: LoadOptions, clip: ClipOptions, digests: Digests, *, force: bool = False,
-         retry_failed: bool = False) -> list[Planned]:
+         retry_failed: bool = False, retry_low_sync: bool = False) -> list[Planned]:
     """Each job's options, key and decision (the inputs are hashed here, each file once)."""
     planned = []
     for job in jobs:
@@ -112,7 +119,7 @@ def plan(jobs: Iterable[Job], load: LoadOptions, clip: ClipOptions, digests: Dig
         except OSError:
             planned.append(Planned(job, options, None, RUN))
             continue
-        decision, earlier = decide(job, key["key"], force=force, retry_failed=retry_failed)
+        decision, earlier = decide(job, key["key"], force=force, retry_failed=retry_failed, retry_low_sync=retry_low_sync)
         planned.append(Planned(job, options, key, decision, earlier))
     return planned
 
@@ -123,9 +130,18 @@ def skipped_result(item: Planned) -> JobResult:
     status = SKIPPED if item.decision == DONE else FAILED
     reason = "done earlier (same inputs and options; --force redoes it)" if item.decision == DONE else \
         f"failed earlier: {earlier.get('error')} (--retry-failed reruns it)"
+    if earlier.get("status") == STATUS_LOW_SYNC:
+        reason = f"done earlier, {earlier.get('error')} (--retry-low-sync reruns it)"
     return _result(item.job, status, outcome=earlier.get("status", ""), reason=reason,
                    frames=earlier.get("frames_out", 0), frames_failed=earlier.get("frames_failed", 0),
-                   exit_code=ExitCode.ERROR if item.decision == FAILED_BEFORE else earlier.get("exit_code", 0))
+                   exit_code=ExitCode.ERROR if item.decision == FAILED_BEFORE else earlier.get("exit_code", 0),
+                   **sync_figures(earlier.get("sync")))
+
+
+def sync_figures(sync: dict | None) -> dict:
+    """A report's ``sync`` block as the summary's two columns (None where not scored)."""
+    sync = sync or {}
+    return {"sync_confidence": sync.get("confidence"), "sync_distance": sync.get("distance")}
 
 
 def execute(lipsync, job: Job, clip: ClipOptions, key: dict | None, progress=None, worker: str | None = None) -> JobResult:
@@ -146,10 +162,11 @@ def execute(lipsync, job: Job, clip: ClipOptions, key: dict | None, progress=Non
     except Exception as exc:  # noqa: BLE001 - one job's failure is its result, never the batch's end
         reason = str(exc) if isinstance(exc, LatentmuseError) else describe(exc)
         return failed_result(job, reason, seconds=time.perf_counter() - tic, worker=worker)
-    failed_frames = report.status == STATUS_FAILED_FRAMES
-    return _result(job, DONE_NOW, outcome=report.status, reason=report.error if failed_frames else None,
+    flagged = report.status in (STATUS_FAILED_FRAMES, STATUS_LOW_SYNC)
+    return _result(job, DONE_NOW, outcome=report.status, reason=report.error if flagged else None,
                    frames=report.frames_out, frames_failed=report.frames_failed, seconds=time.perf_counter() - tic,
-                   face_cache=report.face_cache, latent_cache=report.latent_cache, worker=worker, exit_code=report.exit_code)
+                   face_cache=report.face_cache, latent_cache=report.latent_cache, worker=worker, exit_code=report.exit_code,
+                   **sync_figures(report.sync))
 
 
 def _result(job: Job, status: str, **values) -> JobResult:

@@ -9,6 +9,9 @@ version of latentmuse. It is stored in the job's report (``job.key``). On a reru
 - ``failed`` (skipped, its earlier reason repeated) when its report has the same key and says error:
   the same inputs and options would fail the same way; ``--retry-failed`` runs it (and reruns
   failed_frames jobs), e.g. after a driver or disk fault is fixed;
+- a low_sync job (a complete video below ``--min-sync-confidence``) counts as done: rerunning it with
+  the same seed gives the same video; ``--retry-low-sync`` reruns it (e.g. after changing the
+  generator's weights in place), ``--retry-failed`` does not;
 - to run otherwise: new, changed (any input byte or option), interrupted, or its output deleted.
   ``--force`` runs every job.
 
@@ -23,7 +26,7 @@ import json
 
 from .. import __version__
 from ..files import Digests
-from ..outcomes import STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_OK
+from ..outcomes import STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_LOW_SYNC, STATUS_OK
 from ..runtime.options import ClipOptions, LoadOptions, options_to_dict
 from .jobs import Job
 
@@ -49,7 +52,8 @@ def previous_report(job: Job) -> dict | None:
         return None
 
 
-def decide(job: Job, key: str, *, force: bool = False, retry_failed: bool = False) -> tuple[str, dict | None]:
+def decide(job: Job, key: str, *, force: bool = False, retry_failed: bool = False,
+           retry_low_sync: bool = False) -> tuple[str, dict | None]:
     """``run``, ``done`` or ``failed`` (see the module docstring), and the earlier report."""
     if force:
         return RUN, None
@@ -57,8 +61,8 @@ def decide(job: Job, key: str, *, force: bool = False, retry_failed: bool = Fals
     if earlier is None or (earlier.get("job") or {}).get("key") != key:
         return RUN, earlier
     status = earlier.get("status")
-    if status in (STATUS_OK, STATUS_FAILED_FRAMES) and job.output.is_file():
-        if status == STATUS_FAILED_FRAMES and retry_failed:
+    if status in (STATUS_OK, STATUS_FAILED_FRAMES, STATUS_LOW_SYNC) and job.output.is_file():
+        if (status == STATUS_FAILED_FRAMES and retry_failed) or (status == STATUS_LOW_SYNC and retry_low_sync):
             return RUN, earlier
         return DONE, earlier
     if status == STATUS_ERROR and not retry_failed:

@@ -24,6 +24,7 @@ def batch(
     summary: Annotated[Optional[Path], typer.Option(help="The batch summary JSON (default: JOBS.summary.json beside the job file, or OUT/batch.summary.json).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every job, even those done before with the same inputs and options.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Rerun the jobs that failed before (skipped by default: the same inputs would fail the same way).")] = False,
+    retry_low_sync: Annotated[bool, typer.Option("--retry-low-sync", help="Rerun the jobs whose video was below --min-sync-confidence before (kept as done by default; --retry-failed does not rerun them).")] = False,
     ray: Annotated[Optional[str], typer.Option(metavar="auto|ADDRESS", help="Run the jobs on Ray: auto (a running cluster, else a local one) or a cluster address; one actor per GPU (pip install 'latentmuse[ray]').")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: how many actors (default: one per GPU, or 1 on a cluster without GPUs).")] = None,
     *, load: LoadOptions, clip: ClipOptions,
@@ -32,7 +33,8 @@ def batch(
 
     A job already done with the same inputs (content hashes) and options is skipped; one failing job
     never stops the others. Exit codes: 0 all done, 1 a job failed, 3 a video has failed frames,
-    130 / 143 interrupted (the summary says which jobs were not reached).
+    4 a video is below --min-sync-confidence, 130 / 143 interrupted (the summary says which jobs were
+    not reached).
     """
     from ..batch.driver import BatchSummary, plan, run_local
     from ..batch.jobs import read_jobs
@@ -48,7 +50,7 @@ def batch(
     digests = Digests()
     result = BatchSummary(str(jobs), "ray" if ray is not None else "local", 0 if ray is not None else 1)
     with signals_as_interrupts() as guard, RichProgress(console, check=guard.check) as progress:
-        planned = plan(job_list, load, clip, digests, force=force, retry_failed=retry_failed)
+        planned = plan(job_list, load, clip, digests, force=force, retry_failed=retry_failed, retry_low_sync=retry_low_sync)
         try:
             if ray is not None:
                 from ..batch.ray_backend import run_ray
@@ -65,7 +67,9 @@ def batch(
         counts = result.counts
         line = (result.interrupted + ": stopped" if result.interrupted else
                 f"{counts['failed']} of {len(result.jobs)} jobs failed" if counts["failed"] else
-                "some videos have frames that failed every generator")
+                "some videos have frames that failed every generator" if code == ExitCode.FAILED_FRAMES else
+                f"{counts['low_sync']} of {len(result.jobs)} videos are below --min-sync-confidence (written; "
+                "--retry-low-sync reruns them)")
         error_console.print(f"[bold red]error:[/] {plain(line)}; see {plain(summary_path)}. "
                             "Fix the inputs named above and run the same command again (done jobs are skipped).",
                             soft_wrap=True)
@@ -80,13 +84,15 @@ def default_summary(jobs: Path, out: Path | None) -> Path:
 
 def summary_table(result, title: str) -> PlainTable:
     """One row per job (status, reason, frames, seconds), then the counts."""
-    table = PlainTable("job", "output", "status", "frames", "seconds", "cache: faces/latents", "reason", title=title)
+    table = PlainTable("job", "output", "status", "frames", "seconds", "cache: faces/latents", "LSE-C", "reason", title=title)
     for r in result.jobs:
         cache = f"{r.face_cache}/{r.latent_cache}" if r.face_cache and r.latent_cache else r.face_cache or "-"
-        table.add_row(r.where, Path(r.output).name, r.status, str(r.frames), f"{r.seconds:.1f}", cache, r.reason or "")
+        sync = "-" if r.sync_confidence is None else f"{r.sync_confidence:.2f}"
+        table.add_row(r.where, Path(r.output).name, r.status, str(r.frames), f"{r.seconds:.1f}", cache, sync, r.reason or "")
     counts = result.counts
     table.caption = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
                      + (f", {counts['not_run']} not run" if counts["not_run"] else "")
+                     + (f", {counts['low_sync']} below the lip-sync gate" if counts["low_sync"] else "")
                      + f" in {result.seconds:.1f} s"
                      + (f" ({result.workers} Ray actor{'s' if result.workers != 1 else ''})" if result.mode == "ray" and result.workers else
                         f" (models loaded in {result.load_seconds:.1f} s)" if counts["done"] or counts["failed"] else

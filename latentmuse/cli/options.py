@@ -17,9 +17,9 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..choices import Backend, Codec, FaceDetector, Generator, Precision, Resolution
+from ..choices import Backend, Codec, FaceDetector, Generator, Precision, Resolution, SyncScoring
 from ..models.layouts import default_weights_dir
-from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
+from ..runtime.defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS, DEFAULT_SYNC_MIN_RUN, MIN_SYNC_RUN
 from ..runtime.cachedir import default_cache_dir
 from ..runtime.options import ClipOptions, LoadOptions
 from .trust import TrustTorchscriptOption
@@ -60,18 +60,22 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "cache": (Annotated[Optional[Path], typer.Option(metavar="DIR", help=f"Face-track cache: a second run on the same video (other audio) skips face detection. Default: {default_cache_dir()} ($LATENTMUSE_CACHE).")], None, "clip"),
     "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the face-track cache.")], False, "clip"),
     "trust_torchscript": (TrustTorchscriptOption, None, "load"),
+    "sync_score": (Annotated[SyncScoring, typer.Option(help="Score the lip sync of the written frames (SyncNet LSE-C / LSE-D, docs/QUALITY.md); auto: when the weights folder has auxiliary/syncnet_v2.model (never for smoke weights).")], SyncScoring("auto"), "load"),
+    "min_sync_confidence": (Annotated[Optional[float], typer.Option(metavar="LSE-C", help="Quality gate: a clip whose lip-sync confidence is below this is still written, but ends low_sync with exit 4 (a clip with nothing to score is not gated).")], None, "clip"),
+    "sync_min_run": (Annotated[int, typer.Option(min=MIN_SYNC_RUN, help="Score only runs of the dubbed face of at least this many frames.")], DEFAULT_SYNC_MIN_RUN, "clip"),
 }
 
 
-def processing_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add :data:`OPTIONS` to ``command``'s parameters; call it with ``load=`` and ``clip=`` built from them."""
+def processing_options(command: Callable[..., Any], names: tuple[str, ...] = tuple(OPTIONS)) -> Callable[..., Any]:
+    """Add :data:`OPTIONS` (or those ``names``) to ``command``'s parameters; call it with ``load=`` and
+    ``clip=`` built from them (options not among ``names`` keep their defaults)."""
     own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name not in ("load", "clip")]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-              for name, (annotation, default, _) in OPTIONS.items()]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=OPTIONS[name][0], default=OPTIONS[name][1])
+              for name in names]
 
     @functools.wraps(command)
     def wrapper(**values: Any) -> Any:
-        picked = {name: values.pop(name) for name in OPTIONS}
+        picked = {name: values.pop(name) for name in names}
         load, clip = build_options(picked)
         return command(**values, load=load, clip=clip)
 
@@ -85,8 +89,10 @@ def processing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def build_options(values: dict[str, Any]):
     """(LoadOptions, ClipOptions) from the command line's values (enums to their strings)."""
     plain = {name: getattr(value, "value", value) for name, value in values.items()}
-    no_cache = plain.pop("no_cache")
-    plain["cache"] = None if no_cache else (plain["cache"] or default_cache_dir())
-    load = LoadOptions(**{name: plain[name] for name, (_, _, kind) in OPTIONS.items() if kind == "load"})
-    clip = ClipOptions(**{name: plain[name] for name, (_, _, kind) in OPTIONS.items() if kind == "clip" and name != "no_cache"})
+    if "no_cache" in plain:
+        no_cache = plain.pop("no_cache")
+        plain["cache"] = None if no_cache else (plain["cache"] or default_cache_dir())
+    load = LoadOptions(**{name: plain[name] for name, (_, _, kind) in OPTIONS.items() if kind == "load" and name in plain})
+    clip = ClipOptions(**{name: plain[name] for name, (_, _, kind) in OPTIONS.items()
+                          if kind == "clip" and name != "no_cache" and name in plain})
     return load, clip

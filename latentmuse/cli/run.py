@@ -34,6 +34,27 @@ def _face_summary(result: RunReport) -> str:
             f"passthrough: {reasons or 'none'} (min {result.min_face_size} px)")
 
 
+def sync_summary(sync: dict) -> str:
+    """The report's ``sync`` block in one cell: the scores, what was scored, the weakest second, the gate."""
+    if sync["status"] == "error":
+        return f"not scored: {sync['error']}"
+    short = f"{sync['runs_too_short']} shorter run{'s' if sync['runs_too_short'] != 1 else ''} not scored"
+    if sync["status"] != "scored":
+        return f"not scored: no run of the dubbed face of {sync['min_run']} frames or more ({short})"
+    runs = len(sync["runs"])
+    text = (f"LSE-C {sync['confidence']:.2f}, LSE-D {sync['distance']:.2f}, offset {sync['offset_frames']:+d} frames; "
+            f"{sync['frames_scored']} frames in {runs} run{'s' if runs != 1 else ''}"
+            + (f", {short}" if sync["runs_too_short"] else ""))
+    weakest = sync.get("weakest")
+    if weakest:
+        text += f"; weakest frames {weakest['first_frame']}-{weakest['last_frame']} (LSE-C {weakest['confidence']:.2f})"
+    if sync.get("passed") is not None:
+        text += f"; {'passes' if sync['passed'] else 'BELOW'} --min-sync-confidence {sync['min_confidence']:g}"
+    if sync.get("resampled"):
+        text += f"; {sync['resampled']}"
+    return text
+
+
 @processing_options
 def run(
     video: Annotated[Path, typer.Argument(help="Input video (any container/codec PyAV reads).")],
@@ -45,7 +66,8 @@ def run(
     """Re-generate the mouth in VIDEO to match the audio; every input frame is accounted for.
 
     Exit codes: 0 done, 1 error (no output), 2 usage, 3 frames failed every generator (the video is
-    written with them passed through), 130 / 143 stopped by SIGINT / SIGTERM (no output).
+    written with them passed through), 4 lip sync below --min-sync-confidence (the video is written),
+    130 / 143 stopped by SIGINT / SIGTERM (no output).
     """
     from ..runtime.lipsync import LipSync
 
@@ -66,6 +88,10 @@ def show_outcome(result: RunReport, output: Path) -> None:
     if result.exit_code == ExitCode.FAILED_FRAMES:
         error_console.print(f"[bold red]error:[/] {plain(result.error)} in {plain(output)}. Fix: see the fallbacks above "
                             "(and the report); pass --allow-failed-frames to accept such frames.", soft_wrap=True)
+    elif result.exit_code == ExitCode.LOW_SYNC:
+        error_console.print(f"[bold red]error:[/] {plain(result.error)} in {plain(output)} (written). Fix: look at those "
+                            "frames; try the other --generator, more --steps, or --face if the wrong face was dubbed.",
+                            soft_wrap=True)
     elif result.error:
         console.print(f"[bold yellow]warning:[/] {plain(result.error)} (accepted: --allow-failed-frames).")
 
@@ -86,6 +112,8 @@ def summary_table(result: RunReport, title: str) -> Table:
     table.add_row("face front end", result.face_detector)
     table.add_row("dubbed face", _face_summary(result))
     table.add_row("cache", f"faces {result.face_cache}, latents {result.latent_cache}")
+    if result.sync is not None:
+        table.add_row("lip sync", sync_summary(result.sync))
     if result.runners:
         table.add_row("runners", ", ".join(f"{role} {r['backend']}" for role, r in result.runners.items()))
     fallbacks = "; ".join(f"{f['count']} frames {f['generator']} -> {f['to']}: {f['reason']}" for f in result.fallbacks)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..choices import BACKENDS, FACE_DETECTORS, GENERATORS, PRECISIONS, RESOLUTIONS
+from ..choices import BACKENDS, FACE_DETECTORS, GENERATORS, PRECISIONS, RESOLUTIONS, SYNC_SCORES
 from ..errors import LatentmuseError
 from . import media
 from .contracts import VideoInfo
 from .datagen import output_frame_count, ping_pong_schedule
 from .options import ClipOptions, LoadOptions, RunOptions
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .defaults import DEFAULT_SYNC_MIN_RUN, MIN_SYNC_RUN
 from .tracking import DEFAULT_MIN_FACE_SIZE, parse_face_policy
 
 #: The audio features' sample rate (Whisper's).
@@ -31,7 +32,8 @@ def check_load_options(load: LoadOptions) -> None:
     for value, allowed, flag in ((load.generator, GENERATORS, "--generator"), (load.backend, BACKENDS, "--backend"),
                                  (load.face_detector, FACE_DETECTORS, "--face-detector"),
                                  (load.precision, PRECISIONS, "--precision"),
-                                 (str(load.resolution), RESOLUTIONS, "--resolution")):
+                                 (str(load.resolution), RESOLUTIONS, "--resolution"),
+                                 (load.sync_score, SYNC_SCORES, "--sync-score")):
         if value not in allowed:
             raise LatentmuseError(f"{flag} {value} is not known.", f"use one of {', '.join(allowed)}.")
     if not (math.isfinite(load.guidance) and load.guidance >= 1.0):
@@ -53,6 +55,12 @@ def check_clip_options(clip: ClipOptions) -> None:
                               f"use --min-face-size {DEFAULT_MIN_FACE_SIZE} (the default).")
     if not 1 <= clip.steps <= 1000:
         raise LatentmuseError(f"--steps {clip.steps} is outside 1..1000.", f"use --steps {DEFAULT_STEPS} (LatentSync's default).")
+    if not (isinstance(clip.sync_min_run, int) and clip.sync_min_run >= MIN_SYNC_RUN):
+        raise LatentmuseError(f"--sync-min-run {clip.sync_min_run} is below {MIN_SYNC_RUN} frames (SyncNet's window needs 6).",
+                              f"use --sync-min-run {DEFAULT_SYNC_MIN_RUN} (the default).")
+    if clip.min_sync_confidence is not None and not math.isfinite(clip.min_sync_confidence):
+        raise LatentmuseError(f"--min-sync-confidence {clip.min_sync_confidence} is not a number.",
+                              "give the lowest LSE-C to accept, e.g. --min-sync-confidence 5 (docs/QUALITY.md).")
 
 
 def check_options(options: RunOptions) -> None:

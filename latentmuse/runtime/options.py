@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..models.constants import SMOKE
-from .defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_MIN_FACE_SIZE, DEFAULT_STEPS, DEFAULT_SYNC_MIN_RUN
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class LoadOptions:
     deepcache: bool = False
     #: A FAN TorchScript archive the user vouches for, loaded whatever its sha256 (docs/SECURITY.md).
     trust_torchscript: Path | None = None
+    #: The lip-sync score (SyncNet, docs/QUALITY.md): auto (when the weights folder has SyncNet), on, off.
+    sync_score: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class ClipOptions:
     codec: str = "auto"
     #: The face-track cache folder (runtime/facecache.py); None: no cache.
     cache: Path | None = None
+    #: The quality gate: a scored clip whose lip-sync confidence (LSE-C) is below this ends low_sync (exit 4).
+    min_sync_confidence: float | None = None
+    #: Runs of the dubbed face shorter than this many frames are not scored.
+    sync_min_run: int = DEFAULT_SYNC_MIN_RUN
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ from .facecache import FaceCache, FaceTrack
 from .heap import HeapTrimmer
 from .options import LoadOptions, RunOptions
 from .overlap import BackgroundSink, Prefetch
-from .report import RunReport, finished, report_faces, stopped, warner
+from .report import RunReport, finished, gate_sync, report_faces, stopped, warner
 from .runner_set import SMOKE, SMOKE_WARNING
-from .session import Session
+from .session import Session, sync_off_reason
 from .stream import FaceStage, StreamCounts, generate_stream
+from .sync import ClipScorer, SyncTap
 from .tracking import FaceTracker, parse_face_policy
 
 #: Frames the face stage may run ahead of the generator (beyond its current detection batch).
@@ -90,6 +91,11 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
     clip, info, stages = options.clip, inputs.info, report.stages
     warn = warner(report, progress)
     check_session(options, session)
+    if clip.min_sync_confidence is not None and not session.scores_sync:
+        raise LatentmuseError(f"--min-sync-confidence {clip.min_sync_confidence} needs the lip-sync score, which is off "
+                              f"(--sync-score {options.load.sync_score}; {sync_off_reason(options.load)}).",
+                              "put syncnet_v2.model in the weights folder (`latentmuse weights download --model syncnet`) "
+                              "or drop --min-sync-confidence.")
     if str(options.load.weights) == SMOKE:
         warn(SMOKE_WARNING)
     if info.variable_frame_rate:
@@ -114,6 +120,7 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
         progress.advance("steps")
 
     latents = latent_session(clip, session, face_key, n_frames, warn)
+    tap = None
     try:
         chain = session.build_chain(clip, latents, progress.note, on_step)
         settings = session.latentsync_settings(clip) if session.kind == "latentsync" else None
@@ -138,6 +145,9 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
         progress.start("windows", None)
         if settings is not None and chain.primary is not None:
             progress.start("steps", None)
+        if session.scores_sync:
+            scorer = ClipScorer(inputs.waveform, info.fps, session.sync_embedder(), clip.sync_min_run)
+            tap = SyncTap(scorer)
         tic = time.perf_counter()
         encoder = None
         # Entered as soon as it exists (nothing runs in between): any exception or signal from here on
@@ -149,10 +159,12 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
                     options.output, info.width, info.height, info.fps, inputs.audio, codec=clip.codec,
                     sample_aspect_ratio=info.sample_aspect_ratio,
                   )) as writer, media.FrameSource(options.video, info) as source, \
-                    BackgroundSink(writer) as encoder, \
+                    BackgroundSink(writer if tap is None else tap.over(writer)) as encoder, \
                     Prefetch(source.frames(inputs.schedule)) as decoded, \
                     Prefetch(faces.jobs(decoded, inputs.schedule), depth=FACE_LOOKAHEAD, name="faces") as jobs:
-                for _, frame in generate_stream(jobs, chain, features, n_out, progress, counts):
+                for _, frame, face in generate_stream(jobs, chain, features, n_out, progress, counts):
+                    if tap is not None:
+                        tap.expect(face)
                     encoder.write(frame)
                     if report.first_frame_seconds is None:
                         report.first_frame_seconds = round(time.perf_counter() - started, 3)
@@ -164,6 +176,9 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
             stages["faces"] = faces.seconds
             stages["audio_features"] = features.seconds_spent
             stages["generate_and_write"] = time.perf_counter() - tic
+        if tap is not None:
+            report.sync = gate_sync(tap.result(), clip.min_sync_confidence, warn)
+            stages["sync_score"] = tap.scorer.result.seconds
         if latents is not None:  # the output is whole: what this run encoded is worth keeping
             report.latent_cache = latents.status
             latents.finish()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import LatentmuseError
 from ..files import atomic_write
-from ..outcomes import STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_INTERRUPTED, STATUS_OK, ExitCode, Interrupted
+from ..outcomes import (STATUS_ERROR, STATUS_FAILED_FRAMES, STATUS_INTERRUPTED, STATUS_LOW_SYNC, STATUS_OK, ExitCode,
+                        Interrupted)
 from ..progress import Progress
 from .facecache import FaceTrack
 from .generators.chain import PASSTHROUGH, describe
@@ -21,7 +22,7 @@ from .tracking import DEFAULT_MIN_FACE_SIZE, DUBBED, LOST, OVERLAP, TOO_SMALL
 @dataclass
 class RunReport:
     """What a run did, written as JSON (``--report``) on every outcome once the report path is known
-    good: ``status`` is ok | failed_frames | error | interrupted, ``error`` its one line (None when
+    good: ``status`` is ok | failed_frames | low_sync | error | interrupted, ``error`` its one line (None when
     ok), ``exit_code`` the code the CLI exits with (:class:`~latentmuse.outcomes.ExitCode`), and
     ``frames_written`` the frames encoded so far (all of ``frames_out`` unless the run stopped early;
     a stopped run's output is deleted, so they exist nowhere)."""
@@ -73,6 +74,9 @@ class RunReport:
     #: are generated, decoding and encoding run on theirs), so they do not add up to the run's time.
     stages: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: The lip-sync score of the written frames (runtime/sync.py, docs/QUALITY.md); None when not scored
+    #: (``--sync-score off``, or ``auto`` without SyncNet weights).
+    sync: dict | None = None
     job: dict | None = None  # in a batch: the job's key and its inputs' sha256 (batch/resume.py)
 
     def write(self, path: Path) -> None:
@@ -98,13 +102,43 @@ def stopped(report: RunReport, exc: BaseException) -> None:
 
 
 def finished(report: RunReport, allow_failed_frames: bool) -> None:
-    """A complete video: ok, or failed_frames (exit 3 unless accepted) with how many and why."""
-    if not report.frames_failed:
+    """A complete video: ok; failed_frames (exit 3 unless accepted) with how many and why; or low_sync
+    (exit 4) when its lip-sync confidence is below the gate (failed frames not accepted come first)."""
+    low_sync = report.sync is not None and report.sync.get("passed") is False
+    if report.frames_failed and (not allow_failed_frames or not low_sync):
+        report.status = STATUS_FAILED_FRAMES
+        report.error = failed_frames_line(report)
+        report.exit_code = ExitCode.OK if allow_failed_frames else ExitCode.FAILED_FRAMES
+    elif low_sync:
+        report.status, report.error, report.exit_code = STATUS_LOW_SYNC, low_sync_line(report.sync), ExitCode.LOW_SYNC
+    else:
         report.status, report.error, report.exit_code = STATUS_OK, None, ExitCode.OK
-        return
-    report.status = STATUS_FAILED_FRAMES
-    report.error = failed_frames_line(report)
-    report.exit_code = ExitCode.OK if allow_failed_frames else ExitCode.FAILED_FRAMES
+
+
+def gate_sync(sync: dict, min_confidence: float | None, warn: Callable[[str], None]) -> dict:
+    """The ``sync`` block with the gate's verdict: ``passed`` True / False, or None when not gated (no
+    gate, or nothing scored: a clip with no scorable run says so and is not gated)."""
+    sync = {**sync, "min_confidence": min_confidence, "passed": None}
+    if sync["status"] == "error":
+        warn(f"lip-sync score failed ({sync['error']}): the video is written, not scored"
+             + (", so not gated." if min_confidence is not None else "."))
+    elif sync["status"] != "scored":
+        if min_confidence is not None:
+            warn(f"lip sync not scored: no run of the dubbed face of {sync['min_run']} frames or more "
+                 f"({sync['runs_too_short']} shorter); not gated by --min-sync-confidence.")
+    elif min_confidence is not None:
+        sync["passed"] = sync["confidence"] >= min_confidence
+    return sync
+
+
+def low_sync_line(sync: dict) -> str:
+    """One line: the clip's lip-sync confidence against the gate, and where it is weakest."""
+    weakest = sync.get("weakest") or {}
+    where = (f"; weakest at frames {weakest['first_frame']}-{weakest['last_frame']} (LSE-C {weakest['confidence']:.2f})"
+             if weakest else "")
+    return (f"lip-sync confidence (LSE-C) {sync['confidence']:.2f} is below --min-sync-confidence "
+            f"{sync['min_confidence']:g} (LSE-D {sync['distance']:.2f}, offset {sync['offset_frames']:+d} frames, "
+            f"{sync['frames_scored']} frames scored{where})")
 
 
 def failed_frames_line(report: RunReport) -> str:

@@ -28,8 +28,8 @@ from ..runners.base import Runner
 from ..runners.select import Choice, EngineStore, Selector, TorchModels, engines_dir
 from ..runners.torch_runner import torch_dtype
 
-__all__ = ["SMOKE", "SMOKE_WARNING", "ModelSet", "load_models", "load_torch_models", "resolve_device", "run_graphs",
-           "unet3d_weights"]
+__all__ = ["SMOKE", "SMOKE_WARNING", "SYNC_ROLES", "ModelSet", "load_models", "load_torch_models", "resolve_device",
+           "run_graphs", "syncnet_weights", "unet3d_weights"]
 
 @dataclass
 class ModelSet:
@@ -114,10 +114,27 @@ def unet3d_weights(weights: str | Path) -> Path | None:
     return layout("unet3d", Sidecar.read(root).latentsync_version).locate(root)
 
 
+def syncnet_weights(weights: str | Path) -> Path | None:
+    """SyncNet's checkpoint in a weights folder (None if absent); smoke weights have one."""
+    if str(weights) == SMOKE:
+        return Path(SMOKE)
+    root = Path(weights)
+    return layout("syncnet").locate(root) if root.is_dir() else None
+
+
+#: The lip-sync score's two graphs (runtime/sync.py), by role.
+SYNC_ROLES = {"syncnet_audio": "syncnet_audio", "syncnet_lip": "syncnet_lip"}
+
+
+def face_graphs(face_detector: str) -> dict[str, str]:
+    """Role -> graph of a face front end ("s3fd" or "dlib": dlib runs no graph)."""
+    return {"s3fd": "s3fd_frames", "fan68": "fan68"} if face_detector == "s3fd" else {}
+
+
 def run_graphs(kind: str, *, resolution: int = 256, guided: bool = True, deepcache: bool = False,
-               face_detector: str = "dlib") -> dict[str, str]:
+               face_detector: str = "dlib", sync: bool = False) -> dict[str, str]:
     """Role -> graph for a run of generator ``kind`` ("musetalk" or "latentsync"): what its generators
-    declare (``graphs()``), Whisper's graphs, and the S3FD front end's.
+    declare (``graphs()``), Whisper's graphs, the S3FD front end's, and SyncNet's with ``sync``.
 
     A LatentSync run also declares its MuseTalk fallback's face parser and Whisper LayerNorm; the PyTorch
     MuseTalk UNet behind it is outside the selection (:meth:`ModelSet.pytorch_runner`).
@@ -130,8 +147,9 @@ def run_graphs(kind: str, *, resolution: int = 256, guided: bool = True, deepcac
         roles.pop("musetalk_unet")
         settings = LatentSyncSettings(resolution=resolution, guidance=2.0 if guided else 1.0, deepcache=deepcache)
         roles.update(LatentSyncGenerator.graphs(settings))
-    if face_detector == "s3fd":
-        roles["s3fd"], roles["fan68"] = "s3fd_frames", "fan68"
+    roles.update(face_graphs(face_detector))
+    if sync:
+        roles.update(SYNC_ROLES)
     return roles
 
 

@@ -28,8 +28,10 @@ from .generators.latentsync import LatentSyncGenerator, LatentSyncSettings
 from .generators.musetalk import MuseTalkGenerator
 from .latentcache import LatentSession
 from .options import ClipOptions, LoadOptions
-from .runner_set import SMOKE, ModelSet, load_models, resolve_device, run_graphs, unet3d_weights, weights_version
+from .runner_set import (SMOKE, SYNC_ROLES, ModelSet, load_models, resolve_device, run_graphs, syncnet_weights,
+                         unet3d_weights, weights_version)
 from .sampling import uses_guidance
+from .sync import RunnerEmbedder
 
 #: Smoke weights are always drawn with this seed (``--seed`` is the sampling seed), so graphs exported
 #: from ``smoke`` hold the very weights a smoke run computes with.
@@ -49,10 +51,38 @@ def resolution_for(load: LoadOptions, version: str) -> int:
     return LATENTSYNC_RESOLUTION[version] if str(load.resolution) == "auto" else int(load.resolution)
 
 
+def sync_wanted(load: LoadOptions) -> bool:
+    """``--sync-score``: off; on (the weights must have SyncNet); auto: when the weights folder has it.
+
+    ``auto`` never scores with smoke weights: a random network's LSE-C is a meaningless number that
+    looks like a measurement (``on`` scores them anyway, for tests of the plumbing)."""
+    if load.sync_score == "off":
+        return False
+    present = syncnet_weights(load.weights) is not None
+    if load.sync_score == "on" and not present:
+        from ..models.layouts import layout
+
+        raise LatentmuseError(
+            f"--sync-score on: SyncNet weights ({' or '.join(layout('syncnet').targets)}) not found in {load.weights}.",
+            f"run `latentmuse weights download --dir {load.weights} --models syncnet`, or pass --sync-score auto "
+            "to score only when they exist.")
+    return present and (load.sync_score == "on" or str(load.weights) != SMOKE)
+
+
+def sync_off_reason(load: LoadOptions) -> str:
+    """Why a load does not score lip sync (for the one line that says so)."""
+    if load.sync_score == "off":
+        return "turned off"
+    if str(load.weights) == SMOKE:
+        return "smoke weights: a random network's score means nothing; --sync-score on scores them anyway"
+    return f"no SyncNet weights in {load.weights}"
+
+
 def load_run_models(load: LoadOptions, kind: str, face_kind: str, device, note: Callable[[str], None]) -> ModelSet:
     """The runners a load needs, each graph on the backend ``load.backend`` chooses for it."""
     roles = run_graphs(kind, resolution=resolution_for(load, weights_version(load.weights)),
-                       guided=uses_guidance(load.guidance), deepcache=load.deepcache, face_detector=face_kind)
+                       guided=uses_guidance(load.guidance), deepcache=load.deepcache, face_detector=face_kind,
+                       sync=sync_wanted(load))
     return load_models(load.weights, device, roles, seed=SMOKE_SEED, backend=load.backend,
                        engines=load.engines, precision=load.precision, note=note,
                        trust_torchscript=load.trust_torchscript)
@@ -91,6 +121,15 @@ class Session:
             models = load_run_models(load, kind, face_kind, device, note)
         front_end = make_front_end(face_kind, models.weights_root, device, models.runners)
         return cls(load, models, kind, device, front_end, time.perf_counter() - tic, owned, digests or Digests())
+
+    @property
+    def scores_sync(self) -> bool:
+        """Whether this load has SyncNet's runners (``--sync-score``): each clip is scored as it is written."""
+        return all(role in self.models.runners for role in SYNC_ROLES)
+
+    def sync_embedder(self) -> RunnerEmbedder:
+        """SyncNet's two streams as this load's runners (runtime/sync.py)."""
+        return RunnerEmbedder(self.models["syncnet_audio"], self.models["syncnet_lip"])
 
     @property
     def precision(self) -> str:

@@ -104,8 +104,9 @@ class StreamCounts:
 
 
 def generate_stream(jobs: Iterable[FrameJob], chain: GeneratorChain, features: AudioFeatures, n_out: int,
-                    progress: Progress, counts: StreamCounts | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Every output frame in order: generated where a window kept it, as read otherwise.
+                    progress: Progress, counts: StreamCounts | None = None) -> Iterator[tuple[int, np.ndarray, Face | None]]:
+    """Every output frame in order, with its dubbed face (None: none usable): generated where a window
+    kept it, as read otherwise.
 
     Each new input frame's face is shown to the generators once, in input order (``observe``), then
     its tag goes to the planner; a window runs as soon as the planner returns it. Frames are held
@@ -128,10 +129,10 @@ def generate_stream(jobs: Iterable[FrameJob], chain: GeneratorChain, features: A
             counts.windows += 1
             progress.advance("windows")
 
-    def ready() -> Iterator[tuple[int, np.ndarray]]:
+    def ready() -> Iterator[tuple[int, np.ndarray, Face | None]]:
         nonlocal next_out
         while next_out in held and (held[next_out].face is None or next_out in done):
-            yield next_out, done.pop(next_out, held[next_out].frame)
+            yield next_out, done.pop(next_out, held[next_out].frame), held[next_out].face
             next_out += 1
 
     for job in jobs:
