@@ -64,7 +64,7 @@ def sync_wanted(load: LoadOptions) -> bool:
 
         raise LatentmuseError(
             f"--sync-score on: SyncNet weights ({' or '.join(layout('syncnet').targets)}) not found in {load.weights}.",
-            f"run `latentmuse weights download --dir {load.weights} --models syncnet`, or pass --sync-score auto "
+            f"run `latentmuse weights download --dir {load.weights} --model syncnet`, or pass --sync-score auto "
             "to score only when they exist.")
     return present and (load.sync_score == "on" or str(load.weights) != SMOKE)
 

@@ -216,7 +216,8 @@ class RunnerEmbedder:
     def _run(runner, name: str, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        step = min(runner.max_batch(name) or EMBED_BATCH, EMBED_BATCH)
+        limit = getattr(runner, "max_batch", None)  # a TensorRT profile's maximum, if any
+        step = min((limit(name) if limit is not None else None) or EMBED_BATCH, EMBED_BATCH)
         out = []
         for i in range(0, len(batch), step):
             feeds = {name: torch.from_numpy(np.ascontiguousarray(batch[i:i + step], dtype=np.float32)).to(runner.device)}
