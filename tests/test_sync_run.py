@@ -116,7 +116,7 @@ def test_a_gate_without_a_score_is_an_error_before_any_work(capsys, clip, tmp_pa
     output = tmp_path / "o.mp4"
     code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(output), *COMMON, "--min-sync-confidence", "5")
     assert code == 1 and not output.exists()
-    assert err.count("\n") == 1 and "--min-sync-confidence 5.0 needs the lip-sync score" in err and "smoke" in err
+    assert err.count("\n") == 1 and "--min-sync-confidence 5.0 needs the lip-sync score" in err and "random weights" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -127,6 +127,40 @@ def test_a_gate_without_a_score_is_an_error_before_any_work(capsys, clip, tmp_pa
 def test_bad_sync_options_are_usage_errors(capsys, clip, tmp_path, argv, message):
     code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(tmp_path / "o.mp4"), *COMMON, *argv)
     assert code == 2 and message in err
+
+
+def test_auto_never_scores_random_weights(tmp_path):
+    from latentmuse.models.random_weights import write_random_weights
+    from latentmuse.runtime.options import LoadOptions
+    from latentmuse.runtime.session import sync_wanted
+
+    write_random_weights(tmp_path / "random", models=["syncnet"])
+    real = tmp_path / "real"
+    shutil.copytree(tmp_path / "random", real)
+    (real / "latentmuse.json").unlink()  # as a downloaded folder: no random-weights note
+    assert not sync_wanted(LoadOptions(weights=str(tmp_path / "random")))
+    assert not sync_wanted(LoadOptions(weights="smoke"))
+    assert sync_wanted(LoadOptions(weights=str(tmp_path / "random"), sync_score="on"))
+    assert sync_wanted(LoadOptions(weights="smoke", sync_score="on"))
+    assert sync_wanted(LoadOptions(weights=str(real)))
+    assert not sync_wanted(LoadOptions(weights=str(real), sync_score="off"))
+
+
+def test_a_failing_score_is_reported_and_the_video_kept(capsys, clip, scored_loads, tmp_path, monkeypatch):
+    def broken(self, frame, box):
+        raise RuntimeError("scorer broke")
+
+    monkeypatch.setattr(sync.ClipScorer, "add", broken)
+    output = tmp_path / "o.mp4"
+    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(output), *COMMON, "--sync-min-run", "6",
+                             "--min-sync-confidence", "1000", "--report", str(tmp_path / "r.json"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "ok" and output.is_file() and report["frames_written"] == 20
+    assert report["sync"]["status"] == "error" and report["sync"]["error"] == "RuntimeError: scorer broke"
+    assert report["sync"]["passed"] is None
+    assert any("lip-sync score failed (RuntimeError: scorer broke)" in w and "not gated" in w for w in report["warnings"])
+    assert "not scored: RuntimeError: scorer broke" in out
 
 
 def test_sync_score_on_without_syncnet_weights_says_how_to_get_them(capsys, clip, tmp_path):
@@ -164,9 +198,16 @@ def test_batch_has_the_score_column_and_counts_low_sync_apart(capsys, clip, scor
     assert code == 4 and [j["status"] for j in summary["jobs"]] == ["skipped", "skipped"]
     assert "--retry-low-sync reruns it" in summary["jobs"][0]["reason"] and scored_loads["n"] == loads
     assert summary["jobs"][0]["sync_confidence"] == first["sync_confidence"]
+    # the gate is not in the key: a lower one judges the recorded score again, regenerating nothing
+    code, out, err = run_cli(capsys, *argv[:-1], "-1000")
+    summary = json.loads((work / "jobs.jsonl.summary.json").read_text())
+    assert code == 0, err
+    assert [j["status"] for j in summary["jobs"]] == ["skipped", "skipped"] and scored_loads["n"] == loads
+    assert [j["outcome"] for j in summary["jobs"]] == ["ok", "ok"] and summary["counts"]["low_sync"] == 0
     code, out, err = run_cli(capsys, *argv, "--retry-low-sync")
     summary = json.loads((work / "jobs.jsonl.summary.json").read_text())
     assert code == 4 and [j["status"] for j in summary["jobs"]] == ["done", "skipped"]
+    assert scored_loads["n"] == loads + 1
 
 
 def test_score_a_video_with_no_face(capsys, tmp_path):
@@ -178,7 +219,9 @@ def test_score_a_video_with_no_face(capsys, tmp_path):
     result = json.loads((tmp_path / "s.json").read_text())
     assert result["frames"] == 16 and result["frames_with_face"] == 0
     assert result["sync"]["status"] == "no_scorable_run" and result["sync"]["confidence"] is None
-    assert "nothing scored" in out and "random weights means nothing" in out
+    assert "nothing scored" in out and "random weights: their lip-sync score means nothing" in out
+    assert result["status"] == "ok" and result["exit_code"] == 0 and result["sync"]["passed"] is None
+    assert any("not gated by --min-sync-confidence" in w for w in result["warnings"])
 
 
 def test_score_errors_are_one_line(capsys, tmp_path):
@@ -208,3 +251,10 @@ def test_score_of_the_output_equals_the_runs_own_within_the_codec(capsys, clip, 
     assert scored["distance"] == pytest.approx(in_stream["distance"], rel=0.01)
     assert scored["confidence"] == pytest.approx(in_stream["confidence"], abs=0.01 * in_stream["distance"])
     assert np.isfinite(scored["confidence"])
+    # the gate, as in a run: exit 4, the verdict in the JSON
+    code, out, err = run_cli(capsys, "score", str(output), "--weights", "smoke", "--face-detector", "dlib",
+                             "--sync-min-run", "6", "--json", str(tmp_path / "g.json"), "--min-sync-confidence", "1000")
+    gated = json.loads((tmp_path / "g.json").read_text())
+    assert code == 4 and gated["status"] == "low_sync" and gated["exit_code"] == 4
+    assert gated["sync"]["passed"] is False and gated["sync"]["min_confidence"] == 1000
+    assert err.count("\n") == 1 and "is below --min-sync-confidence 1000" in err

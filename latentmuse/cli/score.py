@@ -36,16 +36,15 @@ def score(
     Exit codes: 0 scored (or nothing to score: no face, or every run of it shorter than
     --sync-min-run), 1 error, 2 usage, 4 below --min-sync-confidence.
     """
+    from ..runtime.report import low_sync_line
     from ..runtime.score import ScoreOptions, score_video
     from .run import sync_summary
 
-    options = ScoreOptions(video, audio, json, load, clip.face, clip.min_face_size, clip.sync_min_run)
+    options = ScoreOptions(video, audio, json, load, clip.face, clip.min_face_size, clip.sync_min_run,
+                           clip.min_sync_confidence)
     with signals_as_interrupts() as guard, RichProgress(console, check=guard.check) as progress:
         result = score_video(options, progress)
     sync = result["sync"]
-    gate = clip.min_sync_confidence
-    if gate is not None and sync["status"] == "scored":
-        sync["min_confidence"], sync["passed"] = gate, sync["confidence"] >= gate
     table = PlainTable(title=f"lip sync of {video}", show_header=False)
     table.add_row("score", sync_summary(sync))
     table.add_row("frames", f"{result['frames']} at {result['fps']} fps, {result['frames_with_face']} with the face "
@@ -58,9 +57,8 @@ def score(
     console.print(table)
     for warning in result["warnings"]:
         console.print(f"[bold yellow]warning:[/] {plain(warning)}")
-    if sync["status"] != "scored":
+    if sync["status"] == "no_scorable_run":
         console.print(f"[bold yellow]note:[/] nothing scored: {plain(sync_summary(sync))}")
-    if sync.get("passed") is False:
-        error_console.print(f"[bold red]error:[/] lip-sync confidence (LSE-C) {sync['confidence']:.2f} is below "
-                            f"--min-sync-confidence {gate:g}.", soft_wrap=True)
-        raise typer.Exit(ExitCode.LOW_SYNC)
+    if result["exit_code"] != ExitCode.OK:
+        error_console.print(f"[bold red]error:[/] {plain(low_sync_line(sync))}.", soft_wrap=True)
+        raise typer.Exit(result["exit_code"])

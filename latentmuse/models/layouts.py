@@ -23,6 +23,8 @@ from typing import Any
 from ..errors import LatentmuseError
 
 SIDECAR = "latentmuse.json"
+#: How ``weights random`` begins the sidecar's note (:attr:`Sidecar.random`).
+RANDOM_NOTE = "random weights"
 #: Where commands look for weights unless told otherwise.
 WEIGHTS_ENV = "LATENTMUSE_WEIGHTS"
 LATENTSYNC_REPOS = {"1.5": "ByteDance/LatentSync-1.5", "1.6": "ByteDance/LatentSync-1.6"}
@@ -160,6 +162,15 @@ def layouts(latentsync_version: str = "1.5") -> tuple[ModelLayout, ...]:
             (HubFile("vivym/face-parsing-bisenet", "79999_iter.pth", "face-parse-bisent/79999_iter.pth"),),
             "MuseTalk blending",
         ),
+        # The 1.5 repository for both LatentSync versions: the scorer is the same network whichever
+        # generator it judges.
+        ModelLayout(
+            "syncnet", "SyncNet v2 (lip-sync score)", "latentmuse.models.syncnet",
+            ("auxiliary/syncnet_v2.safetensors", "auxiliary/syncnet_v2.model"),
+            (HubFile(LATENTSYNC_REPOS["1.5"], "auxiliary/syncnet_v2.model", "auxiliary/syncnet_v2.model"),),
+            "lip-sync score (LSE-C / LSE-D)",
+            optional=True,
+        ),
     )
 
 
@@ -192,6 +203,11 @@ class Sidecar:
             )
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise LatentmuseError(f"{path} is not valid: {exc}.", f"fix or delete {path}.") from None
+
+    @property
+    def random(self) -> bool:
+        """Whether ``weights random`` wrote the folder (its note says so): its outputs mean nothing."""
+        return self.note.startswith(RANDOM_NOTE)
 
     def write(self, root: Path) -> None:
         data = {"latentsync_version": self.latentsync_version, "configs": self.configs, "note": self.note}

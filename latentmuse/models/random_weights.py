@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .folder import Report, _quiet, folder_layouts
-from .layouts import ModelLayout, Sidecar, config_to_dict
+from .layouts import RANDOM_NOTE, ModelLayout, Sidecar, config_to_dict
 from .smoke import randomise_zero_initialised
 
 Size = Literal["tiny", "full"]
@@ -37,7 +37,7 @@ def write_random_weights(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     sidecar = Sidecar.read(root)
-    sidecar.note = f"random weights ({size}, seed {seed}): outputs are meaningless, for tests and demos only"
+    sidecar.note = f"{RANDOM_NOTE} ({size}, seed {seed}): outputs are meaningless, for tests and demos only"
     written: list[Path] = []
     for index, entry in enumerate(folder_layouts(root, models)):
         module = entry.load_module()

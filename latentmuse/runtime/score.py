@@ -10,11 +10,13 @@ detector's boxes on the dubbed mouth). The audio is the video's own track or ``-
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LatentmuseError
+from ..outcomes import STATUS_LOW_SYNC, STATUS_OK, ExitCode
 from ..files import atomic_write
 from ..progress import Progress, SilentProgress
 from . import media
@@ -23,8 +25,9 @@ from .defaults import DEFAULT_MIN_FACE_SIZE, DEFAULT_SYNC_MIN_RUN, MIN_SYNC_RUN
 from .faces import front_end_kind, make_front_end
 from .options import LoadOptions
 from .overlap import Prefetch
-from .runner_set import SMOKE, SMOKE_WARNING, SYNC_ROLES, face_graphs, load_models, resolve_device, syncnet_weights
-from .session import SMOKE_SEED
+from .report import gate_sync
+from .runner_set import SMOKE, SYNC_ROLES, face_graphs, load_models, resolve_device, syncnet_weights
+from .session import SMOKE_SEED, random_weights
 from .stream import FaceStage
 from .sync import ClipScorer, RunnerEmbedder
 from .tracking import FaceTracker, parse_face_policy
@@ -41,11 +44,15 @@ class ScoreOptions:
     face: str = "largest"
     min_face_size: int = DEFAULT_MIN_FACE_SIZE
     sync_min_run: int = DEFAULT_SYNC_MIN_RUN
+    min_sync_confidence: float | None = None
     face_batch_size: int = 16
 
 
 def check_score_options(options: ScoreOptions) -> None:
     check_load_options(options.load)
+    if options.min_sync_confidence is not None and not math.isfinite(options.min_sync_confidence):
+        raise LatentmuseError(f"--min-sync-confidence {options.min_sync_confidence} is not a number.",
+                              "give the lowest LSE-C to accept, e.g. --min-sync-confidence 5 (docs/QUALITY.md).")
     parse_face_policy(options.face)
     if options.sync_min_run < MIN_SYNC_RUN:
         raise LatentmuseError(f"--sync-min-run {options.sync_min_run} is below {MIN_SYNC_RUN} frames (SyncNet's window needs 6).",
@@ -58,7 +65,9 @@ def check_score_options(options: ScoreOptions) -> None:
 
 
 def score_video(options: ScoreOptions, progress: Progress | None = None) -> dict:
-    """The video's lip-sync score and what it was computed from (written to ``options.json`` when given)."""
+    """The video's lip-sync score and what it was computed from (written to ``options.json`` when given):
+    ``sync`` has the run report's fields, the gate's verdict included; ``status`` is ok or low_sync and
+    ``exit_code`` the command's (0 or 4)."""
     progress = progress or SilentProgress()
     started = time.perf_counter()
     check_score_options(options)
@@ -72,7 +81,8 @@ def score_video(options: ScoreOptions, progress: Progress | None = None) -> dict
     parse_face_policy(options.face).check_frame(info.width, info.height)
     waveform = track.mono(FEATURE_RATE)
     load = options.load
-    warnings = [SMOKE_WARNING + " The lip-sync score of random weights means nothing."] if str(load.weights) == SMOKE else []
+    warnings = ["random weights: their lip-sync score means nothing (a test of the plumbing)."] \
+        if random_weights(load.weights) else []
     for warning in warnings:
         progress.note(warning)
 
@@ -99,14 +109,17 @@ def score_video(options: ScoreOptions, progress: Progress | None = None) -> dict
         result = scorer.finish()
     finally:
         models.close()
+    sync = gate_sync(result.to_dict(), options.min_sync_confidence, warnings.append)
+    low = sync["passed"] is False
     out = {
+        "status": STATUS_LOW_SYNC if low else STATUS_OK, "exit_code": int(ExitCode.LOW_SYNC if low else ExitCode.OK),
         "video": str(options.video), "audio": str(options.audio if options.audio is not None else options.video),
         "frames": info.frame_count, "frames_with_face": with_face, "fps": f"{info.fps.numerator}/{info.fps.denominator}",
         "face": str(parse_face_policy(options.face)), "min_face_size": options.min_face_size,
         "face_detector": front_end.name, "weights": str(load.weights),
         "runners": {role: models.choices[graph].as_dict()["backend"] for role, graph in models.roles.items()
                     if graph in models.choices},
-        "sync": result.to_dict(), "seconds": round(time.perf_counter() - started, 3), "warnings": warnings,
+        "sync": sync, "seconds": round(time.perf_counter() - started, 3), "warnings": warnings,
     }
     if options.json is not None:
         try:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import LatentmuseError
 from ..files import Digests
-from ..models.layouts import LATENTSYNC_RESOLUTION
+from ..models.layouts import LATENTSYNC_RESOLUTION, Sidecar
 from ..runners.torch_runner import torch_dtype
 from .blending import FaceParser
 from .checks import check_load_options
@@ -54,8 +54,9 @@ def resolution_for(load: LoadOptions, version: str) -> int:
 def sync_wanted(load: LoadOptions) -> bool:
     """``--sync-score``: off; on (the weights must have SyncNet); auto: when the weights folder has it.
 
-    ``auto`` never scores with smoke weights: a random network's LSE-C is a meaningless number that
-    looks like a measurement (``on`` scores them anyway, for tests of the plumbing)."""
+    ``auto`` never scores random weights (smoke, or a ``weights random`` folder): a random network's
+    LSE-C is a meaningless number that looks like a measurement (``on`` scores them anyway, for tests
+    of the plumbing)."""
     if load.sync_score == "off":
         return False
     present = syncnet_weights(load.weights) is not None
@@ -66,15 +67,20 @@ def sync_wanted(load: LoadOptions) -> bool:
             f"--sync-score on: SyncNet weights ({' or '.join(layout('syncnet').targets)}) not found in {load.weights}.",
             f"run `latentmuse weights download --dir {load.weights} --model syncnet`, or pass --sync-score auto "
             "to score only when they exist.")
-    return present and (load.sync_score == "on" or str(load.weights) != SMOKE)
+    return present and (load.sync_score == "on" or not random_weights(load.weights))
+
+
+def random_weights(weights: str | Path) -> bool:
+    """Smoke weights, or a folder ``weights random`` wrote."""
+    return str(weights) == SMOKE or (Path(weights).is_dir() and Sidecar.read(Path(weights)).random)
 
 
 def sync_off_reason(load: LoadOptions) -> str:
     """Why a load does not score lip sync (for the one line that says so)."""
     if load.sync_score == "off":
         return "turned off"
-    if str(load.weights) == SMOKE:
-        return "smoke weights: a random network's score means nothing; --sync-score on scores them anyway"
+    if random_weights(load.weights):
+        return "random weights: a random network's score means nothing; --sync-score on scores them anyway"
     return f"no SyncNet weights in {load.weights}"
 
 

@@ -438,7 +438,7 @@ class RunResult:
     first_frame: int
     last_frame: int
     score: SyncScore
-    window_frames: list[int]  # output frame of each window's first crop
+    instant_frames: list[int]  # the output frame of each of the run's 25 fps frames (window i starts at i)
 
     def to_dict(self) -> dict:
         return {"first_frame": self.first_frame, "last_frame": self.last_frame, "frames": self.frames,
@@ -495,9 +495,8 @@ class ClipSync:
             span = min(WEAKEST_SPAN, len(track))
             means = np.convolve(track, np.ones(span) / span, mode="valid")
             i = int(np.argmin(means))
-            if best is None or means[i] < best[0]:
-                last = min(run.window_frames[i + span - 1] + LIP_FRAMES - 1, run.last_frame)
-                best = (float(means[i]), run.window_frames[i], last)
+            if best is None or means[i] < best[0]:  # the last window's last crop ends the stretch
+                best = (float(means[i]), run.instant_frames[i], run.instant_frames[i + span - 1 + LIP_FRAMES - 1])
         if best is None:
             return None
         return {"first_frame": best[1], "last_frame": best[2], "confidence": round(best[0], 4)}
@@ -536,7 +535,7 @@ class ClipScorer:
         self._run_first = 0
         self._run_frames = 0
         self._run_instants = 0  # 25 fps frames handed to the run
-        self._window_frames: list[int] = []
+        self._instant_frames: list[int] = []
         self._last: tuple[np.ndarray, Sequence[float]] | None = None
 
     def add(self, frame: np.ndarray, box: Sequence[float] | None) -> None:
@@ -563,7 +562,7 @@ class ClipScorer:
         start = round(Fraction(self._index) * SAMPLE_RATE / self.fps)
         self._run = RunScorer(self.audio[start:], self.embedder)
         self._run_first, self._run_frames, self._run_instants = self._index, 0, 0
-        self._window_frames = []
+        self._instant_frames = []
 
     def _nearest(self, instant: int) -> int:
         """The run's frame nearest 25 fps instant ``instant`` (halves round up)."""
@@ -572,7 +571,7 @@ class ClipScorer:
     def _feed(self, until: int, frame: np.ndarray, box: Sequence[float]) -> None:
         """Hand the run every 25 fps instant whose nearest frame is ``until`` or earlier."""
         while self._nearest(self._run_instants) <= until:
-            self._window_frames.append(self._run_first + min(self._nearest(self._run_instants), until))
+            self._instant_frames.append(self._run_first + min(self._nearest(self._run_instants), until))
             self._run.add(frame, box)
             self._run_instants += 1
 
@@ -582,7 +581,7 @@ class ClipScorer:
             return
         # instants inside the run whose nearest frame would be past its end take its last frame
         while Fraction(self._run_instants) * self.fps / FPS < self._run_frames:
-            self._window_frames.append(self._run_first + self._run_frames - 1)
+            self._instant_frames.append(self._run_first + self._run_frames - 1)
             run.add(*self._last)
             self._run_instants += 1
         last = self._run_first + self._run_frames - 1
@@ -595,7 +594,7 @@ class ClipScorer:
             self.result.runs_too_short += 1
             self.result.frames_too_short += self._run_frames
             return
-        self.result.runs.append(RunResult(self._run_first, last, score, self._window_frames[:len(score.per_frame)]))
+        self.result.runs.append(RunResult(self._run_first, last, score, self._instant_frames))
 
 
 class SyncTap:
