@@ -20,7 +20,8 @@ from latentmuse.graphs.spec import GraphSpec, TensorSpec
 from latentmuse.graphs.registry import GRAPHS
 
 # Every graph but the UNet3D variants (exported once below, at a smaller test shape).
-TWO_D = ("vae_encoder", "vae_decoder", "whisper_encoder", "whisper_post_ln", "musetalk_unet", "s3fd", "fan68", "bisenet")
+TWO_D = ("vae_encoder", "vae_decoder", "whisper_encoder", "whisper_post_ln", "musetalk_unet", "s3fd", "fan68", "bisenet",
+         "syncnet_audio", "syncnet_lip")
 
 
 def _unet3d_test_spec() -> GraphSpec:

@@ -188,7 +188,7 @@ def test_usage_mistakes_are_a_usage_message_and_exit_2(capsys, argv, words):
     (["run"], ["auto|musetalk|latentsync", "auto|trt|ort|torch", "auto|fp32|fp16", "auto|s3fd|dlib", "auto|256|512"]),
     (["batch"], ["auto|musetalk|latentsync", "auto|trt|ort|torch", "auto|fp32|fp16", "auto|s3fd|dlib", "auto|256|512"]),
     (["bench"], ["auto|musetalk|latentsync", "torch, ort, trt"]),
-    (["weights", "download"], ["1.5|1.6", "musetalk_unet|vae|whisper|unet3d|s3fd|fan68|bisenet"]),
+    (["weights", "download"], ["1.5|1.6", "musetalk_unet|vae|whisper|unet3d|s3fd|fan68|bisenet|syncnet"]),
     (["weights", "random"], ["tiny|full"]),
 ])
 def test_help_lists_the_choices(capsys, argv, values):

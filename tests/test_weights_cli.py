@@ -158,7 +158,7 @@ def test_doctor_reports_runtime_and_weights(tiny_folder, capsys):
     assert "weights: unet3d" in out and "absent" in out
 
 
-ALL = ["musetalk_unet", "vae", "whisper", "unet3d", "s3fd", "fan68", "bisenet"]
+ALL = ["musetalk_unet", "vae", "whisper", "unet3d", "s3fd", "fan68", "bisenet", "syncnet"]
 
 
 def test_random_then_check_covers_every_network_in_official_formats(tmp_path, capsys):

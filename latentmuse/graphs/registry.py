@@ -7,6 +7,13 @@ order at full size). The convolutional face networks get 1e-4 absolute and relat
 (logits, heatmaps, head maps) reach magnitudes of 10-100 at full size, where 1e-5 absolute is below
 float32 resolution after reordered reductions.
 
+SyncNet's two streams (``syncnet_audio``, ``syncnet_lip``) keep the face networks' 1e-4 / 1e-4, measured
+at the released size (random weights scaled 1/sqrt(fan-in), random BatchNorm statistics): on the
+validation inputs (N(0, 1)) the fp32 max-abs error is 3.6e-6 (audio) and 4.3e-6 (lip); on 0-255 frames,
+the lip stream's real range, the embeddings reach ~120 and the error 2.1e-4, inside
+``atol + rtol * |torch|`` element-wise at 0.87 of the bound (0.11 for the audio stream on MFCCs of
+std 20). Their ``N`` runs 1..32 with optimum 20, the reference evaluation's batch.
+
 Choices worth knowing:
 
 * ``unet3d*`` take ``timestep`` as int64 (B,): the DDIM scheduler's timesteps are integers and the
@@ -76,6 +83,24 @@ def _deepcache(resolution: int) -> tuple[GraphSpec, GraphSpec]:
 
 
 _S3FD_SIZE = 640
+
+#: SyncNet v2 (models/syncnet.py, not imported here: it needs torch.nn): 13 MFCC coefficients x 20 steps,
+#: 5 frames of 224 x 224, 1024-dimensional embeddings; the reference scores embed 20 samples per batch.
+_MFCC_COEFFICIENTS, _MFCC_STEPS, _LIP_FRAMES, _CROP, _SYNCNET_EMBEDDING = 13, 20, 5, 224, 1024
+_N_SYNCNET = DynamicDim("N", 1, 20, 32)
+
+
+def _syncnet_pair() -> tuple[GraphSpec, GraphSpec]:
+    """SyncNet's audio and lip streams, each to its (N, 1024) embedding."""
+    embedding = (TensorSpec("embedding", ("N", _SYNCNET_EMBEDDING)),)
+    return (
+        GraphSpec(name="syncnet_audio", model_key="syncnet", make_wrapper=wrappers.SyncNetAudioGraph,
+                  inputs=(TensorSpec("mfcc", ("N", 1, _MFCC_COEFFICIENTS, _MFCC_STEPS)),), outputs=embedding,
+                  dynamic=(_N_SYNCNET,), atol=1e-4, rtol=1e-4),
+        GraphSpec(name="syncnet_lip", model_key="syncnet", make_wrapper=wrappers.SyncNetLipGraph,
+                  inputs=(TensorSpec("frames", ("N", 3, _LIP_FRAMES, _CROP, _CROP)),), outputs=embedding,
+                  dynamic=(_N_SYNCNET,), atol=1e-4, rtol=1e-4),
+    )
 
 
 def _s3fd_outputs(size: int) -> tuple[TensorSpec, ...]:
@@ -164,6 +189,7 @@ _SPECS = (
         atol=1e-4,
         rtol=1e-4,
     ),
+    *_syncnet_pair(),
 )
 
 #: S3FD as the face front end runs it: whole frames at their own size (face-alignment's way), so PyTorch

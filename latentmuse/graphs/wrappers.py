@@ -170,3 +170,26 @@ class FANGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         out = self.fan(image)
         return out[-1] if isinstance(out, (list, tuple)) else out
+
+
+class SyncNetAudioGraph(nn.Module):
+    """mfcc (N, 1, 13, 20) (coefficients x 0.2 s of steps) -> embedding (N, 1024), SyncNet's audio stream."""
+
+    input_names = ("mfcc",)
+    output_names = ("embedding",)
+
+    def __init__(self, syncnet: nn.Module) -> None:
+        super().__init__()
+        self.syncnet = syncnet
+
+    def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
+        return self.syncnet.forward_aud(mfcc)
+
+
+class SyncNetLipGraph(SyncNetAudioGraph):
+    """frames (N, 3, 5, 224, 224) five BGR mouth crops, 0-255 floats -> embedding (N, 1024), the lip stream."""
+
+    input_names = ("frames",)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.syncnet.forward_lip(frames)

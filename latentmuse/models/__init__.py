@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("bisenet", "fan", "musetalk_unet", "s3fd", "unet3d", "vae", "whisper", "folder")
+_MODULES = ("bisenet", "fan", "musetalk_unet", "s3fd", "syncnet", "unet3d", "vae", "whisper", "folder")
 _FUNCTIONS = {
     "check_folder": ("folder", "check_folder"), "download": ("folder", "download"), "load_model": ("folder", "load_model"),
     "load_unet3d": ("unet3d", "load_unet3d"), "load_musetalk_unet": ("musetalk_unet", "load"), "load_vae": ("vae", "load"),
     "load_whisper": ("whisper", "load"), "load_s3fd": ("s3fd", "load"), "load_fan": ("fan", "load"),
-    "load_bisenet": ("bisenet", "load"),
+    "load_bisenet": ("bisenet", "load"), "load_syncnet": ("syncnet", "load"),
 }
 
 __all__ = sorted({*_MODULES, *_FUNCTIONS} - {"folder"})
