@@ -305,7 +305,13 @@ def test_folder_export_includes_syncnet_graphs_only_when_present(tmp_path: Path)
     write_random_weights(root, models=["bisenet"])
     res = CliRunner().invoke(app, ["--weights", str(root), "--out", str(tmp_path / "a"), "--no-fp16"])
     assert res.exit_code == 0, res.output
-    assert "[1/1] bisenet" in res.output and "syncnet" not in res.output  # left out, like UNet3D and S3FD
+    assert "[1/1] bisenet" in res.output and "pass [1/1] syncnet" not in res.output  # left out, like UNet3D and S3FD
+    text = " ".join(res.output.split())
+    # and said so, with the command that fetches the weights
+    assert ("note: not exported: syncnet_audio, syncnet_lip (no SyncNet v2 (lip-sync score) weights in "
+            f"{root}, optional, for the lip-sync score (LSE-C / LSE-D); `latentmuse weights download --dir {root} "
+            "--model syncnet` fetches them)") in text
+    assert "not exported: unet3d_256, unet3d_256_b1, unet3d_512, unet3d_512_b1 (no LatentSync UNet3D" in text
 
     write_random_weights(root, models=["syncnet"])
     out = tmp_path / "b"

@@ -16,7 +16,7 @@ from ..errors import LatentmuseError
 from ..artifacts.export_report import FAIL, PASS, REPORT_NAME, UNVALIDATED
 from ..models.layouts import default_weights_dir
 from ..outcomes import signals_as_interrupts
-from .console import make_console
+from .console import make_console, plain
 from .trust import TrustTorchscriptOption
 
 console = make_console()
@@ -44,6 +44,21 @@ def _default_graphs(weights: str) -> list[str]:
         name for name, spec in GRAPHS.items()
         if spec.model_key in present and (spec.model_key != "unet3d" or name in unet3d)
     ]
+
+
+def _absent_optional(weights: str) -> list[str]:
+    """One line per optional network absent from a weights folder: its graphs are left out of the export."""
+    from ..graphs.registry import GRAPHS
+    from ..models.folder import folder_layouts
+
+    root = Path(weights)
+    lines = []
+    for entry in folder_layouts(root):
+        graphs = [name for name, spec in GRAPHS.items() if spec.model_key == entry.key]
+        if entry.optional and graphs and entry.locate(root) is None:
+            lines.append(f"not exported: {', '.join(graphs)} (no {entry.title} weights in {root}, optional, for the "
+                         f"{entry.needed_for}; `latentmuse weights download --dir {root} --model {entry.key}` fetches them)")
+    return lines
 
 
 def graph_names(value: str | list[str] | None) -> list[str]:
@@ -105,6 +120,9 @@ def export(
         raise LatentmuseError(f"no exportable weights found in {weights}.", "run `latentmuse weights check` on it.")
     if weights == SMOKE:
         console.print("[yellow]SMOKE WEIGHTS: seeded tiny configurations; the graphs are real, the numbers are not.[/]")
+    elif not graph_names(graphs):
+        for line in _absent_optional(weights):
+            console.print(f"[yellow]note:[/] {plain(line)}", soft_wrap=True)
 
     total = len(names)
     current = {"name": "", "index": 0}
