@@ -9,11 +9,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import python_speech_features as psf  # the reference MFCC (a test dependency, pyproject.toml)
 from scipy.signal import medfilt
 
 from latentmuse.runtime import sync
 
-psf = pytest.importorskip("python_speech_features")
 
 
 @pytest.fixture(scope="module")
