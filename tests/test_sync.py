@@ -15,7 +15,6 @@ from scipy.signal import medfilt
 from latentmuse.runtime import sync
 
 
-
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> np.ndarray:
     """espeak-ng speech at 16 kHz, float in [-1, 1] (as the run's waveform)."""
