@@ -219,7 +219,8 @@ def test_score_a_video_with_no_face(capsys, tmp_path):
     result = json.loads((tmp_path / "s.json").read_text())
     assert result["frames"] == 16 and result["frames_with_face"] == 0
     assert result["sync"]["status"] == "no_scorable_run" and result["sync"]["confidence"] is None
-    assert "nothing scored" in out and "random weights: their lip-sync score means nothing" in out
+    assert "not scored: no run of the dubbed face of 50 frames or more" in out
+    assert "random weights: their lip-sync score means nothing" in out
     assert result["status"] == "ok" and result["exit_code"] == 0 and result["sync"]["passed"] is None
     assert any("not gated by --min-sync-confidence" in w for w in result["warnings"])
 

@@ -57,8 +57,6 @@ def score(
     console.print(table)
     for warning in result["warnings"]:
         console.print(f"[bold yellow]warning:[/] {plain(warning)}")
-    if sync["status"] == "no_scorable_run":
-        console.print(f"[bold yellow]note:[/] nothing scored: {plain(sync_summary(sync))}")
     if result["exit_code"] != ExitCode.OK:
         error_console.print(f"[bold red]error:[/] {plain(low_sync_line(sync))}.", soft_wrap=True)
         raise typer.Exit(result["exit_code"])
