@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import torch
 
+from ..models.constants import (SYNCNET_CROP, SYNCNET_EMBEDDING, SYNCNET_LIP_FRAMES, SYNCNET_MFCC_COEFFICIENTS,
+                                SYNCNET_MFCC_STEPS)
 from . import wrappers
 from .spec import DynamicDim, GraphSpec, TensorSpec
 
@@ -84,21 +86,19 @@ def _deepcache(resolution: int) -> tuple[GraphSpec, GraphSpec]:
 
 _S3FD_SIZE = 640
 
-#: SyncNet v2 (models/syncnet.py, not imported here: it needs torch.nn): 13 MFCC coefficients x 20 steps,
-#: 5 frames of 224 x 224, 1024-dimensional embeddings; the reference scores embed 20 samples per batch.
-_MFCC_COEFFICIENTS, _MFCC_STEPS, _LIP_FRAMES, _CROP, _SYNCNET_EMBEDDING = 13, 20, 5, 224, 1024
+#: SyncNet v2: the reference scores embed 20 samples per batch.
 _N_SYNCNET = DynamicDim("N", 1, 20, 32)
 
 
 def _syncnet_pair() -> tuple[GraphSpec, GraphSpec]:
     """SyncNet's audio and lip streams, each to its (N, 1024) embedding."""
-    embedding = (TensorSpec("embedding", ("N", _SYNCNET_EMBEDDING)),)
+    embedding = (TensorSpec("embedding", ("N", SYNCNET_EMBEDDING)),)
     return (
         GraphSpec(name="syncnet_audio", model_key="syncnet", make_wrapper=wrappers.SyncNetAudioGraph,
-                  inputs=(TensorSpec("mfcc", ("N", 1, _MFCC_COEFFICIENTS, _MFCC_STEPS)),), outputs=embedding,
+                  inputs=(TensorSpec("mfcc", ("N", 1, SYNCNET_MFCC_COEFFICIENTS, SYNCNET_MFCC_STEPS)),), outputs=embedding,
                   dynamic=(_N_SYNCNET,), atol=1e-4, rtol=1e-4),
         GraphSpec(name="syncnet_lip", model_key="syncnet", make_wrapper=wrappers.SyncNetLipGraph,
-                  inputs=(TensorSpec("frames", ("N", 3, _LIP_FRAMES, _CROP, _CROP)),), outputs=embedding,
+                  inputs=(TensorSpec("frames", ("N", 3, SYNCNET_LIP_FRAMES, SYNCNET_CROP, SYNCNET_CROP)),), outputs=embedding,
                   dynamic=(_N_SYNCNET,), atol=1e-4, rtol=1e-4),
     )
 

@@ -8,3 +8,11 @@ MEL_FRAMES = 3000
 STATES_PER_SECOND = 50
 #: ``--weights smoke``: seeded random weights in test-size configurations (models/smoke.py).
 SMOKE = "smoke"
+#: SyncNet v2's inputs and outputs (models/syncnet.py, runtime/sync.py): 13 MFCC coefficients x 20 steps
+#: (0.2 s at 100 steps per second), 5 consecutive 224 x 224 face crops (0.2 s at 25 fps), and each
+#: stream's embedding size.
+SYNCNET_MFCC_COEFFICIENTS = 13
+SYNCNET_MFCC_STEPS = 20
+SYNCNET_LIP_FRAMES = 5
+SYNCNET_CROP = 224
+SYNCNET_EMBEDDING = 1024

@@ -22,19 +22,16 @@ import torch
 from torch import nn
 
 from .checkpoint import build_on_meta, load_strict, read_state_dict
+from .constants import SYNCNET_CROP as CROP
+from .constants import SYNCNET_EMBEDDING as EMBEDDING
+from .constants import SYNCNET_LIP_FRAMES as LIP_FRAMES
+from .constants import SYNCNET_MFCC_COEFFICIENTS as MFCC_COEFFICIENTS
+from .constants import SYNCNET_MFCC_STEPS as MFCC_STEPS
 
 #: Name of the released weights file.
 OFFICIAL_FILENAME = "syncnet_v2.model"
-#: Size of each stream's embedding.
-EMBEDDING = 1024
-#: Consecutive video frames per lip sample (0.2 s at 25 fps).
-LIP_FRAMES = 5
-#: Side of the square mouth crop, in pixels.
-CROP = 224
-#: MFCC steps per audio sample (0.2 s at 100 steps per second).
-MFCC_STEPS = 20
-#: MFCC coefficients per step.
-MFCC_COEFFICIENTS = 13
+__all__ = ["CROP", "EMBEDDING", "LIP_FRAMES", "MFCC_COEFFICIENTS", "MFCC_STEPS", "OFFICIAL_FILENAME", "SyncNet",
+           "SyncNetConfig", "build", "full_config", "load", "tiny_config"]
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..models.constants import SYNCNET_CROP, SYNCNET_LIP_FRAMES, SYNCNET_MFCC_COEFFICIENTS, SYNCNET_MFCC_STEPS
 from .defaults import DEFAULT_SYNC_MIN_RUN
 
 #: The rates the network was trained at: 16 kHz audio, 25 fps video (640 samples a frame).
@@ -44,11 +45,12 @@ SAMPLE_RATE = 16_000
 FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 #: MFCC: 25 ms windows every 10 ms (400 / 160 samples), 13 coefficients of 26 mel filters on a 512-point FFT.
-WINDOW, STEP, NFFT, FILTERS, COEFFICIENTS, PREEMPHASIS, LIFTER = 400, 160, 512, 26, 13, 0.97, 22
+WINDOW, STEP, NFFT, FILTERS, PREEMPHASIS, LIFTER = 400, 160, 512, 26, 0.97, 22
+COEFFICIENTS = SYNCNET_MFCC_COEFFICIENTS
 MFCC_PER_FRAME = SAMPLES_PER_FRAME // STEP  # 4
-MFCC_WINDOW = 20  # columns per audio embedding (0.2 s)
-LIP_FRAMES = 5  # crops per lip embedding (0.2 s)
-CROP = 224
+MFCC_WINDOW = SYNCNET_MFCC_STEPS  # columns per audio embedding (0.2 s)
+LIP_FRAMES = SYNCNET_LIP_FRAMES  # crops per lip embedding (0.2 s)
+CROP = SYNCNET_CROP
 #: Box filter, crop margin and padding grey of ``crop_video``.
 BOX_FILTER = 13
 CROP_SCALE = 0.4
