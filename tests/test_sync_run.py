@@ -259,3 +259,23 @@ def test_score_of_the_output_equals_the_runs_own_within_the_codec(capsys, clip, 
     assert code == 4 and gated["status"] == "low_sync" and gated["exit_code"] == 4
     assert gated["sync"]["passed"] is False and gated["sync"]["min_confidence"] == 1000
     assert err.count("\n") == 1 and "is below --min-sync-confidence 1000" in err
+
+
+@pytest.mark.parametrize("failed, allowed, gate, expected", [
+    (0, False, None, ("ok", 0)), (0, False, 5.0, ("low_sync", 4)), (0, False, 1.0, ("ok", 0)),
+    (3, False, 5.0, ("failed_frames", 3)), (3, True, 5.0, ("low_sync", 4)), (3, True, 1.0, ("failed_frames", 0)),
+])
+def test_a_recorded_score_is_judged_again_as_a_run_would_judge_it(failed, allowed, gate, expected):
+    """batch/resume.rejudge gives the status a run ends with (runtime/report.finished): failed frames
+    not accepted come first, then the gate."""
+    from latentmuse.batch.resume import rejudge
+
+    earlier = {"video": "v.mp4", "audio": "v.mp4", "output": "o.mp4", "frames_in": 100, "frames_out": 100,
+               "frames_failed": failed, "status": "ok", "exit_code": 0, "fallbacks": [],
+               "sync": {"status": "scored", "confidence": 3.0, "distance": 8.0, "offset_frames": 1,
+                        "frames_scored": 90, "weakest": None, "min_confidence": None, "passed": None}}
+    judged = rejudge(earlier, gate, allowed)
+    assert (judged["status"], judged["exit_code"]) == expected
+    assert judged["sync"]["passed"] is (None if gate is None else 3.0 >= gate)
+    assert rejudge({**earlier, "sync": None}, 5.0) is None  # a gate and no score: the job runs
+    assert rejudge({**earlier, "sync": None}, None)["status"] == "ok"

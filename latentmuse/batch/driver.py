@@ -120,7 +120,8 @@ def plan(jobs: Iterable[Job], load: LoadOptions, clip: ClipOptions, digests: Dig
             planned.append(Planned(job, options, None, RUN))
             continue
         decision, earlier = decide(job, key["key"], force=force, retry_failed=retry_failed, retry_low_sync=retry_low_sync,
-                                   min_sync_confidence=options.min_sync_confidence)
+                                   min_sync_confidence=options.min_sync_confidence,
+                                   allow_failed_frames=options.allow_failed_frames)
         planned.append(Planned(job, options, key, decision, earlier))
     return planned
 

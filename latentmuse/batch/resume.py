@@ -55,31 +55,33 @@ def previous_report(job: Job) -> dict | None:
         return None
 
 
-def rejudge(earlier: dict, min_confidence: float | None) -> dict | None:
+def rejudge(earlier: dict, min_confidence: float | None, allow_failed_frames: bool = False) -> dict | None:
     """An earlier report of a complete video with its lip-sync verdict for ``min_confidence`` (status,
-    error, exit code and the ``sync`` block's gate); None when it cannot be judged: a gate is asked
-    for and the report has no score (the job runs, and scores or says why it cannot)."""
+    error, exit code and the ``sync`` block's gate, as :func:`~latentmuse.runtime.report.finished`
+    gives them); None when it cannot be judged: a gate is asked for and the report has no score (the
+    job runs, and scores or says why it cannot)."""
     sync = earlier.get("sync")
     if sync is None:
         return None if min_confidence is not None else earlier
     report = RunReport(**{k: v for k, v in earlier.items() if k in RunReport.__dataclass_fields__})
     report.sync = gate_sync(sync, min_confidence, lambda message: None)
-    finished(report, allow_failed_frames=earlier.get("exit_code") == 0)
+    finished(report, allow_failed_frames)
     return {**earlier, "status": report.status, "error": report.error, "exit_code": int(report.exit_code),
             "sync": report.sync}
 
 
 def decide(job: Job, key: str, *, force: bool = False, retry_failed: bool = False,
-           retry_low_sync: bool = False, min_sync_confidence: float | None = None) -> tuple[str, dict | None]:
+           retry_low_sync: bool = False, min_sync_confidence: float | None = None,
+           allow_failed_frames: bool = False) -> tuple[str, dict | None]:
     """``run``, ``done`` or ``failed`` (see the module docstring), and the earlier report (a complete
-    video's judged against ``min_sync_confidence``)."""
+    video's judged against ``min_sync_confidence``; ``allow_failed_frames`` is the job's, in its key)."""
     if force:
         return RUN, None
     earlier = previous_report(job)
     if earlier is None or (earlier.get("job") or {}).get("key") != key:
         return RUN, earlier
     if earlier.get("status") in (STATUS_OK, STATUS_FAILED_FRAMES, STATUS_LOW_SYNC):
-        judged = rejudge(earlier, min_sync_confidence)
+        judged = rejudge(earlier, min_sync_confidence, allow_failed_frames)
         if judged is None:
             return RUN, earlier
         earlier = judged
