@@ -60,7 +60,7 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "cache": (Annotated[Optional[Path], typer.Option(metavar="DIR", help=f"Face-track cache: a second run on the same video (other audio) skips face detection. Default: {default_cache_dir()} ($LATENTMUSE_CACHE).")], None, "clip"),
     "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the face-track cache.")], False, "clip"),
     "trust_torchscript": (TrustTorchscriptOption, None, "load"),
-    "sync_score": (Annotated[SyncScoring, typer.Option(help="Score the lip sync of the written frames (SyncNet LSE-C / LSE-D, docs/QUALITY.md); auto: when the weights folder has auxiliary/syncnet_v2.model (never for smoke weights).")], SyncScoring("auto"), "load"),
+    "sync_score": (Annotated[SyncScoring, typer.Option(help="Score the lip sync of the written frames (SyncNet LSE-C / LSE-D, docs/QUALITY.md); auto: when the weights folder has auxiliary/syncnet_v2.model (never for random weights: smoke, or a `weights random` folder).")], SyncScoring("auto"), "load"),
     "min_sync_confidence": (Annotated[Optional[float], typer.Option(metavar="LSE-C", help="Quality gate: a clip whose lip-sync confidence is below this is still written, but ends low_sync with exit 4 (a clip with nothing to score is not gated).")], None, "clip"),
     "sync_min_run": (Annotated[int, typer.Option(min=MIN_SYNC_RUN, help="Score only runs of the dubbed face of at least this many frames.")], DEFAULT_SYNC_MIN_RUN, "clip"),
 }

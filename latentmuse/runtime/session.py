@@ -17,7 +17,7 @@ import torch
 
 from ..errors import LatentmuseError
 from ..files import Digests
-from ..models.layouts import LATENTSYNC_RESOLUTION, Sidecar
+from ..models.layouts import LATENTSYNC_RESOLUTION, Sidecar, layout
 from ..runners.torch_runner import torch_dtype
 from .blending import FaceParser
 from .checks import check_load_options
@@ -61,8 +61,6 @@ def sync_wanted(load: LoadOptions) -> bool:
         return False
     present = syncnet_weights(load.weights) is not None
     if load.sync_score == "on" and not present:
-        from ..models.layouts import layout
-
         raise LatentmuseError(
             f"--sync-score on: SyncNet weights ({' or '.join(layout('syncnet').targets)}) not found in {load.weights}.",
             f"run `latentmuse weights download --dir {load.weights} --model syncnet`, or pass --sync-score auto "
