@@ -27,6 +27,8 @@ from .helpers import write_level_video, write_wav
 from .standins import Notes, counted_standin_loads, standin_models, whisper_standin
 
 COMMON = ("--weights", "smoke", "--face-detector", "dlib", "--generator", "musetalk", "--no-cache")
+#: smoke weights are scored only when asked (auto never scores random weights)
+SCORED = (*COMMON, "--sync-score", "on")
 
 
 def syncnet_runners() -> dict:
@@ -82,14 +84,14 @@ def test_the_stream_scores_the_written_frames(clip, tmp_path, monkeypatch):
 
 def test_run_shows_the_score_and_gates_it(capsys, clip, scored_loads, tmp_path):
     out_ok, out_low = tmp_path / "ok.mp4", tmp_path / "low.mp4"
-    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(out_ok), *COMMON, "--sync-min-run", "6",
+    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(out_ok), *SCORED, "--sync-min-run", "6",
                              "--min-sync-confidence", "-1000", "--report", str(tmp_path / "ok.json"))
     assert code == 0, err
     assert "lip sync" in out and "LSE-C" in out and "passes --min-sync-confidence -1000" in out
     ok = json.loads((tmp_path / "ok.json").read_text())
     assert ok["status"] == "ok" and ok["sync"]["passed"] is True
 
-    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(out_low), *COMMON, "--sync-min-run", "6",
+    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(out_low), *SCORED, "--sync-min-run", "6",
                              "--min-sync-confidence", "1000", "--report", str(tmp_path / "low.json"))
     assert code == ExitCode.LOW_SYNC == 4
     low = json.loads((tmp_path / "low.json").read_text())
@@ -101,7 +103,7 @@ def test_run_shows_the_score_and_gates_it(capsys, clip, scored_loads, tmp_path):
 
 
 def test_nothing_scorable_is_said_and_not_gated(capsys, clip, scored_loads, tmp_path):
-    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(tmp_path / "o.mp4"), *COMMON,
+    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(tmp_path / "o.mp4"), *SCORED,
                              "--min-sync-confidence", "1000", "--report", str(tmp_path / "r.json"))
     assert code == 0, err  # runs of 5 and 10 frames, both under the default 50
     report = json.loads((tmp_path / "r.json").read_text())
@@ -117,6 +119,12 @@ def test_a_gate_without_a_score_is_an_error_before_any_work(capsys, clip, tmp_pa
     code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(output), *COMMON, "--min-sync-confidence", "5")
     assert code == 1 and not output.exists()
     assert err.count("\n") == 1 and "--min-sync-confidence 5.0 needs the lip-sync score" in err and "random weights" in err
+
+
+def test_the_gate_is_checked_before_the_networks_load(capsys, clip, loads, tmp_path):
+    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(tmp_path / "o.mp4"), *COMMON,
+                             "--min-sync-confidence", "5", "--sync-score", "off")
+    assert code == 1 and loads["n"] == 0 and "(--sync-score off; turned off)" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -152,7 +160,7 @@ def test_a_failing_score_is_reported_and_the_video_kept(capsys, clip, scored_loa
 
     monkeypatch.setattr(sync.ClipScorer, "add", broken)
     output = tmp_path / "o.mp4"
-    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(output), *COMMON, "--sync-min-run", "6",
+    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(output), *SCORED, "--sync-min-run", "6",
                              "--min-sync-confidence", "1000", "--report", str(tmp_path / "r.json"))
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
@@ -178,7 +186,7 @@ def test_batch_has_the_score_column_and_counts_low_sync_apart(capsys, clip, scor
     jobs = work / "jobs.jsonl"
     jobs.write_text(json.dumps({"video": "talk.mp4", "audio": "a.wav", "output": "out/a.mp4"}) + "\n"
                     + json.dumps({"video": "talk.mp4", "output": "out/own.mp4", "min_sync_confidence": -1000}) + "\n")
-    argv = ("batch", str(jobs), *COMMON, "--sync-min-run", "6", "--min-sync-confidence", "1000")
+    argv = ("batch", str(jobs), *SCORED, "--sync-min-run", "6", "--min-sync-confidence", "1000")
     code, out, err = run_cli(capsys, *argv)
     assert code == ExitCode.LOW_SYNC, err
     summary = json.loads((work / "jobs.jsonl.summary.json").read_text())
@@ -238,8 +246,8 @@ def test_score_of_the_output_equals_the_runs_own_within_the_codec(capsys, clip, 
     """The run scores the frames it encodes; `latentmuse score` decodes the lossy output and finds the
     faces again: the two figures agree to within the codec's loss."""
     output = tmp_path / "o.mp4"
-    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(output), *COMMON, "--sync-min-run", "6",
-                             "--sync-score", "on", "--report", str(tmp_path / "r.json"))
+    code, out, err = run_cli(capsys, "run", str(clip.video), "-o", str(output), *SCORED, "--sync-min-run", "6",
+                             "--report", str(tmp_path / "r.json"))
     assert code == 0, err
     in_stream = json.loads((tmp_path / "r.json").read_text())["sync"]
     code, out, err = run_cli(capsys, "score", str(output), "--weights", "smoke", "--face-detector", "dlib",

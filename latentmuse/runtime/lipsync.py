@@ -28,10 +28,10 @@ from ..progress import Progress, SilentProgress
 from . import media
 from .checks import check_inputs, check_load_options
 from .options import ClipOptions, LoadOptions, RunOptions, clip_option_names
-from .pipeline import describe_inputs, reporting, run_clip
+from .pipeline import check_gate, describe_inputs, reporting, run_clip
 from .report import RunReport
 from .runner_set import ModelSet
-from .session import Session
+from .session import Session, sync_wanted
 
 
 class LipSync:
@@ -123,6 +123,8 @@ class LipSync:
         with reporting(options, progress, job) as report:
             inputs = check_inputs(options)
             describe_inputs(report, inputs)
+            if not self.loaded and self._models is None:  # before paying for the load
+                check_gate(options, sync_wanted(options.load))
             report.stages["validate"] = time.perf_counter() - started
             tic = time.perf_counter()
             session = self.session(progress.note)

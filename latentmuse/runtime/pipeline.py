@@ -73,6 +73,15 @@ def describe_inputs(report: RunReport, inputs: ClipInputs) -> None:
     report.audio_seconds = round(len(inputs.waveform) / 16_000, 3)
 
 
+def check_gate(options: RunOptions, scored: bool) -> None:
+    """A quality gate needs the score: a gate over clips that are not scored would pass them all silently."""
+    if options.clip.min_sync_confidence is not None and not scored:
+        raise LatentmuseError(f"--min-sync-confidence {options.clip.min_sync_confidence} needs the lip-sync score, which "
+                              f"is off (--sync-score {options.load.sync_score}; {sync_off_reason(options.load)}).",
+                              "put syncnet_v2.model in the weights folder (`latentmuse weights download --model syncnet`) "
+                              "or drop --min-sync-confidence.")
+
+
 def check_session(options: RunOptions, session: Session) -> None:
     """The clip's load-time options must be the session's."""
     if session.load != options.load:
@@ -91,11 +100,7 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
     clip, info, stages = options.clip, inputs.info, report.stages
     warn = warner(report, progress)
     check_session(options, session)
-    if clip.min_sync_confidence is not None and not session.scores_sync:
-        raise LatentmuseError(f"--min-sync-confidence {clip.min_sync_confidence} needs the lip-sync score, which is off "
-                              f"(--sync-score {options.load.sync_score}; {sync_off_reason(options.load)}).",
-                              "put syncnet_v2.model in the weights folder (`latentmuse weights download --model syncnet`) "
-                              "or drop --min-sync-confidence.")
+    check_gate(options, session.scores_sync)
     if str(options.load.weights) == SMOKE:
         warn(SMOKE_WARNING)
     if info.variable_frame_rate:
@@ -206,4 +211,4 @@ def run_clip(options: RunOptions, inputs: ClipInputs, session: Session, report: 
     report.stages = {k: round(v, 3) for k, v in stages.items()}
 
 
-__all__ = ["RunOptions", "RunReport", "check_session", "describe_inputs", "reporting", "run_clip"]
+__all__ = ["RunOptions", "RunReport", "check_gate", "check_session", "describe_inputs", "reporting", "run_clip"]
