@@ -287,3 +287,30 @@ def test_a_recorded_score_is_judged_again_as_a_run_would_judge_it(failed, allowe
     assert judged["sync"]["passed"] is (None if gate is None else 3.0 >= gate)
     assert rejudge({**earlier, "sync": None}, 5.0) is None  # a gate and no score: the job runs
     assert rejudge({**earlier, "sync": None}, None)["status"] == "ok"
+
+
+def test_the_bench_measures_syncnet_when_the_run_scores(tmp_path):
+    """With SyncNet weights that are not random, the bench times its graphs and the end-to-end run's
+    sync_score stage is rated per scored frame; smoke weights (never scored) add nothing."""
+    from types import SimpleNamespace
+
+    from latentmuse.bench.suite import BenchOptions, prepare
+    from latentmuse.bench.worker import stage_rates
+    from latentmuse.models.layouts import Sidecar
+    from latentmuse.models.random_weights import write_random_weights
+
+    root = tmp_path / "w"
+    write_random_weights(root)
+    sidecar = Sidecar.read(root)
+    sidecar.note = ""  # as a downloaded folder: the bench cannot tell it holds random weights
+    sidecar.write(root)
+    plan = prepare(BenchOptions(weights=str(root), generator="musetalk", backends="torch"))
+    assert {"syncnet_audio", "syncnet_lip"} <= set(plan.graphs) and {"syncnet_audio", "syncnet_lip"} <= set(plan.pipeline_graphs)
+    assert plan.graphs["syncnet_lip"] == {"frames_per_call": 8, "sizes": {"N": 8}}
+    smoke = prepare(BenchOptions(weights="smoke", generator="musetalk", backends="torch"))
+    assert not {"syncnet_audio", "syncnet_lip"} & {*smoke.graphs, *smoke.pipeline_graphs}
+
+    report = SimpleNamespace(frames_in=125, frames_out=125, frames_by_generator={}, sync={"frames_scored": 100},
+                             stages={"sync_score": 4.0, "faces": 2.5})
+    rates = stage_rates(report)
+    assert rates["sync_score"] == {"seconds": 4.0, "frames_per_s": 25.0}  # 100 scored frames in 4 s

@@ -8,6 +8,9 @@
 Work per call, so that frames/s compare across graphs: a frame-batched graph is called with its dynamic
 batch dimension at ``--batch-size`` frames; the UNet3D does one DDIM step of a 16-frame window (so its
 p50 is also the seconds per step); ``whisper_encoder`` encodes 30 s of audio, 750 frames at 25 fps.
+With real SyncNet weights (the end-to-end run then scores lip sync, docs/QUALITY.md) its two graphs
+are measured too, ``--batch-size`` windows a call (one window per scored frame), and the run's
+``sync_score`` stage is rated per scored frame.
 
 The ONNX Runtime backend needs validated ONNX files of these weights. When the engines folder lacks
 them for some graph, the bench exports those graphs into a temporary folder (fp32, and fp16 too on
@@ -108,7 +111,9 @@ def workload(graph: str, batch_size: int) -> dict:
 
 def prepare(options: BenchOptions) -> Plan:
     """Check every option (one-line errors, nothing heavy) and plan the measurements."""
-    from ..runtime.runner_set import resolve_device, run_graphs, unet3d_weights, weights_version
+    from ..runtime.options import LoadOptions
+    from ..runtime.runner_set import SYNC_ROLES, resolve_device, run_graphs, unet3d_weights, weights_version
+    from ..runtime.session import sync_wanted
 
     backends = parse_backends(options.backends)
     if options.frames < 1:
@@ -163,7 +168,12 @@ def prepare(options: BenchOptions) -> Plan:
         from ..runtime.generators.musetalk import MuseTalkGenerator
 
         names = ["whisper_encoder", *MuseTalkGenerator.graphs().values()]
-    roles = run_graphs(kind, resolution=resolution or 256, guided=options.guidance > 1.0, face_detector="dlib")
+    # the lip-sync score, when the end-to-end run scores (real SyncNet weights: runtime/session.sync_wanted)
+    scored = sync_wanted(LoadOptions(weights=options.weights))
+    if scored:
+        names += list(SYNC_ROLES.values())
+    roles = run_graphs(kind, resolution=resolution or 256, guided=options.guidance > 1.0, face_detector="dlib",
+                       sync=scored)
     pipeline_graphs = [g for g in roles.values() if g in GRAPHS and not (missing and ALL_GRAPHS[g].model_key == "unet3d")]
     return Plan(options, backends, device, kind, resolution, {g: workload(g, options.batch_size) for g in names},
                 unet3d, missing, pipeline_graphs, engines_dir(options.engines))

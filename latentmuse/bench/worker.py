@@ -144,7 +144,8 @@ class _ForwardedProgress:
 
 def stage_rates(report) -> dict:
     """Seconds and frames/s per pipeline stage (frames/s null for once-per-run stages)."""
-    frames_for = {"faces": min(report.frames_in, report.frames_out)}
+    frames_for = {"faces": min(report.frames_in, report.frames_out),
+                  "sync_score": (report.sync or {}).get("frames_scored", 0)}
     stages = {}
     for name, seconds in report.stages.items():
         if name in ONCE_PER_RUN:
@@ -192,6 +193,7 @@ def pipeline_job(req: dict) -> dict:
         "backend": report.backend,
         "precision": report.precision,
         "fallbacks": report.fallbacks,
+        "sync": report.sync,
         "torch_threads": torch.get_num_threads(),
     }
 
