@@ -70,9 +70,10 @@ def batch(
                 "some videos have frames that failed every generator" if code == ExitCode.FAILED_FRAMES else
                 f"{counts['low_sync']} of {len(result.jobs)} videos are below --min-sync-confidence (written; "
                 "--retry-low-sync reruns them)")
-        error_console.print(f"[bold red]error:[/] {plain(line)}; see {plain(summary_path)}. "
-                            "Fix the inputs named above and run the same command again (done jobs are skipped).",
-                            soft_wrap=True)
+        fix = ("Look at those videos (each reason names its weakest frames); the same command skips them again."
+               if code == ExitCode.LOW_SYNC else
+               "Fix the inputs named above and run the same command again (done jobs are skipped).")
+        error_console.print(f"[bold red]error:[/] {plain(line)}; see {plain(summary_path)}. {fix}", soft_wrap=True)
         raise typer.Exit(code)
 
 

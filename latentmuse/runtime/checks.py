@@ -55,11 +55,16 @@ def check_clip_options(clip: ClipOptions) -> None:
                               f"use --min-face-size {DEFAULT_MIN_FACE_SIZE} (the default).")
     if not 1 <= clip.steps <= 1000:
         raise LatentmuseError(f"--steps {clip.steps} is outside 1..1000.", f"use --steps {DEFAULT_STEPS} (LatentSync's default).")
-    if not (isinstance(clip.sync_min_run, int) and clip.sync_min_run >= MIN_SYNC_RUN):
-        raise LatentmuseError(f"--sync-min-run {clip.sync_min_run} is below {MIN_SYNC_RUN} frames (SyncNet's window needs 6).",
+    check_sync_options(clip.sync_min_run, clip.min_sync_confidence)
+
+
+def check_sync_options(sync_min_run: int, min_sync_confidence: float | None) -> None:
+    """The lip-sync score's values (a run's and ``latentmuse score``'s)."""
+    if not (isinstance(sync_min_run, int) and sync_min_run >= MIN_SYNC_RUN):
+        raise LatentmuseError(f"--sync-min-run {sync_min_run} is below {MIN_SYNC_RUN} frames (SyncNet's window needs 6).",
                               f"use --sync-min-run {DEFAULT_SYNC_MIN_RUN} (the default).")
-    if clip.min_sync_confidence is not None and not math.isfinite(clip.min_sync_confidence):
-        raise LatentmuseError(f"--min-sync-confidence {clip.min_sync_confidence} is not a number.",
+    if min_sync_confidence is not None and not math.isfinite(min_sync_confidence):
+        raise LatentmuseError(f"--min-sync-confidence {min_sync_confidence} is not a number.",
                               "give the lowest LSE-C to accept, e.g. --min-sync-confidence 5 (docs/QUALITY.md).")
 
 

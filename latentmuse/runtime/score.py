@@ -10,7 +10,6 @@ detector's boxes on the dubbed mouth). The audio is the video's own track or ``-
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from ..outcomes import STATUS_LOW_SYNC, STATUS_OK, ExitCode
 from ..files import atomic_write
 from ..progress import Progress, SilentProgress
 from . import media
-from .checks import FEATURE_RATE, check_load_options
-from .defaults import DEFAULT_MIN_FACE_SIZE, DEFAULT_SYNC_MIN_RUN, MIN_SYNC_RUN
+from .checks import FEATURE_RATE, check_load_options, check_sync_options
+from .defaults import DEFAULT_MIN_FACE_SIZE, DEFAULT_SYNC_MIN_RUN
 from .faces import front_end_kind, make_front_end
 from .options import LoadOptions
 from .overlap import Prefetch
@@ -50,13 +49,8 @@ class ScoreOptions:
 
 def check_score_options(options: ScoreOptions) -> None:
     check_load_options(options.load)
-    if options.min_sync_confidence is not None and not math.isfinite(options.min_sync_confidence):
-        raise LatentmuseError(f"--min-sync-confidence {options.min_sync_confidence} is not a number.",
-                              "give the lowest LSE-C to accept, e.g. --min-sync-confidence 5 (docs/QUALITY.md).")
+    check_sync_options(options.sync_min_run, options.min_sync_confidence)
     parse_face_policy(options.face)
-    if options.sync_min_run < MIN_SYNC_RUN:
-        raise LatentmuseError(f"--sync-min-run {options.sync_min_run} is below {MIN_SYNC_RUN} frames (SyncNet's window needs 6).",
-                              f"use --sync-min-run {DEFAULT_SYNC_MIN_RUN} (the default).")
     if options.json is not None:
         media.check_output_path(options.json, [options.video] + ([options.audio] if options.audio else []))
     if syncnet_weights(options.load.weights) is None:
