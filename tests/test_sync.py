@@ -259,6 +259,10 @@ def test_clip_scorer_cuts_runs_and_weights_them_by_frames():
     assert weakest["confidence"] == pytest.approx(low[0], abs=1e-4) and weakest["first_frame"] == low[1]
     data = result.to_dict()
     assert data["status"] == "scored" and len(data["runs"]) == 2 and data["resampled"] is None
+    # the per-second track: 25-window means, run after run (65 windows: 25, 25, 15; 39 windows: 25, 14)
+    expected = [[start + i, start + min(i + 25, len(t)) - 1 + 4, round(float(t[i:i + 25].mean()), 4)]
+                for t, start in tracks for i in range(0, len(t), 25)]
+    assert data["per_second"] == expected and len(expected) == 5
 
 
 def test_clip_scorer_samples_other_rates_at_40_ms():

@@ -503,6 +503,19 @@ class ClipSync:
             return None
         return {"first_frame": best[1], "last_frame": best[2], "confidence": round(best[0], 4)}
 
+    def per_second(self) -> list[list]:
+        """The per-window confidence in one-second steps (25 windows; a run's last step may be shorter):
+        ``[first_frame, last_frame, mean confidence]`` each, in output frames, run after run: where the
+        sync is weak along the clip, small enough for any clip's report (one entry a second)."""
+        out = []
+        for run in self.runs:
+            track = run.score.per_frame
+            for i in range(0, len(track), WEAKEST_SPAN):
+                j = min(i + WEAKEST_SPAN, len(track))
+                out.append([run.instant_frames[i], run.instant_frames[j - 1 + LIP_FRAMES - 1],
+                            round(float(track[i:j].mean()), 4)])
+        return out
+
     @property
     def status(self) -> str:
         return "scored" if self.runs else "no_scorable_run"
@@ -513,6 +526,7 @@ class ClipSync:
                 "offset_frames": self.offset_frames, "frames_scored": self.frames_scored,
                 "runs": [r.to_dict() for r in self.runs], "runs_too_short": self.runs_too_short,
                 "frames_too_short": self.frames_too_short, "min_run": self.min_run, "weakest": self.weakest(),
+                "per_second": self.per_second(),
                 "resampled": self.resampled, "seconds": round(self.seconds, 3)}
 
 
