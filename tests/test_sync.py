@@ -192,6 +192,7 @@ def test_streaming_run_equals_the_reference_all_at_once(frames_n, audio_frames):
         run.add(frame, box)
         assert len(run._waiting) <= 7 and len(run._crops) <= sync.EMBED_BATCH + 4 + 7  # bounded look-ahead
         assert len(run._lip) <= sync.EMBED_BATCH + sync.VSHIFT
+        assert len(run._boxes) <= sync.BOX_FILTER  # only the boxes a filter window still reaches
     ours = run.finish()
     expected = reference_evaluate(frames, boxes, waveform, LinearEmbedder())
     windows = min(frames_n, audio_frames) - 5
@@ -229,6 +230,37 @@ def test_measure_on_crops_equals_the_reference():
     expected = reference_evaluate(frames, boxes, waveform, LinearEmbedder())
     np.testing.assert_allclose(ours.mean_distances, expected.mean_distances, rtol=1e-6)
     assert len(ours.per_frame) == 45
+
+
+def test_measure_takes_a_syncnet_module():
+    """``measure(crops, waveform, model)`` with the network itself equals the reference evaluation
+    fed by the module's own ``forward_lip`` / ``forward_aud``."""
+    import torch
+
+    from latentmuse.models.smoke import smoke_model
+
+    module = smoke_model("syncnet")
+
+    class Direct:
+        def audio(self, blocks):
+            with torch.no_grad():
+                return module.forward_aud(torch.from_numpy(blocks.astype(np.float32))).numpy()
+
+        def lips(self, windows):
+            with torch.no_grad():
+                return module.forward_lip(torch.from_numpy(windows)).numpy()
+
+    rng = np.random.default_rng(6)
+    frames, boxes = _moving_face(30, rng)
+    waveform = (rng.standard_normal(30 * 640) * 0.2).astype(np.float32)
+    params = np.array([sync.box_parameters(b) for b in boxes])
+    filtered = np.stack([medfilt(params[:, k], 13) for k in range(3)], axis=1)
+    crops = np.stack([_reference_crop(f, *p) for f, p in zip(frames, filtered)])
+    ours = sync.measure(crops, waveform, module)
+    expected = reference_evaluate(frames, boxes, waveform, Direct())
+    assert ours.offset_frames == expected.offset_frames and len(ours.per_frame) == 25
+    np.testing.assert_allclose(ours.mean_distances, expected.mean_distances, rtol=1e-5)
+    assert ours.confidence == pytest.approx(expected.confidence, rel=1e-4, abs=1e-6)
 
 
 def test_clip_scorer_cuts_runs_and_weights_them_by_frames():

@@ -227,27 +227,15 @@ class RunnerEmbedder:
         return np.concatenate(out)
 
 
-class ModuleEmbedder:
-    """The streams of a loaded :class:`~latentmuse.models.syncnet.SyncNet` module (``forward_aud`` /
-    ``forward_lip``), on its own device and dtype."""
+def module_embedder(module) -> RunnerEmbedder:
+    """A loaded :class:`~latentmuse.models.syncnet.SyncNet` as the two graphs a run has (their wrappers
+    on PyTorch runners), on the module's own device and dtype."""
+    from ..graphs.wrappers import SyncNetAudioGraph, SyncNetLipGraph
+    from ..runners.torch_runner import TorchRunner
 
-    def __init__(self, module) -> None:
-        self.module = module.eval()
-
-    def audio(self, blocks: np.ndarray) -> np.ndarray:
-        return self._run(self.module.forward_aud, blocks)
-
-    def lips(self, windows: np.ndarray) -> np.ndarray:
-        return self._run(self.module.forward_lip, windows)
-
-    def _run(self, forward, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        parameter = next(self.module.parameters())
-        with torch.inference_mode():
-            return np.concatenate([
-                forward(torch.from_numpy(np.ascontiguousarray(batch[i:i + EMBED_BATCH])).to(parameter.device, parameter.dtype))
-                .float().cpu().numpy() for i in range(0, len(batch), EMBED_BATCH)])
+    parameter = next(module.parameters())
+    return RunnerEmbedder(*(TorchRunner(name, graph(module), parameter.device, parameter.dtype)
+                            for name, graph in (("syncnet_audio", SyncNetAudioGraph), ("syncnet_lip", SyncNetLipGraph))))
 
 
 def as_embedder(model) -> SyncEmbedder:
@@ -255,7 +243,7 @@ def as_embedder(model) -> SyncEmbedder:
     if hasattr(model, "audio") and hasattr(model, "lips"):
         return model
     if hasattr(model, "forward_aud") and hasattr(model, "forward_lip"):
-        return ModuleEmbedder(model)
+        return module_embedder(model)
     raise TypeError(f"{type(model).__name__} is not a SyncNet model or embedder")
 
 
@@ -333,7 +321,8 @@ class RunScorer:
         self.audio, self.embedder = audio, embedder
         self.audio_frames = len(audio) // SAMPLES_PER_FRAME  # the reference's floor(samples / 640)
         self.frames = 0  # frames added
-        self._boxes: list[tuple[float, float, float]] = []
+        self._boxes: list[tuple[float, float, float]] = []  # (s, x, y) of frames _box_first on
+        self._box_first = 0
         self._waiting: deque[np.ndarray] = deque()  # frames waiting for their filtered box
         self._crops: deque[np.ndarray] = deque()  # crops a window not yet embedded needs
         self._cropped = 0  # frames cropped (or passed over: past the audio) so far
@@ -369,11 +358,15 @@ class RunScorer:
     # ------------------------------------------------------------------------------------------------
     def _advance(self, final: bool) -> None:
         half = BOX_FILTER // 2
-        while self._waiting and (final or self._cropped + half < len(self._boxes)):
+        while self._waiting and (final or self._cropped + half < self.frames):
             frame = self._waiting.popleft()
             if self._cropped < self.audio_frames - 1:  # later frames are in no window: past the audio
-                self._crops.append(crop_face(frame, *filtered_box(self._boxes, self._cropped)))
+                self._crops.append(crop_face(frame, *filtered_box(self._boxes, self._cropped - self._box_first)))
             self._cropped += 1
+        drop = self._cropped - half - self._box_first  # boxes no filter window still reaches
+        if drop > 0:
+            del self._boxes[:drop]
+            self._box_first += drop
         # the windows the run has if it ends now (the reference stops at min(frames, audio) - 5), and
         # before the end only those whose five crops are made
         windows = max(0, min(self.frames, self.audio_frames) - LIP_FRAMES)
@@ -389,8 +382,8 @@ class RunScorer:
             dim = next(iter(self._audio.values())).shape[-1]
             zero = np.zeros(dim, np.float32)
             for w in range(len(self.distances), ready):
-                block = np.stack([self._audio.get(j, zero) if 0 <= j < self._windows else zero
-                                  for j in range(w - VSHIFT, w + VSHIFT + 1)])
+                # windows before the run or past its end are not in the dict: zeros
+                block = np.stack([self._audio.get(j, zero) for j in range(w - VSHIFT, w + VSHIFT + 1)])
                 self.distances.append(window_distances(self._lip.pop(w), block))
             for j in [j for j in self._audio if j < ready - VSHIFT]:  # no later window reaches back to it
                 del self._audio[j]
@@ -660,5 +653,6 @@ class SyncTap:
         return {"status": "error", "error": self.error, "seconds": round(self.scorer.result.seconds, 3)}
 
 
-__all__ = ["ClipScorer", "ClipSync", "ModuleEmbedder", "RunScorer", "RunnerEmbedder", "SyncEmbedder", "SyncScore", "SyncTap",
-           "as_embedder", "box_parameters", "calc_pdist", "crop_face", "int16_scale", "measure", "mfcc", "mfcc_columns"]
+__all__ = ["ClipScorer", "ClipSync", "RunScorer", "RunnerEmbedder", "SyncEmbedder", "SyncScore", "SyncTap",
+           "as_embedder", "box_parameters", "calc_pdist", "crop_face", "int16_scale", "measure", "mfcc", "mfcc_columns",
+           "module_embedder"]
