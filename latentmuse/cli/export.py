@@ -22,43 +22,37 @@ from .trust import TrustTorchscriptOption
 console = make_console()
 
 
-def _default_graphs(weights: str) -> list[str]:
-    """smoke: every graph; a folder: the graphs whose weights are present (UNet3D at its version's size)."""
+def _default_graphs(weights: str) -> tuple[list[str], list[str]]:
+    """smoke: every graph; a folder: the graphs whose weights are present (UNet3D at its version's size),
+    and one line per optional network absent from it (its graphs are left out; how to fetch them)."""
     from ..graphs.registry import GRAPHS
     from ..models.folder import folder_layouts
     from ..models.layouts import LATENTSYNC_RESOLUTION, Sidecar
 
     if weights == "smoke":
-        return list(GRAPHS)
+        return list(GRAPHS), []
     root = Path(weights)
     if not root.is_dir():
         raise LatentmuseError(
             f"weights folder {root} does not exist.",
             "run `latentmuse weights download --dir DIR`, or pass --weights smoke for a plumbing test.",
         )
-    present = {entry.key for entry in folder_layouts(root) if entry.locate(root) is not None}
+    entries = folder_layouts(root)
+    present = {entry.key for entry in entries if entry.locate(root) is not None}
     unet3d = {256: ("unet3d_256", "unet3d_256_b1"), 512: ("unet3d_512", "unet3d_512_b1")}[
         LATENTSYNC_RESOLUTION[Sidecar.read(root).latentsync_version]
     ]
-    return [
+    names = [
         name for name, spec in GRAPHS.items()
         if spec.model_key in present and (spec.model_key != "unet3d" or name in unet3d)
     ]
-
-
-def _absent_optional(weights: str) -> list[str]:
-    """One line per optional network absent from a weights folder: its graphs are left out of the export."""
-    from ..graphs.registry import GRAPHS
-    from ..models.folder import folder_layouts
-
-    root = Path(weights)
-    lines = []
-    for entry in folder_layouts(root):
+    absent = []
+    for entry in entries:
         graphs = [name for name, spec in GRAPHS.items() if spec.model_key == entry.key]
-        if entry.optional and graphs and entry.locate(root) is None:
-            lines.append(f"not exported: {', '.join(graphs)} (no {entry.title} weights in {root}, optional, for the "
-                         f"{entry.needed_for}; `latentmuse weights download --dir {root} --model {entry.key}` fetches them)")
-    return lines
+        if entry.optional and graphs and entry.key not in present:
+            absent.append(f"not exported: {', '.join(graphs)} (no {entry.title} weights in {root}, optional, for the "
+                          f"{entry.needed_for}; `latentmuse weights download --dir {root} --model {entry.key}` fetches them)")
+    return names, absent
 
 
 def graph_names(value: str | list[str] | None) -> list[str]:
@@ -115,14 +109,15 @@ def export(
     """
     from ..export.onnx_export import SMOKE, export_many
 
-    names = graph_names(graphs) or _default_graphs(weights)  # (the option's callback checked them already)
+    names, absent = graph_names(graphs), []  # (the option's callback checked them already)
+    if not names:
+        names, absent = _default_graphs(weights)
     if not names:
         raise LatentmuseError(f"no exportable weights found in {weights}.", "run `latentmuse weights check` on it.")
     if weights == SMOKE:
         console.print("[yellow]SMOKE WEIGHTS: seeded tiny configurations; the graphs are real, the numbers are not.[/]")
-    elif not graph_names(graphs):
-        for line in _absent_optional(weights):
-            console.print(f"[yellow]note:[/] {plain(line)}", soft_wrap=True)
+    for line in absent:
+        console.print(f"[yellow]note:[/] {plain(line)}", soft_wrap=True)
 
     total = len(names)
     current = {"name": "", "index": 0}

@@ -9,6 +9,7 @@ stage opens them to learn it again.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,18 +98,29 @@ class ClipInputs:
         return max(self.schedule) + 1
 
 
+def read_clip(video, audio, face: str,
+              check_header: Callable[[VideoInfo], None] = lambda info: None) -> tuple[VideoInfo, media.AudioTrack]:
+    """The video's header and the clip's audio track, each file looked at once: the video's own track
+    is read in the same pass as its timestamps, an ``audio`` file only after the header passed the
+    ``face`` policy's frame check and ``check_header`` (cheap checks first). ``run`` and ``score``."""
+    own = None
+    if audio is None:
+        info, own = media.probe_clip(video)
+    else:
+        info = media.probe(video)
+    parse_face_policy(face).check_frame(info.width, info.height)
+    check_header(info)
+    if audio is not None:
+        return info, media.decode_audio(audio, what="audio file")
+    if own is None:
+        raise media.no_audio_error(video, "video")
+    return info, own
+
+
 def check_inputs(options: RunOptions) -> ClipInputs:
     """The video's header and the whole audio track (decoded once, here)."""
-    if options.audio is None:  # the video's own track: read in the same pass as the video's timestamps
-        info, audio = media.probe_clip(options.video)
-    else:
-        info = media.probe(options.video)
-    parse_face_policy(options.clip.face).check_frame(info.width, info.height)
-    media.choose_codec(options.output, options.clip.codec, (info.width, info.height))  # it can code this size
-    if options.audio is not None:
-        audio = media.decode_audio(options.audio, what="audio file")
-    elif audio is None:
-        raise media.no_audio_error(options.video, "video")
+    info, audio = read_clip(options.video, options.audio, options.clip.face,  # the output can code this size
+                            lambda info: media.choose_codec(options.output, options.clip.codec, (info.width, info.height)))
     waveform = audio.mono(FEATURE_RATE)
     n_out = output_frame_count(len(waveform), info.fps)
     if n_out == 0:

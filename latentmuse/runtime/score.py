@@ -19,7 +19,7 @@ from ..outcomes import STATUS_LOW_SYNC, STATUS_OK, ExitCode
 from ..files import atomic_write
 from ..progress import Progress, SilentProgress
 from . import media
-from .checks import FEATURE_RATE, check_load_options, check_sync_options
+from .checks import FEATURE_RATE, check_load_options, check_sync_options, read_clip
 from .defaults import DEFAULT_MIN_FACE_SIZE, DEFAULT_SYNC_MIN_RUN
 from .faces import front_end_kind, make_front_end
 from .options import LoadOptions
@@ -65,14 +65,7 @@ def score_video(options: ScoreOptions, progress: Progress | None = None) -> dict
     progress = progress or SilentProgress()
     started = time.perf_counter()
     check_score_options(options)
-    if options.audio is None:
-        info, track = media.probe_clip(options.video)
-        if track is None:
-            raise media.no_audio_error(options.video, "video")
-    else:
-        info = media.probe(options.video)
-        track = media.decode_audio(options.audio, what="audio file")
-    parse_face_policy(options.face).check_frame(info.width, info.height)
+    info, track = read_clip(options.video, options.audio, options.face)
     waveform = track.mono(FEATURE_RATE)
     load = options.load
     warnings = ["random weights: their lip-sync score means nothing (a test of the plumbing)."] \
