@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
-# Debian packages the demo and the tests use: speech synthesis and dlib's 68-point landmark model.
-APT_PACKAGES ?= espeak-ng libdlib-data
+# Debian packages the demo and the tests use: speech synthesis, dlib's 68-point landmark model, and the
+# headless browser the service's web-page test drives.
+APT_PACKAGES ?= espeak-ng libdlib-data chromium chromium-driver
 OUT    ?= out
 PYTEST_ARGS ?=
 WEIGHTS ?= smoke
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test,ray]"
+	$(BIN)/python -m pip install -q -e ".[test,ray,serve]"
 	touch $(STAMP)
 
 # Installs what is missing when run as root with apt; otherwise says what to install and goes on.

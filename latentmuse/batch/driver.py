@@ -10,6 +10,7 @@ still written, the jobs not reached marked ``not_run``.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -183,6 +184,31 @@ def failed_result(job: Job, reason: str, **values) -> JobResult:
 
 def not_run(job: Job) -> JobResult:
     return _result(job, NOT_RUN, reason="not reached: the batch was interrupted")
+
+
+class StopCheck:
+    """The progress a worker's job reports to (a Ray actor's, a service worker's): no display, but each
+    step raises :class:`~latentmuse.outcomes.Interrupted` once ``stop`` is set, so the job stops at its
+    next frame and its writer deletes its temporary files, as in a local interrupt."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted(15)
+
+    def start(self, stage: str, total: int | None) -> None:
+        self.check()
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        self.check()
+
+    def status(self, text: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
 
 
 def run_local(planned: list[Planned], summary: BatchSummary, make_lipsync: Callable[[], object], progress,

@@ -128,7 +128,7 @@ def _jsonl_jobs(path: Path) -> list[Job]:
                                   'write one object per line, e.g. {"video": "a.mp4", "audio": "a.wav", "output": "out/a.mp4"}.') from None
         if not isinstance(data, dict):
             raise LatentmuseError(f"{where} is not a JSON object.", 'write {"video": ..., "output": ...}.')
-        jobs.append(_job(data, path.parent, where, from_text=False))
+        jobs.append(job_from_dict(data, path.parent, where, from_text=False))
     return jobs
 
 
@@ -141,7 +141,7 @@ def _csv_jobs(path: Path) -> list[Job]:
         values = {k.strip(): v for k, v in row.items() if k is not None and v is not None and v.strip() != ""}
         if not values:
             continue
-        jobs.append(_job(values, path.parent, f"{path.name} row {number}", from_text=True))
+        jobs.append(job_from_dict(values, path.parent, f"{path.name} row {number}", from_text=True))
     return jobs
 
 
@@ -154,7 +154,9 @@ def _text(path: Path) -> str:
         raise LatentmuseError(f"cannot read {path} ({exc.strerror or exc}).", "check the path and its permissions.") from None
 
 
-def _job(data: dict, base: Path, where: str, from_text: bool) -> Job:
+def job_from_dict(data: dict, base: Path, where: str, from_text: bool) -> Job:
+    """One job from its keys (a JSONL object, a CSV row, a service request), checked; ``where`` names it in
+    errors; ``from_text``: values are strings to coerce (CSV cells, form fields)."""
     for key in ("video", "output"):
         if not data.get(key):
             raise LatentmuseError(f"{where} has no {key}.", f"give every job a {key} (a path).")

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from ..errors import LatentmuseError
 from ..outcomes import Interrupted, signals_as_interrupts
 from ..runtime.options import ClipOptions, LoadOptions, options_from_dict, options_to_dict
-from .driver import BatchSummary, JobResult, Planned, execute, failed_result, not_run, skipped_result
+from .driver import BatchSummary, JobResult, Planned, StopCheck, execute, failed_result, not_run, skipped_result
 from .jobs import Job
 from .resume import RUN
 
@@ -82,26 +82,6 @@ def _init(ray, address: str) -> bool:
     return True
 
 
-class _StopCheck:
-    """The progress an actor's job reports to: no display, but each step checks the stop flag."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-
-    def _check(self) -> None:
-        if self.stop.is_set():
-            raise Interrupted(15)
-
-    def start(self, stage, total) -> None:
-        self._check()
-
-    def advance(self, stage, amount=1) -> None:
-        self._check()
-
-    def note(self, message) -> None:
-        pass
-
-
 class LipSyncWorker:
     """A Ray actor: one loaded LipSync; ``run`` one job at a time, ``stop`` from a second thread."""
 
@@ -119,7 +99,7 @@ class LipSyncWorker:
     def run(self, index: int, job: dict, clip: dict, key: dict | None) -> tuple[int, dict]:
         self.stop_event.clear()
         result = execute(self.lipsync, Job.from_dict(job), options_from_dict(ClipOptions, clip), key,
-                         _StopCheck(self.stop_event), self.name)
+                         StopCheck(self.stop_event), self.name)
         return index, asdict(result)
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ..errors import LatentmuseError
 from ..outcomes import ExitCode, Interrupted
-from . import batch, bench, build, cache, doctor, export, run, sample, score, weights
+from . import batch, bench, build, cache, doctor, export, run, sample, score, serve, weights
 from .console import plain
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.add_typer(cache.app, name="cache")
 app.command("run")(run.run)
 app.command("batch")(batch.batch)
 app.command("score")(score.score)
+app.command("serve")(serve.serve)
 app.command("bench")(bench.bench)
 app.command("sample")(sample.sample)
 app.command("export")(export.export)
