@@ -64,6 +64,9 @@ class ClipOptions:
     min_sync_confidence: float | None = None
     #: Runs of the dubbed face shorter than this many frames are not scored.
     sync_min_run: int = DEFAULT_SYNC_MIN_RUN
+    #: Every window to MuseTalk even when LatentSync is loaded: one load serves both generators, clip by
+    #: clip (a service's jobs pick; ``--generator musetalk`` is the same for a whole run).
+    musetalk_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ class Session:
         unet = models.runners.get("musetalk_unet") or models.pytorch_runner("musetalk_unet")
         musetalk = MuseTalkGenerator(models["vae_encoder"], models["vae_decoder"], unet, parser,
                                      batch_size=clip.batch_size, latents=latents, defer_paste=True)
-        if self.kind == "musetalk":
+        if self.kind == "musetalk" or clip.musetalk_only:
             return GeneratorChain(musetalk, None, allow_fallback=clip.fallback, note=note)
         if not models.has_unet3d and not clip.fallback:
             raise LatentmuseError(

@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import json
 import math
+import shutil
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from ..errors import LatentmuseError
 from ..outcomes import STATUS_LOW_SYNC
 from ..runtime.options import ClipOptions, LoadOptions, options_from_dict, options_to_dict
-from .intake import Refused, UploadReceiver, make_job, probe, remove_folder, resolve_input, too_large
+from .intake import Refused, UploadReceiver, extension, make_job, probe, remove_folder, resolve_input, too_large
 from .store import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, LOW_SYNC, QUEUED, RUNNING, STATUSES, JobRecord, JobStore
 
 #: how many times a job is sent again after its worker died under it (a killed replica, a lost node)
@@ -132,13 +133,30 @@ class JobService:
     async def submit(self, request, client: str) -> JobRecord:
         """A job from an upload (multipart) or from paths under the input root (JSON), checked, recorded
         and sent; a refused request leaves nothing behind."""
+        return await self._admit_job(client, lambda folder: self._receive(request, folder))
+
+    async def submit_files(self, video: Path, audio: Path | None, options: dict, client: str) -> JobRecord:
+        """A job from files already on this machine (the web page's uploads): copied into the job's folder,
+        then exactly as an upload (``options`` as form fields: strings, or JSON values)."""
+        async def receive(folder: Path):
+            copies = {}
+            for name, path in (("video", video), ("audio", audio)):
+                if path is not None:
+                    copies[name] = folder / (name + extension(str(path)))
+                    await asyncio.to_thread(shutil.copyfile, path, copies[name])
+            return make_job(dict(options), copies["video"], copies.get("audio"), folder,
+                            from_text=all(isinstance(v, str) for v in options.values()))
+
+        return await self._admit_job(client, receive)
+
+    async def _admit_job(self, client: str, receive) -> JobRecord:
         self.admit(client)
         self._admitting[client] = self._admitting.get(client, 0) + 1
         job_id = uuid.uuid4().hex
         folder = self.settings.state_dir / "jobs" / job_id
         try:
             folder.mkdir(parents=True)
-            job = await self._receive(request, folder)
+            job = await receive(folder)
             await asyncio.to_thread(probe, job, self.load, self.clip, self.settings.max_seconds)
             record = JobRecord(job_id, str(folder), job.to_dict(), options_to_dict(job.clip_options(self.clip)),
                                dict(job.options), client=client)

@@ -125,7 +125,7 @@ class UploadReceiver:
                 raise Refused(422, f"the field {self._name} is text, not a file.", f"upload the file: -F {self._name}=@FILE.")
             if self._name in self.upload.files:
                 raise Refused(422, f"the upload has two {self._name} files.", f"send one {self._name}.")
-            path = self.folder / (self._name + _extension(filename.decode("utf-8", "replace")))
+            path = self.folder / (self._name + extension(filename.decode("utf-8", "replace")))
             self._sink = path.open("wb")
             self.upload.files[self._name] = path
         elif filename is not None:
@@ -156,7 +156,7 @@ def too_large(limit: int) -> Refused:
                    "send a shorter or more compressed clip, or start the service with a higher --max-upload-mb.")
 
 
-def _extension(filename: str) -> str:
+def extension(filename: str) -> str:
     """The client's extension if it looks like one (the decoders read it); never a path."""
     suffix = Path(filename.replace("\\", "/")).suffix.lower()
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""
