@@ -161,6 +161,10 @@ class JobService:
             record = JobRecord(job_id, str(folder), job.to_dict(), options_to_dict(job.clip_options(self.clip)),
                                dict(job.options), client=client)
             self.store.add(record)
+        except Refused as exc:
+            remove_folder(folder)
+            # the service's own paths are not the client's business: name an upload by its field's file
+            raise Refused(exc.status, exc.message.replace(f"{folder}/", "upload:"), exc.fix, exc.headers) from None
         except BaseException:
             remove_folder(folder)
             raise

@@ -103,6 +103,10 @@ class JobStore:
         with self._lock:
             self._db.close()
 
+    def journal_mode(self) -> str:
+        with self._lock:
+            return self._db.execute("PRAGMA journal_mode").fetchone()[0]
+
     # ------------------------------------------------------------------------------------ writes
 
     def add(self, record: JobRecord) -> None:
