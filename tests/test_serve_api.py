@@ -224,8 +224,11 @@ def test_every_route_but_healthz_needs_the_token(tmp_path, media_files):
                 assert reply.status_code == 401, (method, path, headers)
                 assert reply.headers["www-authenticate"].startswith("Bearer") and reply.json()["fix"]
         assert upload(client, media_files["video"]).status_code == 401 and jobs_on_disk(tmp_path / "state") == []
+        assert client.get("/openapi.json").status_code == 401 and client.get("/docs").status_code == 404
         good = {"Authorization": f"Bearer {TOKEN}"}
         assert client.get("/v1/jobs", headers=good).json()["total"] == 0
+        schemes = client.get("/openapi.json", headers=good).json()["components"]["securitySchemes"]
+        assert schemes["HTTPBearer"]["scheme"] == "bearer"
         assert upload(client, media_files["video"], headers=good).status_code == 202
 
 
@@ -278,7 +281,8 @@ def test_options_are_checked_as_a_batch_jobs(tmp_path, media_files):
     with app_server(create_app(service)) as url, httpx.Client(base_url=url, timeout=30) as client:
         for options, words in (({"steps": "many"}, "steps 'many' is not a number"), ({"colour": "red"}, "unknown key 'colour'"),
                                ({"output": "/etc/x.mp4"}, "output is chosen by the service"),
-                               ({"weights": "/x"}, "weights is a batch-wide option"), ({"steps": "0"}, "--steps 0 is outside"),
+                               ({"weights": "/x"}, "weights is fixed for the whole service"), ({"steps": "0"}, "--steps 0 is outside"),
+                               ({"min_sync_confidence": "5"}, "needs the lip-sync score, which is off"),
                                ({"cache": "/tmp"}, "unknown key 'cache'"), ({"musetalk_only": "perhaps"}, "musetalk_only")):
             reply = upload(client, media_files["video"], **options)
             assert reply.status_code == 422, (options, reply.text)
@@ -375,6 +379,8 @@ def test_the_job_list_pages_and_filters(tmp_path, media_files):
         assert [j["id"] for j in queued["jobs"]] == [ids[0], ids[2]]
         assert client.get("/v1/jobs", params={"status": "lost"}).status_code == 422
         assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
+        invalid = client.get("/v1/jobs", params={"offset": "first"})
+        assert invalid.status_code == 422 and invalid.json()["error"].startswith("query offset:") and invalid.json()["fix"]
         assert client.get(f"/v1/jobs/{ids[0]}/video").status_code == 409
         health = client.get("/healthz").json()
         assert health == {"status": "ok", "workers": 1, "queued": 2, "running": 0}

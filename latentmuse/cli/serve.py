@@ -27,7 +27,7 @@ SERVE_OPTIONS = tuple(name for name, (_, _, kind) in OPTIONS.items() if kind == 
 
 @functools.partial(processing_options, names=SERVE_OPTIONS)
 def serve(
-    ray: Annotated[str, typer.Option(metavar="auto|ADDRESS", help="auto: a running Ray cluster, else a local one; or a cluster's address (ray start --head).")] = "auto",
+    ray: Annotated[str, typer.Option(metavar="auto|local|ADDRESS", help="auto: a running Ray cluster, else a new local one; local: always a new local one; or a cluster's address (ray start --head).")] = "auto",
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token-file.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     state: Annotated[Path, typer.Option(help="Job records (jobs.sqlite3) and each job's files (jobs/ID/); on storage every node sees in a cluster.")] = Path("latentmuse-serve"),
@@ -67,6 +67,8 @@ def serve(
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LatentmuseError(f"cannot create --state {state} ({exc.strerror or exc}).", "pass a writable folder.") from None
+    lock = hold_state(state)  # noqa: F841 - held for the service's life
+    load = absolute_paths(load)
     settings = ServeSettings(str(state), options_to_dict(load), options_to_dict(clip),
                              None if input_root is None else str(input_root.resolve()), token, max_upload_mb, max_queue,
                              max_jobs_per_client, max_seconds, web=web)
@@ -75,10 +77,9 @@ def serve(
     with signals_as_interrupts(raise_now=False) as guard:
         started = connect(ray_module, ray)
         try:
-            console.print(f"starting the service on Ray ({'a new local cluster' if started and ray == 'auto' else ray}); "
-                          "the workers load their networks first")
-            described = service.deploy(ray_module, settings, host, port, workers)
-            service.wait_ready(url)
+            console.print(f"starting the service on Ray (--ray {ray}); the workers load their networks first")
+            described = service.deploy_interruptibly(ray_module, settings, host, port, workers, guard.check)
+            service.wait_ready(url, check=guard.check)
             console.print(f"[bold]latentmuse serve[/]: {url}  (API /v1/jobs, OpenAPI /docs{', page /' if web else ''}); "
                           f"{described}; state {state}; {'token required' if token else 'no token (loopback only)'}. "
                           "Ctrl-C stops; queued and running jobs resume at the next start.", soft_wrap=True)
@@ -96,7 +97,7 @@ def serve(
 
 
 def read_token(path: Path | None) -> str | None:
-    """The bearer token: the file's first line, else ``$LATENTMUSE_TOKEN``, else None."""
+    """The bearer token: the file's text (stripped), else ``$LATENTMUSE_TOKEN``, else None."""
     if path is None:
         value = os.environ.get(TOKEN_ENV, "").strip()
         return value or None
@@ -110,6 +111,36 @@ def read_token(path: Path | None) -> str | None:
     if len(value) < 16:
         raise LatentmuseError(f"the token in {path} is {len(value)} characters: too easy to guess.", "use at least 16 random characters.")
     return value
+
+
+def hold_state(state: Path):
+    """An exclusive lock on ``state`` for this service's life: two services on one job store would both run
+    its jobs. The open file is the lock (released when the process ends, however it ends)."""
+    import fcntl
+
+    handle = (state / "serve.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise LatentmuseError(f"another latentmuse serve uses --state {state}.",
+                              "stop it first, or give this one another --state.") from None
+    return handle
+
+
+def absolute_paths(load: LoadOptions) -> LoadOptions:
+    """The load's paths as absolute ones: the workers run in Ray's own working folder, not this one."""
+    from dataclasses import replace
+
+    from ..models.constants import SMOKE
+
+    values = {}
+    if str(load.weights) != SMOKE:
+        values["weights"] = str(Path(load.weights).expanduser().resolve())
+    for name in ("engines", "trust_torchscript"):
+        if getattr(load, name) is not None:
+            values[name] = Path(getattr(load, name)).expanduser().resolve()
+    return replace(load, **values)
 
 
 def is_loopback(host: str) -> bool:

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import LatentmuseError
 from ..outcomes import STATUS_LOW_SYNC
@@ -34,7 +36,7 @@ from ..runtime.options import ClipOptions, LoadOptions, options_from_dict, optio
 from .intake import Refused, UploadReceiver, extension, make_job, probe, remove_folder, resolve_input, too_large
 from .store import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, LOW_SYNC, QUEUED, RUNNING, STATUSES, JobRecord, JobStore
 
-#: how many times a job is sent again after its worker died under it (a killed replica, a lost node)
+#: how many times in all a job is sent to the workers when its worker dies under it (a killed replica, a lost node)
 MAX_ATTEMPTS = 3
 #: a JSON request body (paths and options) is small
 MAX_JSON_BYTES = 64 * 1024
@@ -95,6 +97,8 @@ class JobService:
 
     async def resume(self) -> int:
         """At start: the jobs a stop cut off queued again and sent to the workers, oldest first."""
+        for record in self.store.deleted_with_folders():  # a stop between a DELETE and its files' removal
+            remove_folder(Path(record.folder))
         records = self.store.requeue()
         for record in records:
             self._send(record.id)
@@ -125,7 +129,8 @@ class JobService:
                           {"Retry-After": str(self.retry_after(1))})
 
     def retry_after(self, queued: int) -> int:
-        """Seconds until a queue slot is likely free: the mean job time so far, over the workers."""
+        """A Retry-After for ``queued`` waiting jobs: a quarter of the time the workers need to drain them at the
+        mean job time so far (30 s a job before any finished), within 1 s .. 10 min."""
         totals = self.store.totals()
         mean = totals["seconds"] / totals["jobs"] if totals["jobs"] else 30.0
         return int(min(600, max(1, math.ceil(mean * max(1, queued) / max(1, self.settings.workers) / 4))))
@@ -257,7 +262,7 @@ class JobService:
                 status = LOW_SYNC if result["outcome"] == STATUS_LOW_SYNC else DONE
             else:
                 status = FAILED
-            error, fix = split_reason(result.get("reason")) if status != DONE else (None, None)
+            error, fix = split_reason(result.get("reason"))  # done: frames that failed every generator, if any
             frames = result.get("frames") or 0
             self.store.finish(job_id, status, frames_done=frames, frames_out=frames, seconds=result.get("seconds"),
                               error=error, fix=fix, report=report, worker=result.get("worker"))
@@ -278,8 +283,8 @@ class JobService:
             task = self.tasks.get(job_id)
             if task is not None:
                 await asyncio.wait({task}, timeout=10)
+        self.store.update(job_id, deleted=True)  # first: a stop before the removal is finished at the next start
         remove_folder(Path(record.folder))
-        self.store.update(job_id, deleted=True)
         return self.store.get(job_id)
 
     # ------------------------------------------------------------------------------- views
@@ -324,10 +329,13 @@ def create_app(service: JobService):
         yield
         await service.close()
 
+    # With a token, the OpenAPI document needs it too, and there is no /docs page (a browser cannot send the header).
     app = FastAPI(title="latentmuse", version=__version__, lifespan=lifespan,
+                  docs_url=None if token else "/docs", openapi_url=None if token else "/openapi.json",
                   description="Lip-sync jobs: submit a video and an audio track, follow the job, download the result "
                               "(docs/SERVE.md). Every route but /healthz needs `Authorization: Bearer TOKEN` when the "
                               "service has a token.")
+    bearer = HTTPBearer(auto_error=False, description="the service's token (--token-file)")
 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused):
@@ -337,17 +345,27 @@ def create_app(service: JobService):
     async def latentmuse_error(request: Request, exc: LatentmuseError):
         return JSONResponse({"error": exc.message, "fix": exc.fix}, status_code=422)
 
-    def authorised(request: Request) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = " ".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}.".lstrip(": "),
+                             "fix": "see the route's parameters in docs/SERVE.md (or /openapi.json)."}, status_code=422)
+
+    def authorised(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if token is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise Refused(401, "missing or wrong token." if given else "this service needs a token.",
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            given = "authorization" in request.headers
+            raise Refused(401, "wrong token." if given else "this service needs a token.",
                           "send the header Authorization: Bearer TOKEN (the service's --token-file).",
                           {"WWW-Authenticate": 'Bearer realm="latentmuse"'})
 
     guarded = [Depends(authorised)]
+    if token:
+        @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+        async def openapi():
+            return JSONResponse(app.openapi())
     upload_body = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["video"], "properties": {
             "video": {"type": "string", "format": "binary"}, "audio": {"type": "string", "format": "binary"}},

@@ -25,6 +25,8 @@ from ..batch.jobs import Job, job_from_dict
 from ..errors import LatentmuseError
 from ..runtime.checks import ClipInputs, validate
 from ..runtime.options import ClipOptions, LoadOptions, RunOptions
+from ..runtime.pipeline import check_gate
+from ..runtime.session import sync_wanted
 
 #: the file fields of an upload; every other field is a per-clip option
 FILE_FIELDS = ("video", "audio")
@@ -187,6 +189,10 @@ def make_job(options: dict, video: Path, audio: Path | None, folder: Path, from_
     for key in ("output", "report"):
         if key in options:
             raise Refused(422, f"{key} is chosen by the service.", "drop it: GET /v1/jobs/ID/video returns the result.")
+    for key in options:
+        if key in LoadOptions.__dataclass_fields__:
+            raise Refused(422, f"{key} is fixed for the whole service (its workers loaded the networks with it).",
+                          f"drop it, or start a service with --{key.replace('_', '-')}.")
     data = {**options, "video": str(video), "audio": None if audio is None else str(audio),
             "output": str(folder / RESULT_NAME)}
     try:
@@ -200,6 +206,7 @@ def probe(job: Job, load: LoadOptions, base: ClipOptions, max_seconds: float | N
     options = RunOptions(job.video, job.output, job.audio, None, load, job.clip_options(base))
     try:
         inputs = validate(options)
+        check_gate(options, sync_wanted(load))  # a gate the workers cannot judge would pass every clip
     except LatentmuseError as exc:
         raise Refused(422, exc.message, exc.fix) from None
     seconds = inputs.n_out / inputs.info.fps

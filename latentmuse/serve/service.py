@@ -14,7 +14,9 @@ deployment handle; a replica that dies is replaced by Serve's controller. ``ray`
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 from ..errors import LatentmuseError
@@ -77,7 +79,8 @@ def deploy(ray, settings: ServeSettings, host: str, port: int, workers: int | No
     count, resources, threads, described = worker_resources(ray, workers)
     settings.workers = count
     node = f"node:{ray.util.get_node_ip_address()}"
-    serve.start(http_options={"host": host, "port": port}, detached=False)
+    # one proxy, on this node: the port checked free here is the only one the service listens on
+    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     worker = serve.deployment(name="LipSyncWorker", num_replicas=count, max_ongoing_requests=1, max_queued_requests=-1,
                               graceful_shutdown_timeout_s=WORKER_SHUTDOWN_S, health_check_period_s=10,
                               ray_actor_options=resources)(JobWorker)
@@ -92,12 +95,35 @@ def deploy(ray, settings: ServeSettings, host: str, port: int, workers: int | No
     return described
 
 
-def wait_ready(url: str, timeout: float = 60.0) -> None:
+def deploy_interruptibly(ray, settings: ServeSettings, host: str, port: int, workers: int | None,
+                         check: Callable[[], None]) -> str:
+    """:func:`deploy` in a thread, so that a signal (``check`` raises) stops a start that waits for replicas
+    the cluster cannot place; the caller's ``serve.shutdown`` then ends the thread's wait."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["described"] = deploy(ray, settings, host, port, workers)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="latentmuse-deploy", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        check()
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["described"]
+
+
+def wait_ready(url: str, timeout: float = 60.0, check: Callable[[], None] = lambda: None) -> None:
     """Until ``/healthz`` answers (Serve's proxy routes once the app is up)."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while True:
+        check()
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=2) as reply:  # noqa: S310 - our own loopback URL
                 if reply.status == 200:

@@ -96,12 +96,18 @@ class JobStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, never corrupt
+        self._db.execute("PRAGMA synchronous=FULL")  # each commit on disk before it returns: a 202 survives a power cut
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def deleted_with_folders(self) -> list[JobRecord]:
+        """Records whose files DELETE removes (their folders should be gone; a stop may have come between)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE deleted = 1").fetchall()
+        return [record for record in map(_from_row, rows) if Path(record.folder).exists()]
 
     def journal_mode(self) -> str:
         with self._lock:

@@ -7,8 +7,8 @@ replica's one job thread exactly as a batch job does (batch/driver.py: the resum
 ``execute`` runs it), while the generator yields what the ingress records: ``started``, then
 ``progress`` (frames written of frames to write) at most every :data:`PROGRESS_EVERY_S`, then the
 ``result``. A cancelled request (``DELETE /v1/jobs/ID``) arrives as ``asyncio.CancelledError``: the
-job is told to stop at its next frame (its writer deletes its temporary files), and its folder is
-removed once it has.
+job is told to stop at its next frame (its writer deletes its temporary files); the ingress deletes
+the job's folder.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from pathlib import Path
 
 from ..batch.driver import StopCheck, execute, plan, skipped_result
 from ..batch.jobs import Job
@@ -89,7 +88,10 @@ class JobWorker:
             stop.set()
             await asyncio.wait({future})  # the job stops at its next frame; its writer cleans up
             future.exception()
-            remove_folder(the_job.output.parent)
+            if not the_job.video.exists():
+                # DELETE removed the job with its uploads while it started here: what it wrote since goes too.
+                # (A stop of the service keeps everything: the job resumes at the next start.)
+                remove_folder(the_job.output.parent)
             raise
         yield {"event": "result", "result": result, "report": report}
 
@@ -112,7 +114,3 @@ class JobWorker:
         lipsync = getattr(self, "lipsync", None)
         if lipsync is not None:
             lipsync.close()
-
-
-def job_folder(job: dict) -> Path:
-    return Path(job["output"]).parent
