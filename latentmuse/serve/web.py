@@ -4,17 +4,21 @@ The page is a client of the same :class:`~.api.JobService` as the HTTP API, in t
 the same event loop: a submission goes through :meth:`JobService.submit_files` (the API's admission,
 option checks and input probes, so a refusal reads exactly as the API's error and fix), and the page
 follows the job by reading its durable record (``service.store``) every :data:`POLL_S` seconds. Nothing
-runs in the page's handlers but that: the work is the workers'.
+runs in the page's handlers but that: the work is the workers'. A result is handed to Gradio from a
+temporary folder of its own (:func:`publish`), so Gradio is never allowed to serve the jobs' folders,
+which hold every client's uploads.
 
 Gradio is imported inside :func:`mount_page`, never at module level: it is an optional dependency (the
 ``serve`` extra), slow to import, and the API runs without it (``latentmuse serve --no-web``;
-:func:`~.api.create_app` imports this module only when the page is on). The page keeps no global state:
-everything it needs is closed over per call of :func:`mount_page`.
+:func:`~.api.create_app` imports this module only when the page is on). For the same reason this module
+has no ``from __future__ import annotations``: Gradio finds a handler's ``gr.Request`` parameter by its
+annotation, which must then be the class itself, not a string naming a module-local import. The page
+keeps no global state: everything it needs is closed over per call of :func:`mount_page`.
 
 When the service has a token the page asks for it (Gradio's login form; any user name, the token as the
-password, compared in constant time). The API routes mounted before the page (``/v1/...``, ``/healthz``,
-``/metrics``, ``/docs``) keep their own bearer-token check: Starlette matches them before the page's
-mount at ``/``.
+password, compared in constant time). The API's routes (``/v1/...``, ``/healthz``, ``/metrics``, the
+OpenAPI routes) were added before the page's mount at ``/``, so Starlette matches them first and they
+keep their own bearer-token check; a login to the page does not open them.
 """
 
 import asyncio
@@ -23,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,7 @@ from ..errors import LatentmuseError
 from .store import ACTIVE, DONE, LOW_SYNC, QUEUED
 
 if TYPE_CHECKING:
+    import gradio
     from fastapi import FastAPI
 
     from .api import JobService
@@ -65,11 +70,11 @@ def mount_page(app: "FastAPI", service: "JobService", *, poll_s: float = POLL_S,
         auth=None if token is None else token_check(token),
         auth_message=None if token is None else AUTH_MESSAGE,
         max_file_size=int(service.settings.max_upload_mb * 2**20),
-        footer_links=["settings"],  # Gradio's own API link would point past the service's API (/docs)
+        footer_links=["settings"],  # no link to Gradio's own API: the service's API is /v1 (docs/SERVE.md)
         run_history=False, ssr_mode=False, show_error=True)
 
 
-def token_check(token: str):
+def token_check(token: str) -> Callable[[str, str], bool]:
     """Gradio's ``auth`` callable: any user name, the service's token as the password (constant time)."""
     expected = token.encode()
 
@@ -86,7 +91,8 @@ def generator_choices(service: "JobService") -> list[str]:
     return list(GENERATORS)
 
 
-def build_page(service: "JobService", *, poll_s: float = POLL_S, follow_limit_s: float = FOLLOW_LIMIT_S):
+def build_page(service: "JobService", *, poll_s: float = POLL_S,
+               follow_limit_s: float = FOLLOW_LIMIT_S) -> "gradio.Blocks":
     """The page's ``gr.Blocks``, its handlers bound to ``service``."""
     import gradio as gr
 
@@ -154,7 +160,7 @@ def build_page(service: "JobService", *, poll_s: float = POLL_S, follow_limit_s:
         gr.Markdown("# latentmuse: lip sync\n"
                     "Upload a video with a face and, optionally, the audio to dub it with (without one, the video's "
                     "own track is used). The job runs on the service's workers; the same jobs are on the HTTP API "
-                    "([/docs](/docs)).")
+                    + ("(`/v1/jobs`, with the token as a bearer token)." if service.settings.token else "([/docs](/docs))."))
         with gr.Row():
             with gr.Column():
                 video_in = gr.Video(label="Video", sources=["upload"], height=VIDEO_HEIGHT, elem_id="video-in")
@@ -210,8 +216,8 @@ def outcome_text(record: "JobRecord") -> str:
         text += ", below the service's lip-sync threshold." if record.status == LOW_SYNC else "."
     else:
         text += "."
-    if record.error:
-        text += f"\n\n**Error**: {record.error}"
+    if record.error:  # a finished video's error is about some of its frames (those that failed every generator)
+        text += f"\n\n**{'Warning' if record.status in (DONE, LOW_SYNC) else 'Error'}**: {record.error}"
     if record.fix:
         text += f"\n\n**Fix**: {record.fix}"
     return text
