@@ -58,6 +58,9 @@ def serve(
         raise LatentmuseError(f"--host {host} is reachable from other machines, and the service has no token.",
                               f"pass --token-file FILE (or set ${TOKEN_ENV}), or listen on 127.0.0.1.")
     check_load_options(load)
+    if str(load.weights) != "smoke" and not Path(load.weights).is_dir():
+        raise LatentmuseError(f"weights folder {load.weights} does not exist.",
+                              "pass the folder `latentmuse weights download` wrote (or --weights smoke to try the service).")
     if input_root is not None and not input_root.is_dir():
         raise LatentmuseError(f"--input-root {input_root} is not a folder.", "pass the folder clients may name files in.")
     service.import_serve()

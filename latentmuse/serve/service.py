@@ -13,6 +13,8 @@ deployment handle; a replica that dies is replaced by Serve's controller. ``ray`
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import threading
 import time
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from ..errors import LatentmuseError
-from .api import JobService, ServeSettings, create_app
+from .api import JobService, ServeSettings, create_app, split_reason
 from .worker import JobWorker
 
 APP_NAME = "latentmuse"
@@ -76,6 +78,7 @@ def worker_resources(ray, workers: int | None) -> tuple[int, dict, int | None, s
 def deploy(ray, settings: ServeSettings, host: str, port: int, workers: int | None) -> str:
     """Start Serve's proxy on ``host:port`` and run the application; a description of its workers."""
     serve = import_serve()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process's Serve client: its INFO lines are Ray's business
     count, resources, threads, described = worker_resources(ray, workers)
     settings.workers = count
     node = f"node:{ray.util.get_node_ip_address()}"
@@ -90,9 +93,24 @@ def deploy(ray, settings: ServeSettings, host: str, port: int, workers: int | No
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     except Exception as exc:  # noqa: BLE001 - a replica that could not start (its weights, its device)
-        raise LatentmuseError(f"the service did not start: {_cause(exc)}",
-                              "run `latentmuse doctor` with the same options, fix what it names, and start again.") from None
+        message, fix = split_reason(replica_error(serve) or _cause(exc))
+        raise LatentmuseError(f"the service did not start: {message}",
+                              fix or "run `latentmuse doctor` with the same options, fix what it names, and start again.") from None
     return described
+
+
+def replica_error(serve) -> str | None:
+    """Our own error line (message and fix) from a deployment that failed to start, if one is in its status."""
+    try:
+        deployments = serve.status().applications[APP_NAME].deployments
+    except Exception:  # noqa: BLE001 - no status to read: the caller says what it has
+        return None
+    for deployment in deployments.values():
+        for line in reversed((deployment.message or "").splitlines()):
+            match = re.search(r"(?:LatentmuseError|CheckpointError): (.+)", line)
+            if match:
+                return match.group(1).strip()
+    return None
 
 
 def deploy_interruptibly(ray, settings: ServeSettings, host: str, port: int, workers: int | None,
