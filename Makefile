@@ -11,7 +11,7 @@ OUT    ?= out
 PYTEST_ARGS ?=
 WEIGHTS ?= smoke
 
-.PHONY: demo test test-slow test-gpu soak bench-scale engines env system-deps clean gpu-wheels gpu-check
+.PHONY: demo test test-slow test-gpu soak bench-scale bench-serve engines env system-deps clean gpu-wheels gpu-check
 
 env: $(STAMP)
 
@@ -81,6 +81,15 @@ clean:
 # writes $(OUT)/scale.json. WEIGHTS=DIR for full-size (random) weights.
 bench-scale: $(STAMP) system-deps
 	$(BIN)/python -m latentmuse.bench.scale --weights "$(WEIGHTS)" --folder $(OUT)/scale --json $(OUT)/scale.json
+
+# The service vs batch (docs/SERVE.md): the same SERVE_JOBS jobs through `latentmuse serve --ray local` and
+# `latentmuse batch --ray local`, SERVE_WORKERS CPU workers each, jobs per minute and status-call latency
+# while they run; writes $(OUT)/serving.json (docs/BENCHMARKS.md). Only 127.0.0.1 is contacted.
+SERVE_JOBS ?= 8
+SERVE_WORKERS ?= 2
+bench-serve: $(STAMP) system-deps
+	$(BIN)/python -m latentmuse.bench.serving --weights "$(WEIGHTS)" --jobs $(SERVE_JOBS) --workers $(SERVE_WORKERS) \
+	  --folder $(OUT)/serving --json $(OUT)/serving.json
 
 # Soak (issue 10): a SOAK_MINUTES clip at 1080p runs to completion with every frame present and peak RSS
 # within 20 % of a SOAK_BASELINE-minute clip's; writes $(OUT)/soak.json. Long on a CPU (docs/BENCHMARKS.md).
