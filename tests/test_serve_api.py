@@ -164,6 +164,8 @@ def test_a_job_is_submitted_followed_and_downloaded_with_every_frame(tmp_path, w
         frames = round(0.4 * 25)
         assert view["progress"] == {"frames_done": frames, "frames_total": frames}
         assert view["report"]["status"] == "ok" and view["report"]["frames_out"] == frames
+        assert (view["report"]["video"], view["report"]["output"]) == ("upload:video.mp4", "upload:result.mp4")
+        assert str(tmp_path) not in json.dumps(view)  # no path of the service's
         assert view["error"] is None and view["attempts"] == 1
         video = client.get(view["video"])
         assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
@@ -201,6 +203,7 @@ def test_a_job_names_files_under_the_input_root_and_nothing_outside_it(tmp_path,
         assert reply.status_code == 202, reply.text
         view = wait_for(client, reply.json()["id"])
         assert view["status"] == "done" and view["options"] == {"seed": 3}
+        assert (view["report"]["video"], view["report"]["audio"]) == ("clips/talk.mp4", "clips/talk.wav")
         assert media.probe(state / "jobs" / view["id"] / "result.mp4").frame_count == 10
         client.delete(f"/v1/jobs/{view['id']}")
         assert (root / "clips" / "talk.mp4").is_file()  # the client's own files are never deleted

@@ -83,7 +83,7 @@ def serve(
             console.print(f"starting the service on Ray (--ray {ray}); the workers load their networks first")
             described = service.deploy_interruptibly(ray_module, settings, host, port, workers, guard.check)
             service.wait_ready(url, check=guard.check)
-            console.print(f"[bold]latentmuse serve[/]: {url}  (API /v1/jobs, OpenAPI /docs{', page /' if web else ''}); "
+            console.print(f"[bold]latentmuse serve[/]: {url}  (API /v1/jobs, OpenAPI {'/openapi.json' if token else '/docs'}{', page /' if web else ''}); "
                           f"{described}; state {state}; {'token required' if token else 'no token (loopback only)'}. "
                           "Ctrl-C stops; queued and running jobs resume at the next start.", soft_wrap=True)
             while True:

@@ -289,6 +289,17 @@ class JobService:
 
     # ------------------------------------------------------------------------------- views
 
+    def client_paths(self, report: dict | None, record: JobRecord) -> dict | None:
+        """A run report as a client may see it: the job's own files by name (``upload:video.mp4``,
+        ``upload:result.mp4``), files under the input root by their path there, no other path of the
+        service's (the face cache's folder, the weights') beyond their last part."""
+        if report is None:
+            return None
+        prefixes = [(f"{record.folder}/", "upload:")]
+        if self.input_root is not None:
+            prefixes.append((f"{self.input_root.resolve()}/", ""))
+        return _scrub(report, tuple(prefixes))
+
     def view(self, record: JobRecord) -> dict:
         """A job as the API shows it."""
         finished = record.status in FINISHED
@@ -298,11 +309,28 @@ class JobService:
                "options": record.options, "attempts": record.attempts, "worker": record.worker,
                "seconds": record.seconds, "error": record.error, "fix": record.fix, "deleted": record.deleted,
                "video": f"/v1/jobs/{record.id}/video" if record.status in (DONE, LOW_SYNC) and not record.deleted else None,
-               "report": record.report if finished else None}
+               "report": self.client_paths(record.report, record) if finished else None}
         sync = (record.report or {}).get("sync") or {}
         out["sync"] = {"confidence": sync.get("confidence"), "distance": sync.get("distance"), "status": sync.get("status")} \
             if sync else None
         return out
+
+
+def _scrub(value, prefixes: tuple[tuple[str, str], ...]):
+    """``value`` (JSON) with every string that starts with a prefix rewritten to its replacement, and any
+    other absolute path cut to its last part."""
+    if isinstance(value, str):
+        for prefix, replacement in prefixes:
+            if value.startswith(prefix):
+                return replacement + value[len(prefix):]
+        if value.startswith("/") and not any(c.isspace() for c in value):  # another path of the service's
+            return Path(value).name
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, prefixes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, prefixes) for v in value]
+    return value
 
 
 def not_found(job_id: str) -> Refused:
