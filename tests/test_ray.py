@@ -144,7 +144,8 @@ def test_sigterm_on_the_driver_stops_the_actors_cleanly(clip, tmp_path):
 
     jobs = write_jobs(tmp_path / "jobs", clip, 4)
     out = jobs.parent / "out"
-    argv = [sys.executable, "-m", "latentmuse", "batch", str(jobs), *COMMON, "--ray", "auto", "--workers", "1"]
+    # local: a cluster of its own, never another test's (auto joins any running one, e.g. a live service's)
+    argv = [sys.executable, "-m", "latentmuse", "batch", str(jobs), *COMMON, "--ray", "local", "--workers", "1"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 600

@@ -48,8 +48,8 @@ def import_ray():
 
 
 def connect(ray, address: str) -> bool:
-    """Join the cluster at ``address``; ``auto``: a running cluster, else a new local one. True when
-    this call started Ray (so the batch shuts it down again).
+    """Join the cluster at ``address``; ``auto``: a running cluster, else a new local one; ``local``: always
+    a new local one (Ray's own keyword). True when this call started Ray (so the command shuts it down again).
 
     Ray's core installs its own fatal-signal handler for SIGTERM in the driver (it aborts the process
     with a stack dump); the handlers in place before (the command's: SIGINT and SIGTERM become a clean

@@ -25,7 +25,7 @@ def batch(
     force: Annotated[bool, typer.Option("--force", help="Redo every job, even those done before with the same inputs and options.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Rerun the jobs that failed before (skipped by default: the same inputs would fail the same way).")] = False,
     retry_low_sync: Annotated[bool, typer.Option("--retry-low-sync", help="Rerun the jobs whose video was below --min-sync-confidence before (kept as done by default; --retry-failed does not rerun them).")] = False,
-    ray: Annotated[Optional[str], typer.Option(metavar="auto|ADDRESS", help="Run the jobs on Ray: auto (a running cluster, else a local one) or a cluster address; one actor per GPU (pip install 'latentmuse[ray]').")] = None,
+    ray: Annotated[Optional[str], typer.Option(metavar="auto|local|ADDRESS", help="Run the jobs on Ray: auto (a running cluster, else a new local one), local (always a new local one) or a cluster address; one actor per GPU (pip install 'latentmuse[ray]').")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: how many actors (default: one per GPU, or 1 on a cluster without GPUs).")] = None,
     *, load: LoadOptions, clip: ClipOptions,
 ) -> None:
