@@ -37,7 +37,7 @@ POLL_S, POLL_LIMIT_S = 0.2, 120.0
 
 @pytest.fixture(scope="module")
 def worker():
-    return JobWorker(LOAD, cpu_threads=1)
+    return JobWorker(LOAD)  # no cpu_threads: torch.set_num_threads would change every later test in this process
 
 
 @pytest.fixture(scope="module")

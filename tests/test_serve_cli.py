@@ -53,8 +53,9 @@ def test_a_busy_port_and_a_missing_input_root_are_one_line(capsys, tmp_path):
         port = busy.getsockname()[1]
         err = refused(capsys, "--port", str(port), "--state", str(tmp_path / "s"), "--weights", "smoke")
         assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
-    assert "--input-root" in refused(capsys, "--input-root", str(tmp_path / "nowhere"))
+    assert "--input-root" in refused(capsys, "--input-root", str(tmp_path / "nowhere"), "--weights", "smoke")
     assert "--guidance 0.5 is below 1" in refused(capsys, "--guidance", "0.5")
+    assert "weights folder" in refused(capsys, "--weights", str(tmp_path / "no-weights"))
 
 
 def test_one_state_folder_serves_one_service(tmp_path):

@@ -108,7 +108,7 @@ def test_page_submits_a_job_and_plays_its_result(tmp_path, browser, gradio_cache
     sample = twenty_frame_sample(tmp_path / "clip")
     audio = write_wav(tmp_path / "speech.wav", 0.4, freq=200.0)  # 0.4 s at 25 fps: 10 output frames
     load, config = settings(tmp_path / "state")
-    service = JobService(config, InProcessHandle([JobWorker(load, cpu_threads=1)]))
+    service = JobService(config, InProcessHandle([JobWorker(load)]))
 
     with app_server(create_app(service)) as url:
         browser.get(url + "/")

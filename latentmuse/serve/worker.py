@@ -54,10 +54,8 @@ class JobWorker:
     one (tests)."""
 
     def __init__(self, load: dict, cpu_threads: int | None = None, lipsync=None) -> None:
-        if cpu_threads:
-            import torch
-
-            torch.set_num_threads(cpu_threads)
+        self.cpu_threads = cpu_threads
+        self._threads()
         from ..runtime.lipsync import LipSync
 
         self.name = f"{os.uname().nodename}:{os.getpid()}"
@@ -98,6 +96,7 @@ class JobWorker:
     def _run(self, job: Job, clip: ClipOptions, progress: FrameProgress) -> tuple[dict, dict | None]:
         """The batch's steps for one job: its key decides (a complete earlier result is kept, not redone:
         a job requeued after its video was written), else it runs; its result and report."""
+        self._threads()  # this thread's own: torch's thread count is set per calling thread
         item = plan([job], self.load, clip, self.digests, retry_failed=True)[0]
         if item.decision == RUN:
             result = execute(self.lipsync, job, item.clip, item.key, progress, self.name)
@@ -105,6 +104,12 @@ class JobWorker:
             result = skipped_result(item)
             result.worker = self.name
         return asdict(result), previous_report(job)
+
+    def _threads(self) -> None:
+        if self.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.cpu_threads)
 
     def check_health(self) -> None:
         """Ray Serve's health check: a closed ``LipSync`` cannot serve."""
