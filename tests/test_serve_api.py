@@ -22,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 from latentmuse.runtime import media  # noqa: E402
 from latentmuse.runtime.options import ClipOptions, LoadOptions, options_to_dict  # noqa: E402
 from latentmuse.serve.api import MAX_ATTEMPTS, JobService, ServeSettings, create_app  # noqa: E402
-from latentmuse.serve.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRecord, JobStore  # noqa: E402
+from latentmuse.serve.store import CANCELLED, DONE, QUEUED, RUNNING, JobRecord, JobStore  # noqa: E402
 from latentmuse.serve.worker import JobWorker  # noqa: E402
 
 from .catalogue import truncate_copy  # noqa: E402

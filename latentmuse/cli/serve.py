@@ -70,7 +70,7 @@ def serve(
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LatentmuseError(f"cannot create --state {state} ({exc.strerror or exc}).", "pass a writable folder.") from None
-    lock = hold_state(state)  # noqa: F841 - held for the service's life
+    lock = hold_state(state)  # held for the service's life, released at its end
     load = absolute_paths(load)
     settings = ServeSettings(str(state), options_to_dict(load), options_to_dict(clip),
                              None if input_root is None else str(input_root.resolve()), token, max_upload_mb, max_queue,
@@ -97,6 +97,7 @@ def serve(
             finally:
                 if started:
                     ray_module.shutdown()
+                lock.close()
 
 
 def read_token(path: Path | None) -> str | None:
