@@ -72,8 +72,8 @@ class JobWorker:
         the_job = Job.from_dict(job)
         future = asyncio.get_running_loop().run_in_executor(
             self._thread, self._run, the_job, options_from_dict(ClipOptions, clip), progress)
-        yield {"event": "started", "worker": self.name}
         try:
+            yield {"event": "started", "worker": self.name}  # inside: a cancel may arrive at any yield
             last = None
             while not future.done():
                 await asyncio.wait({future}, timeout=PROGRESS_EVERY_S)
