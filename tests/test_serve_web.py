@@ -154,7 +154,7 @@ def test_page_submits_a_job_and_plays_its_result(tmp_path, browser, gradio_cache
         assert record.options == {"musetalk_only": True, "steps": 7}
         assert record.clip["musetalk_only"] is True and record.clip["steps"] == 7
         assert record.client == "127.0.0.1"
-        assert probe(record.output).frame_count == record.frames_out == 10
+        assert probe(record.output).frame_count == record.frames_done == 10
 
         # the page followed that job: its progress while it ran, then its outcome, report and (smoke
         # weights: no SyncNet) no score

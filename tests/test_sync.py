@@ -63,6 +63,13 @@ def _reference_crop(frame: np.ndarray, s: float, x: float, y: float) -> np.ndarr
     return cv2.resize(face, (224, 224))
 
 
+def _reference_crops(frames, boxes) -> np.ndarray:
+    """crop_video over a run: every box's parameters median-filtered (13), then each frame cropped."""
+    params = np.array([sync.box_parameters(b) for b in boxes])
+    filtered = np.stack([medfilt(params[:, k], 13) for k in range(3)], axis=1)
+    return np.stack([_reference_crop(f, *p) for f, p in zip(frames, filtered)])
+
+
 def test_crop_rule_on_a_hand_worked_box():
     # box (40, 30)-(100, 110): w 60, h 80 -> s 40, centre (70, 70); pad int(72) = 72; rows
     # int(142 - 40) = 102 .. int(142 + 72) = 214, columns int(142 - 56) = 86 .. int(142 + 56) = 198
@@ -159,9 +166,7 @@ class LinearEmbedder:
 def reference_evaluate(frames, boxes, waveform, embedder):
     """SyncNetInstance.evaluate after crop_video, all at once: filter every box, crop every frame,
     MFCC of the whole run, embed every window, calc_pdist, the statistics."""
-    params = np.array([sync.box_parameters(b) for b in boxes])
-    filtered = np.stack([medfilt(params[:, k], 13) for k in range(3)], axis=1)
-    crops = np.stack([_reference_crop(f, *p) for f, p in zip(frames, filtered)])
+    crops = _reference_crops(frames, boxes)
     cc = sync.mfcc(sync.int16_scale(waveform))
     min_length = min(len(crops), len(waveform) // 640)
     last = min_length - 5
@@ -223,9 +228,7 @@ def test_measure_on_crops_equals_the_reference():
     rng = np.random.default_rng(5)
     frames, boxes = _moving_face(50, rng)
     waveform = (rng.standard_normal(50 * 640) * 0.2).astype(np.float32)
-    params = np.array([sync.box_parameters(b) for b in boxes])
-    filtered = np.stack([medfilt(params[:, k], 13) for k in range(3)], axis=1)
-    crops = np.stack([_reference_crop(f, *p) for f, p in zip(frames, filtered)])
+    crops = _reference_crops(frames, boxes)
     ours = sync.measure(crops, waveform, LinearEmbedder())
     expected = reference_evaluate(frames, boxes, waveform, LinearEmbedder())
     np.testing.assert_allclose(ours.mean_distances, expected.mean_distances, rtol=1e-6)
@@ -253,9 +256,7 @@ def test_measure_takes_a_syncnet_module():
     rng = np.random.default_rng(6)
     frames, boxes = _moving_face(30, rng)
     waveform = (rng.standard_normal(30 * 640) * 0.2).astype(np.float32)
-    params = np.array([sync.box_parameters(b) for b in boxes])
-    filtered = np.stack([medfilt(params[:, k], 13) for k in range(3)], axis=1)
-    crops = np.stack([_reference_crop(f, *p) for f, p in zip(frames, filtered)])
+    crops = _reference_crops(frames, boxes)
     ours = sync.measure(crops, waveform, module)
     expected = reference_evaluate(frames, boxes, waveform, Direct())
     assert ours.offset_frames == expected.offset_frames and len(ours.per_frame) == 25

@@ -264,7 +264,7 @@ class JobService:
                 status = FAILED
             error, fix = split_reason(result.get("reason"))  # done: frames that failed every generator, if any
             frames = result.get("frames") or 0
-            self.store.finish(job_id, status, frames_done=frames, frames_out=frames, seconds=result.get("seconds"),
+            self.store.finish(job_id, status, frames_done=frames, seconds=result.get("seconds"),
                               error=error, fix=fix, report=report, worker=result.get("worker"))
 
     # ------------------------------------------------------------------------------- cancel

@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     options TEXT NOT NULL,
     frames_done INTEGER NOT NULL DEFAULT 0,
     frames_total INTEGER,
-    frames_out INTEGER NOT NULL DEFAULT 0,
     seconds REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
@@ -72,7 +71,6 @@ class JobRecord:
     finished: float | None = None
     frames_done: int = 0
     frames_total: int | None = None
-    frames_out: int = 0
     seconds: float | None = None
     attempts: int = 0
     worker: str | None = None
@@ -178,7 +176,7 @@ class JobStore:
         """Over the jobs that made a video (done, low_sync): how many, their frames and their seconds."""
         with self._lock:
             jobs, frames, seconds = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(frames_out), 0), COALESCE(SUM(seconds), 0) FROM jobs "
+                "SELECT COUNT(*), COALESCE(SUM(frames_done), 0), COALESCE(SUM(seconds), 0) FROM jobs "
                 "WHERE status IN (?, ?)", (DONE, LOW_SYNC)).fetchone()
         return {"jobs": jobs, "frames": frames, "seconds": seconds}
 

@@ -212,7 +212,7 @@ def outcome_text(record: "JobRecord") -> str:
     text = f"Job `{record.id}`: **{record.status}**"
     if record.status in (DONE, LOW_SYNC):
         seconds = f" in {record.seconds:.1f} s" if record.seconds is not None else ""
-        text += f"{seconds}: {record.frames_out} frames"
+        text += f"{seconds}: {record.frames_done} frames"
         text += ", below the service's lip-sync threshold." if record.status == LOW_SYNC else "."
     else:
         text += "."
